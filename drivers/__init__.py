@@ -1,0 +1,71 @@
+"""Device codecs: pure, sans-I/O translators between device bytes and typed readings.
+
+The contract every codec keeps (see ARCHITECTURE.md, "Rules of the road"):
+
+- `feed(data)` takes whatever bytes arrived (a fragment, many frames, garbage) and returns the
+  units it could complete, in order, as `Decoded` values. It never raises, buffers partial
+  frames, bounds every length and resynchronises on garbage.
+- It never touches a port, the clock, a logger or the database; the shell does.
+- `stats` counts what was accepted and what was rejected, for the status message.
+
+`Decoded.reply` is what the device expects back. The shell writes it only **after** the
+reading has been committed to the outbox (an ACK is a promise that the event is safe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from pydantic import JsonValue
+
+from gateway.events import EventKind
+
+
+class Reading(Protocol):
+    """Something a device reported that becomes one event."""
+
+    @property
+    def kind(self) -> EventKind: ...
+
+    def event_data(self) -> dict[str, JsonValue]: ...
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One unit recognised in the byte stream.
+
+    reading: the thing to store, or None (a heartbeat, or a rejected frame).
+    reply: bytes to send back once the reading (if any) is committed; b"" for silence.
+    error: why the unit was rejected, or None when it was good.
+    raw: the bytes of the unit, for the log of a rejection.
+    """
+
+    reading: Reading | None
+    reply: bytes
+    error: str | None = None
+    raw: bytes = b""
+
+
+@dataclass
+class CodecStats:
+    frames_ok: int = 0
+    frames_rejected: int = 0
+    bytes_rejected: int = 0
+
+
+class Codec(Protocol):
+    stats: CodecStats
+
+    def feed(self, data: bytes) -> list[Decoded]: ...
+
+
+def codec_for(kind: str, fmt: str) -> Codec:
+    """The registry: configured device kind and format -> a new codec instance."""
+    from drivers import contact_id
+
+    factories: dict[tuple[str, str], Callable[[], Codec]] = {
+        ("contact_id_receiver", "surgard"): contact_id.SurGardCodec,
+    }
+    return factories[(kind, fmt)]()

@@ -1,0 +1,176 @@
+"""The station: one TaskGroup that owns the outbox, the uplink and every device link.
+
+Every event goes through `accept()`, which commits it to the outbox before returning; the
+serial shell writes a device's ACK only after `accept()` has returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from drivers import Reading, codec_for
+from gateway import __version__
+from gateway.clock import Clock
+from gateway.config import StationConfig
+from gateway.events import Event, EventKind, Priority, new_event
+from gateway.outbox import Outbox
+from gateway.serial_link import SerialLink
+from gateway.uplink import Uplink
+
+log = logging.getLogger("care_gateway")
+
+BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
+
+
+def sd_notify(*lines: str) -> bool:
+    """Tell systemd (Type=notify) about readiness, status and liveness; no-op elsewhere."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr[0] == "@":
+        addr = "\0" + addr[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.connect(addr)
+        sock.sendall("\n".join(lines).encode())
+    return True
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of WatchdogSec when systemd asked this process for pings, else None."""
+    usec, pid = os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and int(pid) != os.getpid()):
+        return None
+    return int(usec) / 2e6
+
+
+class Station:
+    def __init__(self, config: StationConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or Clock(config.station.trust_clock)
+        self.started_mono = time.monotonic()
+        self.links: list[SerialLink] = []
+        self._outbox: Outbox | None = None
+        self._uplink: Uplink | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            raise RuntimeError("station not running")
+        return self._outbox
+
+    async def accept(self, event: Event) -> None:
+        """Commit the event (durable when this returns)."""
+        await self.outbox.append(event)
+        if event.priority is Priority.ALARM:
+            what = f"{event.kind.value} ({event.data.get('qualifier', 'new')})"
+            log.warning("ALARM accepted: %s from %s, data %s (id %s)", what, event.device_id, event.data, event.id)
+
+    def make_event(self, device_id: str, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
+        return new_event(self.clock, self.config.station.id, device_id, kind, data)
+
+    async def on_reading(self, device_id: str, reading: Reading) -> None:
+        await self.accept(self.make_event(device_id, reading.kind, reading.event_data()))
+
+    async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
+        kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
+        await self.accept(self.make_event(device_id, kind, {"reason": reason}))
+        if self._uplink:
+            self._uplink.request_status()
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """The station part of the retained status message (the uplink adds the backlog)."""
+        return {
+            "station_id": self.config.station.id,
+            "name": self.config.station.name,
+            "version": __version__,
+            "ts": self.clock.now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "clock_trusted": self.clock.trusted(),
+            "boot_id": self.clock.boot_id,
+            "uptime_s": round(time.monotonic() - self.started_mono),
+            "devices": {
+                link.device.id: {
+                    "kind": link.device.kind,
+                    "state": {True: "online", False: "offline", None: "starting"}[link.online],
+                    "frames_ok": link.codec.stats.frames_ok,
+                    "frames_rejected": link.codec.stats.frames_rejected,
+                    "bytes_rejected": link.codec.stats.bytes_rejected,
+                }
+                for link in self.links
+            },
+        }
+
+    async def run(self) -> None:
+        cfg = self.config
+        async with Outbox(cfg.storage.path) as outbox:
+            self._outbox = outbox
+            backlog = await outbox.counts()
+            log.info(
+                "station %s starting (care-gateway %s); outbox %s holds %d events waiting",
+                cfg.station.id,
+                __version__,
+                cfg.storage.path,
+                sum(backlog.values()),
+            )
+            started: dict[str, Any] = {"version": __version__, "boot_id": self.clock.boot_id}
+            if outbox.moved_aside:
+                started["outbox_moved_aside"] = str(outbox.moved_aside)
+            await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))
+            self._uplink = Uplink(cfg, outbox, self.status_snapshot)
+            self.links = [
+                SerialLink(device, codec_for(device.kind, device.format), self.on_reading, self.on_device_state)
+                for device in cfg.devices
+            ]
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._uplink.run(), name="uplink")
+                for link in self.links:
+                    tasks.create_task(link.run(), name=f"serial-{link.device.id}")
+                tasks.create_task(self._supervise(), name="supervise")
+                sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
+
+    async def _supervise(self) -> None:
+        """Log the backlog while it is non-empty; ping the systemd watchdog while the loop runs."""
+        ping = watchdog_interval_s()
+        tick = min(ping or BACKLOG_LOG_INTERVAL_S, BACKLOG_LOG_INTERVAL_S)
+        last_log = 0.0
+        while True:
+            if ping:
+                sd_notify("WATCHDOG=1")
+            now = time.monotonic()
+            if now - last_log >= BACKLOG_LOG_INTERVAL_S:
+                last_log = now
+                counts = await self.outbox.counts()
+                total = sum(counts.values())
+                uplink = "up" if self._uplink and self._uplink.connected else "down"
+                sd_notify(f"STATUS=uplink {uplink}, {total} events waiting")
+                if total:
+                    oldest = await self.outbox.oldest_created_ms()
+                    age = time.time() - oldest / 1000 if oldest else 0.0
+                    log.info(
+                        "backlog: %d events waiting (%s), oldest %.0f s old; uplink %s",
+                        total,
+                        ", ".join(f"{n} {p.value}" for p, n in counts.items() if n),
+                        age,
+                        uplink,
+                    )
+            await asyncio.sleep(tick)
+
+
+async def run_station(config: StationConfig) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly (offline status, WAL checkpoint)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    station = Station(config)
+    try:
+        await station.run()
+    except asyncio.CancelledError:
+        sd_notify("STOPPING=1")
+        log.info("station %s stopped", config.station.id)

@@ -1,0 +1,63 @@
+"""The one clock: wall time, monotonic time, boot id, and whether wall time can be trusted.
+
+A station box usually has no clock battery: until NTP (or GPS) has set the time, the wall
+clock starts from whatever fake-hwclock saved, which is plausible and wrong. Every event
+therefore carries `clock_trusted`, taken from the kernel's own "synchronised" flag.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+TIME_ERROR = 5  # adjtimex(2) return value: "clock not synchronized"
+ADJTIMEX_BUFFER_BYTES = 512  # > sizeof(struct timex) on every Linux ABI (208 on x86_64)
+TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")  # touched by systemd-timesyncd
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+ClockTrust = Literal["auto", "always"]
+
+
+def _kernel_says_synchronised() -> bool:
+    """True when the kernel reports an NTP-disciplined clock (adjtimex != TIME_ERROR)."""
+    if TIMESYNCD_MARKER.exists():
+        return True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        buf = ctypes.create_string_buffer(ADJTIMEX_BUFFER_BYTES)  # modes = 0: read only
+        return bool(libc.adjtimex(buf) not in (-1, TIME_ERROR))
+    except (OSError, AttributeError):
+        return False
+
+
+def _read_boot_id() -> str:
+    try:
+        return BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return str(uuid.uuid4())  # not Linux: a per-process id still separates runs
+
+
+class Clock:
+    """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC."""
+
+    def __init__(self, trust: ClockTrust = "auto") -> None:
+        self._trust = trust
+        self._trusted_seen = trust == "always"
+        self.boot_id = _read_boot_id()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def trusted(self) -> bool:
+        """Once the clock has been synchronised in this boot it stays trusted."""
+        if not self._trusted_seen:
+            self._trusted_seen = _kernel_says_synchronised()
+        return self._trusted_seen

@@ -1,0 +1,145 @@
+"""The one event vocabulary: what the station reports, how urgent it is, and its JSON form.
+
+An event is an immutable value. Its `id` is a ULID: unique, sortable by creation time, and
+stable across re-sends, so the platform drops duplicates by id and the gateway can deliver
+at-least-once without the platform ever counting an alarm twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, PlainSerializer
+
+from gateway.clock import Clock
+
+
+class Priority(StrEnum):
+    """Delivery class. Alarms overtake everything; status overtakes telemetry."""
+
+    ALARM = "alarm"
+    STATUS = "status"
+    TELEMETRY = "telemetry"
+
+    @property
+    def rank(self) -> int:
+        """0 is sent first; the outbox orders its lanes by this number."""
+        return _RANK[self]
+
+
+_RANK = {Priority.ALARM: 0, Priority.STATUS: 1, Priority.TELEMETRY: 2}
+
+
+class EventKind(StrEnum):
+    """What happened. Each kind has one default priority, decided in PRIORITY_OF_KIND."""
+
+    SOS = "sos"  # personal emergency button (Contact ID 101)
+    MEDICAL = "medical"  # Contact ID 100
+    PANIC = "panic"  # Contact ID 120
+    DURESS = "duress"  # Contact ID 121
+    FALL = "fall"  # fall sensors (radar issue)
+    TROUBLE = "trouble"  # device or panel trouble (Contact ID 1xx non-alarm, 3xx)
+    TEST = "test"  # periodic / manual test reports (Contact ID 60x)
+    PANEL_EVENT = "panel_event"  # any other Contact ID report, passed on verbatim
+    DEVICE_OFFLINE = "device_offline"  # the gateway lost a device (port vanished, no answer)
+    DEVICE_ONLINE = "device_online"  # the gateway has (re)gained a device
+    GATEWAY_STARTED = "gateway_started"  # the daemon started (boot id, version)
+
+
+PRIORITY_OF_KIND: dict[EventKind, Priority] = {
+    EventKind.SOS: Priority.ALARM,
+    EventKind.MEDICAL: Priority.ALARM,
+    EventKind.PANIC: Priority.ALARM,
+    EventKind.DURESS: Priority.ALARM,
+    EventKind.FALL: Priority.ALARM,
+    EventKind.TROUBLE: Priority.STATUS,
+    EventKind.TEST: Priority.STATUS,
+    EventKind.PANEL_EVENT: Priority.STATUS,
+    EventKind.DEVICE_OFFLINE: Priority.STATUS,
+    EventKind.DEVICE_ONLINE: Priority.STATUS,
+    EventKind.GATEWAY_STARTED: Priority.STATUS,
+}
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
+
+
+class _UlidFactory:
+    """ULIDs (48-bit ms time + 80 random bits), strictly increasing within one process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last = 0
+
+    def new(self, ms: int) -> str:
+        with self._lock:
+            value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+            if value <= self._last:  # same millisecond (or clock stepped back): keep order
+                value = self._last + 1
+            self._last = value
+        return "".join(_CROCKFORD[(value >> shift) & 0x1F] for shift in range(125, -1, -5))
+
+
+_ulids = _UlidFactory()
+
+
+def _rfc3339(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
+
+
+class Event(BaseModel):
+    """One thing the station reports to the platform. Immutable; compare whole values."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=ULID_PATTERN, description="ULID: unique, time-sortable, same on every re-send")
+    station_id: str = Field(description="The station that accepted the event ([station] id)")
+    device_id: str = Field(description="The configured device it came from, or 'gateway'")
+    kind: EventKind = Field(description="What happened")
+    priority: Priority = Field(description="Delivery class: alarm, status or telemetry")
+    ts: Timestamp = Field(description="When the gateway accepted it, RFC 3339 UTC")
+    clock_trusted: bool = Field(
+        description="False while the gateway's clock was not yet synchronised (no RTC, no NTP yet)"
+    )
+    data: dict[str, JsonValue] = Field(default_factory=dict, description="Kind-specific details")
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def new_event(
+    clock: Clock,
+    station_id: str,
+    device_id: str,
+    kind: EventKind,
+    data: dict[str, Any] | None = None,
+    priority: Priority | None = None,
+) -> Event:
+    """Stamp a new event with an id, the time and the clock's trust; priority from the kind."""
+    ts = clock.now()
+    ts = ts.replace(microsecond=ts.microsecond // 1000 * 1000)  # the wire carries milliseconds
+    return Event(
+        id=_ulids.new(int(ts.timestamp() * 1000)),
+        station_id=station_id,
+        device_id=device_id,
+        kind=kind,
+        priority=priority or PRIORITY_OF_KIND[kind],
+        ts=ts,
+        clock_trusted=clock.trusted(),
+        data=data or {},
+    )
+
+
+def event_json_schema() -> dict[str, Any]:
+    """The JSON Schema of one event as published (docs/event.schema.json is generated from it)."""
+    schema = Event.model_json_schema(mode="serialization")
+    schema["$id"] = "https://github.com/care-gateway/care-gateway/docs/event.schema.json"
+    schema["properties"]["ts"]["format"] = "date-time"
+    return schema

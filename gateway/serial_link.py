@@ -1,0 +1,157 @@
+"""The serial shell: the only pyserial user. Owns one port, feeds its bytes to a codec,
+hands readings to the station, and writes the device's reply (ACK) only after the station
+has committed the reading. Re-opens a vanished port with capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import termios
+import time
+from collections.abc import Awaitable, Callable
+
+import serial
+import serial_asyncio_fast
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from drivers import Codec, Decoded, Reading
+from gateway.config import Device
+
+log = logging.getLogger("care_gateway.serial")
+
+READ_CHUNK_BYTES = 4096  # one read; the codec bounds its own buffer
+FIRST_REOPEN_S = 0.5  # first wait before re-opening a lost port; doubles up to REOPEN_MAX_S
+REOPEN_MAX_S = 30.0  # a replugged receiver is picked up within this long
+REOPEN_JITTER_S = 0.5
+REJECT_LOG_INTERVAL_S = 10.0  # at most one "rejected bytes" line per device per interval
+
+PORT_ERRORS = (serial.SerialException, OSError, termios.error, EOFError)
+
+ReadingSink = Callable[[str, Reading], Awaitable[None]]  # (device id, reading) -> committed
+StateSink = Callable[[str, bool, str], Awaitable[None]]  # (device id, online, reason)
+
+
+class PortUnavailable(Exception):
+    """The port cannot be used; the message says what the technician should check."""
+
+
+def explain_port_error(port: str, exc: BaseException) -> str:
+    """Turn an open/read failure into advice for the person on site."""
+    err = getattr(exc, "errno", None)
+    if isinstance(exc, termios.error):
+        return f"{port}: the port rejected its settings ({exc}); check baudrate, bytesize, parity, stopbits"
+    if err == errno.EACCES or "Permission denied" in str(exc):
+        return f"{port}: permission denied; add the service user to the 'dialout' group (usermod -aG dialout USER)"
+    if err in (errno.EBUSY, errno.EAGAIN) or "Resource temporarily unavailable" in str(exc):
+        return f"{port}: held by another process; find it with 'fuser -v {port}' (ModemManager often probes ttyACM)"
+    if err == errno.ENOENT or "No such file" in str(exc):
+        return f"{port}: not present; check the cable and USB plug (use a /dev/serial/by-id/... path)"
+    return f"{port}: {exc}; check the cable and the device's power"
+
+
+class SerialLink:
+    """One configured serial device, for as long as the daemon runs."""
+
+    def __init__(self, device: Device, codec: Codec, on_reading: ReadingSink, on_state: StateSink) -> None:
+        self.device = device
+        self.codec = codec
+        self._on_reading = on_reading
+        self._on_state = on_state
+        self.online: bool | None = None  # None until the first open attempt has finished
+        self._last_reject_log = 0.0
+        self._unlogged_rejects = 0
+
+    async def run(self) -> None:
+        while True:
+            reader, writer = await self._open()
+            try:
+                await self._pump(reader, writer)
+            except PORT_ERRORS as exc:
+                await self._set_state(False, explain_port_error(self.device.port, exc))
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        d = self.device
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(PORT_ERRORS),
+            wait=wait_exponential_jitter(multiplier=FIRST_REOPEN_S, max=REOPEN_MAX_S, jitter=REOPEN_JITTER_S),
+            stop=stop_never,
+            reraise=True,
+            before_sleep=self._report_open_failure,
+        )
+        async for attempt in retrying:
+            with attempt:
+                reader, writer = await serial_asyncio_fast.open_serial_connection(
+                    url=d.port,
+                    baudrate=d.baudrate,
+                    bytesize=d.bytesize,
+                    parity=d.parity,
+                    stopbits=d.stopbits,
+                    exclusive=True,  # a second process on the same receiver would steal ACKs
+                )
+        await self._set_state(True, f"{d.port} opened at {d.baudrate} {d.bytesize}{d.parity}{d.stopbits}")
+        return reader, writer
+
+    async def _report_open_failure(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = explain_port_error(self.device.port, exc) if exc else "unknown error"
+        if self.online is not False:
+            await self._set_state(False, reason)
+        else:
+            log.debug("device %s: still unavailable (attempt %d): %s", self.device.id, state.attempt_number, reason)
+
+    async def _set_state(self, online: bool, reason: str) -> None:
+        if self.online is online:
+            return
+        self.online = online
+        if online:
+            log.info("device %s online: %s", self.device.id, reason)
+        else:
+            log.warning("device %s offline: %s; retrying in the background", self.device.id, reason)
+        await self._on_state(self.device.id, online, reason)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            data = await reader.read(READ_CHUNK_BYTES)
+            if not data:
+                raise EOFError("the port reported end of file (device unplugged?)")
+            for unit in self.codec.feed(data):
+                await self._handle(unit, writer)
+
+    async def _handle(self, unit: Decoded, writer: asyncio.StreamWriter) -> None:
+        if unit.error is not None:
+            self._log_reject(unit)
+        if unit.reading is not None:
+            try:
+                await self._on_reading(self.device.id, unit.reading)
+            except Exception:
+                # Not committed, so not acknowledged: the device will send it again.
+                log.exception("device %s: could not store a reading; not acknowledging it", self.device.id)
+                return
+        if unit.reply:
+            writer.write(unit.reply)
+            await writer.drain()
+
+    def _log_reject(self, unit: Decoded) -> None:
+        self._unlogged_rejects += 1
+        now = time.monotonic()
+        if now - self._last_reject_log < REJECT_LOG_INTERVAL_S:
+            return
+        stats = self.codec.stats
+        log.warning(
+            "device %s: rejected %d frame(s) since last report (%s, e.g. %r); total %d frames, %d bytes rejected",
+            self.device.id,
+            self._unlogged_rejects,
+            unit.error,
+            unit.raw[:40],
+            stats.frames_rejected,
+            stats.bytes_rejected,
+        )
+        self._last_reject_log = now
+        self._unlogged_rejects = 0

@@ -1,0 +1,93 @@
+"""A real mosquitto broker on a free loopback port, for tests, the demo and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+START_TIMEOUT_S = 10.0
+
+
+class BrokerUnavailable(Exception):
+    pass
+
+
+def mosquitto_path() -> str:
+    exe = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if exe is None:
+        raise BrokerUnavailable("mosquitto is not installed; run: sudo apt-get install mosquitto")
+    return exe
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1:port with its own config, persistence file and log in `folder`.
+
+    Persistence is on and written at shutdown, so a platform subscriber with a persistent
+    session (clean_session=False) keeps its queued messages across a `stop()`/`start()`.
+    """
+
+    def __init__(self, folder: Path, port: int | None = None) -> None:
+        self.folder = folder
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.log_path = folder / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {folder}/\n"
+            "autosave_interval 0\n"
+            "max_queued_messages 0\n"  # 0 = no limit: the platform's queue must not drop
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen([mosquitto_path(), "-c", str(self.conf)], stdout=log, stderr=log)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                socket.create_connection((self.host, self.port), 0.2).close()
+                return
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    raise BrokerUnavailable(f"mosquitto did not start: {self.log_path.read_text()[-2000:]}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Graceful stop (SIGTERM): persistent sessions are saved."""
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()

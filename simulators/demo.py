@@ -1,0 +1,123 @@
+"""`care-gateway demo`: a whole simulated station on this machine, end to end.
+
+mosquitto (the city broker) <- platform sink
+      ^
+  link proxy (cut for a while to show store-and-forward)
+      ^
+  care-gateway (a real child process)  <- pty <- Sur-Gard button receiver simulator
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sqlite3
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from simulators.broker import Mosquitto
+from simulators.button_receiver import HEARTBEAT, SCENARIO, ButtonReceiverSim
+from simulators.harness import GatewayProcess, station_toml
+from simulators.link import LinkProxy
+from simulators.platform import PlatformSink
+
+STATION_ID = "demo-station-01"
+PRESS_INTERVAL_S = 0.4
+DRAIN_TIMEOUT_S = 60.0
+
+
+def _say(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _backlog(db: Path) -> int:
+    with contextlib.suppress(sqlite3.Error), sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as conn:
+        return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
+    return -1
+
+
+async def _press_for(sim: ButtonReceiverSim, seconds: float, counter: Counter[str]) -> None:
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        frame, _what = SCENARIO[n % len(SCENARIO)]
+        n += 1
+        result = await sim.send(frame)
+        if frame != HEARTBEAT:
+            counter["acked" if result.acked else "unacked"] += 1
+        await asyncio.sleep(PRESS_INTERVAL_S)
+
+
+async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
+    with tempfile.TemporaryDirectory(prefix="care-gateway-demo-") as tmp:
+        folder = Path(tmp)
+        _say(f"starting mosquitto, the platform sink and a button receiver in {folder}")
+        with Mosquitto(folder / "broker") as broker:
+            sink = PlatformSink(broker.host, broker.port, STATION_ID, out_path=folder / "platform.jsonl")
+            sim = ButtonReceiverSim()
+            async with LinkProxy(broker.host, broker.port) as link, asyncio.TaskGroup() as tasks:
+                sink_task = tasks.create_task(sink.run(), name="platform-sink")
+                await asyncio.wait_for(sink.subscribed.wait(), 10)
+                db = folder / "outbox.db"
+                config = folder / "station.toml"
+                config.write_text(
+                    station_toml(station_id=STATION_ID, broker_port=link.port, db_path=db,
+                                 receiver_ports={"button-rx-1": sim.path})
+                )
+                print(f"broker 127.0.0.1:{broker.port}, station uplink via link proxy :{link.port}, "
+                      f"receiver on {sim.path}\nconfig:\n{config.read_text()}", flush=True)
+                gateway = GatewayProcess(config, on_line=lambda line: print(f"  gateway | {line}", flush=True))
+                await gateway.start()
+                if not await gateway.wait_for_line("device button-rx-1 online", 15):
+                    print("the gateway did not open the receiver port; see its log above")
+                    await gateway.stop()
+                    sink_task.cancel()
+                    return 1
+                counter: Counter[str] = Counter()
+
+                _say(f"link up: presses, restores and tests for {duration_s:.0f} s")
+                await _press_for(sim, duration_s, counter)
+                print(f"platform has {len(sink.events)} events so far", flush=True)
+
+                _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending")
+                link.cut()
+                await _press_for(sim, outage_s, counter)
+                print(f"outbox holds {_backlog(db)} events waiting for the link", flush=True)
+
+                _say("link restored: the backlog drains, alarms first")
+                link.restore()
+                await _press_for(sim, duration_s / 2, counter)
+                expected_reports = counter["acked"]
+                # every acked report, plus the gateway's own status events, must arrive
+                deadline = time.monotonic() + DRAIN_TIMEOUT_S
+                while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < expected_reports):
+                    await asyncio.sleep(0.2)
+                code = await gateway.stop()
+                sink_task.cancel()
+            sim.close()
+
+        received = _reports(sink)
+        lost = max(0, expected_reports - received)
+        kinds = Counter(e["kind"] for e in sink.events.values())
+        summary = {
+            "reports_acked_by_gateway": expected_reports,
+            "reports_unacked": counter["unacked"],
+            "reports_received_by_platform": received,
+            "events_received_by_platform": len(sink.events),
+            "by_kind": dict(kinds),
+            "duplicates_dropped_by_platform": sink.duplicates,
+            "lost": lost,
+            "gateway_exit_code": code,
+        }
+        _say("summary")
+        print(json.dumps(summary, indent=2), flush=True)
+        ok = lost == 0 and counter["unacked"] == 0 and code == 0
+        print("OK: nothing accepted was lost" if ok else "FAILED: see above", flush=True)
+        return 0 if ok else 1
+
+
+def _reports(sink: PlatformSink) -> int:
+    return sum(1 for e in sink.events.values() if e.get("data", {}).get("protocol") == "contact_id")

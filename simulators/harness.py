@@ -1,0 +1,88 @@
+"""Run a real gateway process against simulated devices: used by the demo, tests and bench."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def station_toml(
+    *,
+    station_id: str,
+    broker_port: int,
+    db_path: Path,
+    receiver_ports: dict[str, str],
+    keepalive_s: int = 5,
+    reconnect_max_s: float = 2.0,
+    status_interval_s: float = 5.0,
+) -> str:
+    """A station file for simulated devices on a loopback broker (or link proxy)."""
+    devices = "".join(
+        f'\n[[devices]]\nid = "{device_id}"\nkind = "contact_id_receiver"\nport = "{port}"\nbaudrate = 9600\n'
+        for device_id, port in receiver_ports.items()
+    )
+    return (
+        f'[station]\nid = "{station_id}"\nname = "Simulated care station"\n\n'
+        f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = {keepalive_s}\n'
+        f"reconnect_max_s = {reconnect_max_s}\nstatus_interval_s = {status_interval_s}\n"
+        f'publish_timeout_s = 5\n\n[storage]\npath = "{db_path}"\n{devices}'
+    )
+
+
+class GatewayProcess:
+    """`python -m gateway run --config FILE` as a child process, its log lines streamed."""
+
+    def __init__(self, config_path: Path, on_line: Callable[[str], None] | None = None) -> None:
+        self.config_path = config_path
+        self.on_line = on_line
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._seen = asyncio.Condition()
+
+    async def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "run", "--config", str(self.config_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        self._pump = asyncio.create_task(self._read_lines(), name="gateway-log")
+
+    async def _read_lines(self) -> None:
+        assert self.proc and self.proc.stdout
+        while raw := await self.proc.stdout.readline():
+            line = raw.decode(errors="replace").rstrip()
+            async with self._seen:
+                self.lines.append(line)
+                self._seen.notify_all()
+            if self.on_line:
+                self.on_line(line)
+
+    async def wait_for_line(self, needle: str, timeout: float = 15.0, after: int = 0) -> bool:
+        """True once a log line (from index `after` on) contains `needle`."""
+        async with self._seen:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._seen.wait_for(lambda: any(needle in line for line in self.lines[after:])), timeout
+                )
+        return any(needle in line for line in self.lines[after:])
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send `sig` (SIGKILL for a crash) and wait for the process to end."""
+        assert self.proc
+        if self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        if self._pump:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        return code

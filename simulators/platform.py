@@ -1,0 +1,72 @@
+"""The city platform, as far as a station can tell: an MQTT subscriber that records events.
+
+It subscribes to `{prefix}/{station}/#` with QoS 1 in a persistent session, accepts single
+events and `{"events": [...]}` batches, de-duplicates by event id (the way the platform
+must, since delivery is at-least-once) and writes each new event as one JSON line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+RECONNECT_S = 0.2
+
+
+class PlatformSink:
+    def __init__(self, host: str, port: int, station_id: str, prefix: str = "care/v1",
+                 out_path: Path | None = None) -> None:
+        self.host, self.port = host, port
+        self.prefix, self.station_id = prefix, station_id
+        self.out_path = out_path
+        self.events: dict[str, dict[str, Any]] = {}  # id -> event, in arrival order
+        self.duplicates = 0
+        self.status: dict[str, Any] | None = None
+        self.subscribed = asyncio.Event()
+        self._arrived = asyncio.Condition()
+
+    async def run(self) -> None:
+        topic = f"{self.prefix}/{self.station_id}/#"
+        while True:
+            try:
+                async with aiomqtt.Client(self.host, self.port, identifier=f"platform-sink-{self.station_id}",
+                                          clean_session=False) as client:
+                    await client.subscribe(topic, qos=1)
+                    self.subscribed.set()
+                    async for message in client.messages:
+                        await self._record(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+            except aiomqtt.MqttError:
+                self.subscribed.clear()
+                await asyncio.sleep(RECONNECT_S)
+
+    async def _record(self, topic: str, payload: bytes) -> None:
+        base = f"{self.prefix}/{self.station_id}"
+        body = json.loads(payload)
+        if topic == f"{base}/status":
+            self.status = body
+            return
+        if not topic.startswith(f"{base}/events/"):
+            return
+        batch = body["events"] if "events" in body else [body]
+        async with self._arrived:
+            for event in batch:
+                if event["id"] in self.events:
+                    self.duplicates += 1
+                    continue
+                self.events[event["id"]] = event
+                if self.out_path:
+                    with self.out_path.open("a") as out:
+                        out.write(json.dumps({"topic": topic, **event}) + "\n")
+            self._arrived.notify_all()
+
+    async def wait_for(self, count: int, timeout: float) -> bool:
+        """True once at least `count` distinct events have arrived."""
+        async with self._arrived:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.events) >= count), timeout)
+        return len(self.events) >= count
