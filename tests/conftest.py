@@ -1,0 +1,93 @@
+"""Shared fixtures: a real mosquitto on a free loopback port, a platform sink, a station."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from simulators.broker import Mosquitto
+from simulators.button_receiver import ButtonReceiverSim
+from simulators.harness import GatewayProcess, station_toml
+from simulators.platform import PlatformSink
+
+STATION_ID = "test-station"
+TEST_ACK_DEADLINE_S = 1.5  # shorter than the receiver's 4 s so that resends happen quickly
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    with Mosquitto(tmp_path / "broker") as running:
+        yield running
+
+
+@dataclass
+class Station:
+    """A running simulated station: receiver pty, gateway process, platform sink."""
+
+    folder: Path
+    port_link: Path  # the configured port: a symlink to the pty, as /dev/serial/by-id/ links are
+    config_path: Path
+    db_path: Path
+    receiver: ButtonReceiverSim
+    sink: PlatformSink
+    gateway: GatewayProcess
+
+    def replug(self) -> ButtonReceiverSim:
+        """Unplug the receiver and plug a new one in: the stable name points at a new pty."""
+        self.receiver.unplug()
+        self.receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
+        self.port_link.unlink()
+        self.port_link.symlink_to(self.receiver.path)
+        return self.receiver
+
+    async def restart_gateway(self) -> None:
+        self.gateway = GatewayProcess(self.config_path)
+        await self.gateway.start()
+        assert await self.gateway.wait_for_line("device button-rx-1 online"), self.gateway.lines
+
+
+@contextlib.asynccontextmanager
+async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
+    sink = PlatformSink(host, port, STATION_ID)
+    task = asyncio.create_task(sink.run())
+    try:
+        await asyncio.wait_for(sink.subscribed.wait(), 10)
+        yield sink
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running_station(folder: Path, broker: Mosquitto, uplink_port: int | None = None) -> AsyncIterator[Station]:
+    """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
+    receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
+    port_link = folder / "ttyBUTTON"
+    port_link.symlink_to(receiver.path)
+    db_path = folder / "outbox.db"
+    config_path = folder / "station.toml"
+    config_path.write_text(
+        station_toml(
+            station_id=STATION_ID,
+            broker_port=uplink_port or broker.port,
+            db_path=db_path,
+            receiver_ports={"button-rx-1": str(port_link)},
+            reconnect_max_s=1.0,
+        )
+    )
+    async with running_sink(broker.host, broker.port) as sink:
+        gateway = GatewayProcess(config_path)
+        station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway)
+        await gateway.start()
+        try:
+            assert await gateway.wait_for_line("device button-rx-1 online"), gateway.lines
+            yield station
+        finally:
+            await station.gateway.stop()
+            station.receiver.close()

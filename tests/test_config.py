@@ -1,0 +1,129 @@
+"""Station files: the shipped examples load; bad files name file, key path and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+EXAMPLES = sorted(CONFIG_DIR.glob("*.toml"))
+
+GOOD = """
+[station]
+id = "nm-xilin-0012"
+name = "Baiyinxile gacha care station"
+[uplink]
+host = "127.0.0.1"
+port = 1883
+[storage]
+path = "/var/lib/care-gateway/outbox.db"
+[[devices]]
+id = "button-rx-1"
+kind = "contact_id_receiver"
+port = "/dev/ttyUSB0"
+baudrate = 9600
+"""
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "station.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    prefix = f"{path}: "
+    assert all(line.startswith(prefix) for line in info.value.problems)
+    return [line.removeprefix(prefix) for line in info.value.problems]
+
+
+def test_examples_exist_and_load() -> None:
+    assert {p.name for p in EXAMPLES} >= {"village.toml", "pastoral.toml", "island.toml"}
+    for path in EXAMPLES:
+        config = load_config(path)
+        assert config.devices, path
+
+
+def test_issue_shape_loads_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "station.toml"
+    path.write_text(GOOD)
+    config = load_config(path)
+    assert config.uplink.topic_prefix == "care/v1"
+    assert config.client_id == "care-gw-nm-xilin-0012"
+    assert (config.devices[0].bytesize, config.devices[0].parity, config.devices[0].stopbits) == (8, "N", 1)
+
+
+def test_wrong_values_name_key_path_and_what_is_allowed(tmp_path: Path) -> None:
+    text = GOOD.replace("baudrate = 9600", 'baudrate = 9601\nparity = "X"').replace("port = 1883", "port = 70000")
+    assert problems(tmp_path, text) == [
+        "uplink.port: Input should be less than or equal to 65535 (got 70000) (allowed: broker TCP port, 1-65535)",
+        "devices[0].baudrate: 9601 is not allowed (allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200)",
+        "devices[0].parity: 'X' is not allowed (allowed: 'N', 'E' or 'O')",
+    ]
+
+
+def test_unknown_and_missing_keys(tmp_path: Path) -> None:
+    text = GOOD.replace('name = "Baiyinxile gacha care station"', 'nmae = "typo"').replace(
+        'path = "/var/lib/care-gateway/outbox.db"', ""
+    )
+    assert problems(tmp_path, text) == [
+        "station.name: required key is missing (human-readable name, 1-200 characters)",
+        "station.nmae: unknown key (allowed keys here: id, name, trust_clock)",
+        "storage.path: required key is missing (path of the outbox database file; its folder must be writable)",
+    ]
+
+
+def test_bad_ids_kinds_and_duplicates(tmp_path: Path) -> None:
+    text = GOOD.replace('id = "nm-xilin-0012"', 'id = "NM/0012"').replace('topic_prefix = "care/v1"', "")
+    [station_id] = problems(tmp_path, text)
+    assert station_id.startswith("station.id: 'NM/0012' is not allowed (allowed: station id used in MQTT topics")
+    assert problems(tmp_path, GOOD.replace('kind = "contact_id_receiver"', 'kind = "contactid"')) == [
+        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver')"
+    ]
+    twice = GOOD + GOOD[GOOD.index("[[devices]]") :].replace("ttyUSB0", "ttyUSB1")
+    assert problems(tmp_path, twice) == [
+        "devices: devices[0] and devices[1] have the same id 'button-rx-1'; each device needs its own id"
+    ]
+
+
+def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    assert problems(tmp_path, GOOD.replace("port = 1883", "port 1883")) == [
+        "line 7, column 6: TOML syntax error: Expected '=' after a key in a key/value pair"
+    ]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.toml")
+    assert info.value.problems[0].startswith(f"{tmp_path / 'absent.toml'}: cannot read the file: [Errno 2]")
+
+
+def test_check_config_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("baudrate = 9600", "baudrate = 9601"))
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(bad), *map(str, EXAMPLES)],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr + run.stdout
+    assert run.stderr.splitlines() == [
+        f"{bad}: devices[0].baudrate: 9601 is not allowed "
+        "(allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200)"
+    ]
+    assert [line.split(":")[0] for line in run.stdout.splitlines()] == [str(p) for p in EXAMPLES]
+    ok = subprocess.run([sys.executable, "-m", "gateway", "check-config", *map(str, EXAMPLES)], check=False)
+    assert ok.returncode == 0
+
+
+def test_run_with_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(GOOD.replace("port = 1883", "port = 0"))
+    run = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+                         capture_output=True, text=True, check=False)
+    assert run.returncode == 78
+    assert "Traceback" not in run.stderr
+    assert "uplink.port: Input should be greater than or equal to 1 (got 0)" in run.stderr

@@ -1,0 +1,73 @@
+"""The event model: ids, priorities, JSON form and the published schema."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.clock import Clock
+from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, event_json_schema, new_event
+
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "event.schema.json"
+
+
+class FixedClock(Clock):
+    def __init__(self, at: datetime, trusted: bool) -> None:
+        super().__init__()
+        self._at, self._trusted = at, trusted
+
+    def now(self) -> datetime:
+        return self._at
+
+    def trusted(self) -> bool:
+        return self._trusted
+
+
+def test_new_event_is_stamped_and_round_trips_through_json() -> None:
+    clock = FixedClock(datetime(2026, 11, 23, 8, 30, 15, 123456, tzinfo=UTC), trusted=False)
+    event = new_event(clock, "st-1", "button-rx-1", EventKind.SOS, {"zone": 3})
+    assert event == Event(
+        id=event.id,
+        station_id="st-1",
+        device_id="button-rx-1",
+        kind=EventKind.SOS,
+        priority=Priority.ALARM,
+        ts=datetime(2026, 11, 23, 8, 30, 15, 123000, tzinfo=UTC),
+        clock_trusted=False,
+        data={"zone": 3},
+    )
+    assert json.loads(event.to_json())["ts"] == "2026-11-23T08:30:15.123Z"
+    assert Event.model_validate_json(event.to_json()) == event
+
+
+def test_ids_are_unique_and_sort_in_creation_order_even_within_one_millisecond() -> None:
+    clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC), trusted=True)
+    ids = [new_event(clock, "s", "d", EventKind.TEST).id for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    later = new_event(FixedClock(datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC), True), "s", "d", EventKind.TEST)
+    assert later.id > ids[-1]
+
+
+def test_every_kind_has_a_priority_and_alarms_rank_first() -> None:
+    assert set(PRIORITY_OF_KIND) == set(EventKind)
+    assert sorted(Priority, key=lambda p: p.rank) == [Priority.ALARM, Priority.STATUS, Priority.TELEMETRY]
+    alarms = {k for k, p in PRIORITY_OF_KIND.items() if p is Priority.ALARM}
+    assert alarms == {EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS, EventKind.FALL}
+
+
+def test_events_are_immutable() -> None:
+    event = new_event(Clock(), "s", "d", EventKind.TEST)
+    try:
+        event.kind = EventKind.SOS  # type: ignore[misc]
+    except Exception as exc:  # pydantic's ValidationError for frozen instances
+        assert "frozen" in str(exc)
+    else:
+        raise AssertionError("an event could be changed")
+
+
+def test_published_schema_is_up_to_date() -> None:
+    assert json.loads(SCHEMA_FILE.read_text()) == event_json_schema(), (
+        "docs/event.schema.json is stale: run `care-gateway schema > docs/event.schema.json`"
+    )
