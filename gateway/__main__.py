@@ -72,8 +72,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
         rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
         oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
     names = {0: "alarm", 1: "status", 2: "telemetry"}
-    print(json.dumps({"outbox": str(path), "waiting": {names[k]: rows.get(k, 0) for k in names},
-                      "oldest_created_ms": oldest}))
+    print(
+        json.dumps(
+            {
+                "outbox": str(path),
+                "waiting": {names[k]: rows.get(k, 0) for k in names},
+                "oldest_created_ms": oldest,
+            }
+        )
+    )
     return 0
 
 

@@ -50,7 +50,10 @@ class UplinkSection(_Section):
         "no leading or trailing '/'",
     )
     client_id: str | None = Field(
-        None, min_length=1, max_length=128, description="MQTT client id, 1-128 characters; default 'care-gw-<station id>'"
+        None,
+        min_length=1,
+        max_length=128,
+        description="MQTT client id, 1-128 characters; default 'care-gw-<station id>'",
     )
     username: str | None = Field(None, description="MQTT user name, if the broker requires one")
     password: str | None = Field(None, description="MQTT password, if the broker requires one")
@@ -75,7 +78,8 @@ class ContactIdReceiverDevice(_Section):
     id: str = Field(pattern=ID_PATTERN, description=f"device id: {ID_ALLOWED}")
     kind: Literal["contact_id_receiver"] = Field(description="device kind")
     port: str = Field(
-        min_length=1, description="serial port path, preferably /dev/serial/by-id/... (stable across replugging)"
+        min_length=1,
+        description="serial port path, preferably /dev/serial/by-id/... (stable across replugging)",
     )
     baudrate: Literal[SERIAL_BAUDRATES] = Field(9600, description="serial speed")  # type: ignore[valid-type]
     bytesize: Literal[7, 8] = Field(8, description="data bits")

@@ -197,8 +197,6 @@ class Outbox:
 
     async def wait_for_new(self, timeout: float) -> None:
         """Return when rows were appended since the last call, or after `timeout` seconds."""
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._new_rows.wait(), timeout)
-        except TimeoutError:
-            pass
         self._new_rows.clear()

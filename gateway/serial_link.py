@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable
 
 import serial
 import serial_asyncio_fast
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
 
 from drivers import Codec, Decoded, Reading
 from gateway.config import Device

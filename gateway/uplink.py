@@ -20,7 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
 
 from gateway.config import StationConfig
 from gateway.events import Priority

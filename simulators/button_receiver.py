@@ -119,7 +119,7 @@ SCENARIO = (  # (frame, what it is) played in a loop by `python -m simulators bu
 
 async def play(count: int, interval_s: float) -> int:
     sim = ButtonReceiverSim()
-    print(f"button receiver on {sim.path}  (configure: port = \"{sim.path}\")", flush=True)
+    print(f'button receiver on {sim.path}  (configure: port = "{sim.path}")', flush=True)
     unacked = 0
     try:
         for n in range(count):

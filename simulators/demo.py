@@ -34,7 +34,10 @@ def _say(text: str) -> None:
 
 
 def _backlog(db: Path) -> int:
-    with contextlib.suppress(sqlite3.Error), sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as conn:
+    with (
+        contextlib.suppress(sqlite3.Error),
+        sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2) as conn,
+    ):
         return int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0])
     return -1
 
@@ -64,11 +67,18 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                 db = folder / "outbox.db"
                 config = folder / "station.toml"
                 config.write_text(
-                    station_toml(station_id=STATION_ID, broker_port=link.port, db_path=db,
-                                 receiver_ports={"button-rx-1": sim.path})
+                    station_toml(
+                        station_id=STATION_ID,
+                        broker_port=link.port,
+                        db_path=db,
+                        receiver_ports={"button-rx-1": sim.path},
+                    )
                 )
-                print(f"broker 127.0.0.1:{broker.port}, station uplink via link proxy :{link.port}, "
-                      f"receiver on {sim.path}\nconfig:\n{config.read_text()}", flush=True)
+                print(
+                    f"broker 127.0.0.1:{broker.port}, station uplink via link proxy :{link.port}, "
+                    f"receiver on {sim.path}\nconfig:\n{config.read_text()}",
+                    flush=True,
+                )
                 gateway = GatewayProcess(config, on_line=lambda line: print(f"  gateway | {line}", flush=True))
                 await gateway.start()
                 if not await gateway.wait_for_line("device button-rx-1 online", 15):
@@ -93,7 +103,7 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                 expected_reports = counter["acked"]
                 # every acked report, plus the gateway's own status events, must arrive
                 deadline = time.monotonic() + DRAIN_TIMEOUT_S
-                while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < expected_reports):
+                while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < expected_reports):  # noqa: ASYNC110 - polls another process's database
                     await asyncio.sleep(0.2)
                 code = await gateway.stop()
                 sink_task.cancel()

@@ -48,13 +48,21 @@ class GatewayProcess:
     async def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "run", "--config", str(self.config_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env,
+            sys.executable,
+            "-m",
+            "gateway",
+            "run",
+            "--config",
+            str(self.config_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
         )
         self._pump = asyncio.create_task(self._read_lines(), name="gateway-log")
 
     async def _read_lines(self) -> None:
-        assert self.proc and self.proc.stdout
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         while raw := await self.proc.stdout.readline():
             line = raw.decode(errors="replace").rstrip()
             async with self._seen:

@@ -19,8 +19,9 @@ RECONNECT_S = 0.2
 
 
 class PlatformSink:
-    def __init__(self, host: str, port: int, station_id: str, prefix: str = "care/v1",
-                 out_path: Path | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, station_id: str, prefix: str = "care/v1", out_path: Path | None = None
+    ) -> None:
         self.host, self.port = host, port
         self.prefix, self.station_id = prefix, station_id
         self.out_path = out_path
@@ -34,12 +35,13 @@ class PlatformSink:
         topic = f"{self.prefix}/{self.station_id}/#"
         while True:
             try:
-                async with aiomqtt.Client(self.host, self.port, identifier=f"platform-sink-{self.station_id}",
-                                          clean_session=False) as client:
+                async with aiomqtt.Client(
+                    self.host, self.port, identifier=f"platform-sink-{self.station_id}", clean_session=False
+                ) as client:
                     await client.subscribe(topic, qos=1)
                     self.subscribed.set()
                     async for message in client.messages:
-                        await self._record(str(message.topic), bytes(message.payload))  # type: ignore[arg-type]
+                        await self._record(str(message.topic), bytes(message.payload))
             except aiomqtt.MqttError:
                 self.subscribed.clear()
                 await asyncio.sleep(RECONNECT_S)
@@ -52,7 +54,7 @@ class PlatformSink:
             return
         if not topic.startswith(f"{base}/events/"):
             return
-        batch = body["events"] if "events" in body else [body]
+        batch = body.get("events", [body])
         async with self._arrived:
             for event in batch:
                 if event["id"] in self.events:

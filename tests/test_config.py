@@ -106,7 +106,9 @@ def test_check_config_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     bad.write_text(GOOD.replace("baudrate = 9600", "baudrate = 9601"))
     run = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", str(bad), *map(str, EXAMPLES)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 1
     assert "Traceback" not in run.stderr + run.stdout
@@ -122,8 +124,12 @@ def test_check_config_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
 def test_run_with_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("port = 1883", "port = 0"))
-    run = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(bad)],
-                         capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert run.returncode == 78
     assert "Traceback" not in run.stderr
     assert "uplink.port: Input should be greater than or equal to 1 (got 0)" in run.stderr

@@ -83,15 +83,27 @@ def test_simulator_encoder_matches_the_datasheet_bytes() -> None:
     zone=st.integers(0, 999),
     account=st.text("0123456789BCDEF", min_size=4, max_size=4),
 )
-def test_round_trip_through_the_simulator_encoder(qualifier: str, code: int, group: int, zone: int, account: str) -> None:
+def test_round_trip_through_the_simulator_encoder(
+    qualifier: str, code: int, group: int, zone: int, account: str
+) -> None:
     frame = surgard_report(account=account, qualifier=qualifier, code=code, group=group, zone=zone)
     [unit] = SurGardCodec().feed(frame)
     names = {"E": "new", "R": "restore", "P": "still_present"}
-    assert unit == Decoded(
-        ContactIdReport(receiver=1, line=1, account=account, qualifier=names[qualifier],  # type: ignore[arg-type]
-                        code=code, group=group, zone=zone),
-        ACK,
-        raw=frame[:-1],
+    assert (
+        unit
+        == Decoded(
+            ContactIdReport(
+                receiver=1,
+                line=1,
+                account=account,
+                qualifier=names[qualifier],  # type: ignore[arg-type]
+                code=code,
+                group=group,
+                zone=zone,
+            ),
+            ACK,
+            raw=frame[:-1],
+        )
     )
 
 
@@ -140,7 +152,25 @@ def test_code_table_maps_alarms_troubles_and_tests() -> None:
 def test_event_data_names_zone_or_user() -> None:
     duress = ContactIdReport(1, 1, "1234", "new", 121, 1, 7).event_data()
     sos = ContactIdReport(1, 1, "1234", "still_present", 101, 1, 7).event_data()
-    assert duress == {"protocol": "contact_id", "code": 121, "code_name": "Duress", "qualifier": "new",
-                      "account": "1234", "group": 1, "user": 7, "receiver": 1, "line": 1}
-    assert sos == {"protocol": "contact_id", "code": 101, "code_name": "Personal emergency",
-                   "qualifier": "still_present", "account": "1234", "group": 1, "zone": 7, "receiver": 1, "line": 1}
+    assert duress == {
+        "protocol": "contact_id",
+        "code": 121,
+        "code_name": "Duress",
+        "qualifier": "new",
+        "account": "1234",
+        "group": 1,
+        "user": 7,
+        "receiver": 1,
+        "line": 1,
+    }
+    assert sos == {
+        "protocol": "contact_id",
+        "code": 101,
+        "code_name": "Personal emergency",
+        "qualifier": "still_present",
+        "account": "1234",
+        "group": 1,
+        "zone": 7,
+        "receiver": 1,
+        "line": 1,
+    }

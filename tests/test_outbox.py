@@ -16,14 +16,28 @@ def make(kind: EventKind, device: str = "d1") -> Event:
 
 async def test_alarms_first_then_status_then_telemetry_each_oldest_first(tmp_path: Path) -> None:
     async with Outbox(tmp_path / "o.db") as outbox:
-        test1, sos1, test2, fall = make(EventKind.TEST), make(EventKind.SOS), make(EventKind.TEST), make(EventKind.FALL)
+        test1, sos1, test2, fall = (
+            make(EventKind.TEST),
+            make(EventKind.SOS),
+            make(EventKind.TEST),
+            make(EventKind.FALL),
+        )
         await outbox.append(test1, sos1)
         await outbox.append(test2)
         await outbox.append(fall)
         rows = await outbox.next_batch(10)
         assert [Event.model_validate_json(r.payload) for r in rows] == [sos1, fall, test1, test2]
-        assert [r.priority for r in rows] == [Priority.ALARM, Priority.ALARM, Priority.STATUS, Priority.STATUS]
-        assert [Event.model_validate_json(r.payload) for r in await outbox.next_batch(3)] == [sos1, fall, test1]
+        assert [r.priority for r in rows] == [
+            Priority.ALARM,
+            Priority.ALARM,
+            Priority.STATUS,
+            Priority.STATUS,
+        ]
+        assert [Event.model_validate_json(r.payload) for r in await outbox.next_batch(3)] == [
+            sos1,
+            fall,
+            test1,
+        ]
 
 
 async def test_rows_stay_until_acked_and_survive_reopening(tmp_path: Path) -> None:

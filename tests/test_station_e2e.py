@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import STATION_ID, Station, running_station
+
 from simulators.broker import Mosquitto
-from simulators.button_receiver import ButtonReceiverSim, surgard_report
+from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
 
 ARRIVAL_TIMEOUT_S = 30.0
@@ -34,7 +35,7 @@ def without_volatile(event: dict[str, Any]) -> dict[str, Any]:
 async def test_press_reaches_the_platform_as_an_alarm(tmp_path: Path, broker: Mosquitto) -> None:
     async with running_station(tmp_path, broker) as station:
         delivery = await station.receiver.send(surgard_report(account="4321", qualifier="E", code=101, zone=15))
-        assert delivery.acked and delivery.attempts == 1
+        assert (delivery.acked, delivery.attempts) == (True, 1)
         assert await station.sink.wait_for(3, ARRIVAL_TIMEOUT_S)  # gateway_started, device_online, sos
         by_kind = {e["kind"]: e for e in station.sink.events.values()}
         assert without_volatile(by_kind["sos"]) == {
@@ -42,8 +43,17 @@ async def test_press_reaches_the_platform_as_an_alarm(tmp_path: Path, broker: Mo
             "device_id": "button-rx-1",
             "kind": "sos",
             "priority": "alarm",
-            "data": {"protocol": "contact_id", "code": 101, "code_name": "Personal emergency", "qualifier": "new",
-                     "account": "4321", "group": 1, "zone": 15, "receiver": 1, "line": 1},
+            "data": {
+                "protocol": "contact_id",
+                "code": 101,
+                "code_name": "Personal emergency",
+                "qualifier": "new",
+                "account": "4321",
+                "group": 1,
+                "zone": 15,
+                "receiver": 1,
+                "line": 1,
+            },
         }
         assert by_kind["device_online"]["priority"] == "status"
         # the retained status message reports the station and its device
@@ -54,7 +64,10 @@ async def test_press_reaches_the_platform_as_an_alarm(tmp_path: Path, broker: Mo
         status = station.sink.status
         assert status is not None
         assert (status["state"], status["station_id"], status["devices"]["button-rx-1"]["state"]) == (
-            "online", STATION_ID, "online")
+            "online",
+            STATION_ID,
+            "online",
+        )
 
 
 async def test_ack_is_written_only_after_the_commit(tmp_path: Path, broker: Mosquitto) -> None:
