@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from drivers import Reading, codec_for
@@ -26,6 +27,19 @@ from gateway.uplink import Uplink
 log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
+TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
+
+
+async def keep_running(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """Run `work` forever: an unexpected failure of one device or of the uplink is logged and
+    that task restarted, while every other task keeps running (no crash loop of the daemon)."""
+    while True:
+        try:
+            await work()
+            return
+        except Exception:
+            log.exception("%s failed unexpectedly; restarting it in %.0f s", name, TASK_RESTART_DELAY_S)
+            await asyncio.sleep(TASK_RESTART_DELAY_S)
 
 
 def sd_notify(*lines: str) -> bool:
@@ -127,10 +141,12 @@ class Station:
                 for device in cfg.devices
             ]
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._uplink.run(), name="uplink")
+                tasks.create_task(keep_running("the uplink", self._uplink.run), name="uplink")
                 for link in self.links:
-                    tasks.create_task(link.run(), name=f"serial-{link.device.id}")
-                tasks.create_task(self._supervise(), name="supervise")
+                    tasks.create_task(
+                        keep_running(f"device {link.device.id}", link.run), name=f"serial-{link.device.id}"
+                    )
+                tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
                 sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
 
     async def _supervise(self) -> None:

@@ -83,8 +83,8 @@ class Uplink:
                 raise
             finally:
                 self.connected = False
-                with contextlib.suppress(Exception):
-                    await client.__aexit__(None, None, None)
+                with contextlib.suppress(Exception):  # a dead link must not hold up the reconnect
+                    await asyncio.wait_for(client.__aexit__(None, None, None), self._config.uplink.publish_timeout_s)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: returns (after logging why) when the connection is lost."""
