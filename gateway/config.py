@@ -58,6 +58,9 @@ class UplinkSection(_Section):
     username: str | None = Field(None, description="MQTT user name, if the broker requires one")
     password: str | None = Field(None, description="MQTT password, if the broker requires one")
     keepalive_s: int = Field(30, ge=5, le=1200, description="MQTT keepalive in seconds, 5-1200")
+    connect_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="seconds to wait for the broker's CONNACK, >0 and <=120"
+    )
     publish_timeout_s: float = Field(
         10.0, gt=0, le=120, description="seconds to wait for a PUBACK before reconnecting, >0 and <=120"
     )

@@ -117,7 +117,7 @@ class Uplink:
                     username=up.username,
                     password=up.password,
                     keepalive=up.keepalive_s,
-                    timeout=up.publish_timeout_s,
+                    timeout=up.connect_timeout_s,  # aiomqtt is not woken by a reset during CONNECT
                     clean_session=True,
                     will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
                     tls_params=(
@@ -132,6 +132,7 @@ class Uplink:
                 )
                 client.pending_calls_threshold = PENDING_CALLS_WARNING
                 await client.__aenter__()
+                client.timeout = up.publish_timeout_s  # from now on: how long to wait for a PUBACK
         self.connected = True
         counts = await self._outbox.counts()
         log.info(

@@ -30,7 +30,7 @@ def station_toml(
         f'[station]\nid = "{station_id}"\nname = "Simulated care station"\n\n'
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = {keepalive_s}\n'
         f"reconnect_max_s = {reconnect_max_s}\nstatus_interval_s = {status_interval_s}\n"
-        f'publish_timeout_s = 5\n\n[storage]\npath = "{db_path}"\n{devices}'
+        f'connect_timeout_s = 2\npublish_timeout_s = 5\n\n[storage]\npath = "{db_path}"\n{devices}'
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ class PlatformSink:
         self.prefix, self.station_id = prefix, station_id
         self.out_path = out_path
         self.events: dict[str, dict[str, Any]] = {}  # id -> event, in arrival order
+        self.arrived_at: dict[str, float] = {}  # id -> time.monotonic() of first arrival
         self.duplicates = 0
         self.status: dict[str, Any] | None = None
         self.subscribed = asyncio.Event()
@@ -61,6 +63,7 @@ class PlatformSink:
                     self.duplicates += 1
                     continue
                 self.events[event["id"]] = event
+                self.arrived_at[event["id"]] = time.monotonic()
                 if self.out_path:
                     with self.out_path.open("a") as out:
                         out.write(json.dumps({"topic": topic, **event}) + "\n")
