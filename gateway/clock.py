@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import time
 import uuid
 from datetime import UTC, datetime
@@ -23,16 +24,27 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 ClockTrust = Literal["auto", "always"]
 
 
+RECHECK_INTERVAL_S = 10.0  # how often an untrusted clock asks the kernel again
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """libc, looked up once (find_library runs ldconfig: far too slow for every event)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
 def _kernel_says_synchronised() -> bool:
     """True when the kernel reports an NTP-disciplined clock (adjtimex != TIME_ERROR)."""
     if TIMESYNCD_MARKER.exists():
         return True
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        buf = ctypes.create_string_buffer(ADJTIMEX_BUFFER_BYTES)  # modes = 0: read only
-        return bool(libc.adjtimex(buf) not in (-1, TIME_ERROR))
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
+    buf = ctypes.create_string_buffer(ADJTIMEX_BUFFER_BYTES)  # modes = 0: read only
+    return bool(libc.adjtimex(buf) not in (-1, TIME_ERROR))
 
 
 def _read_boot_id() -> str:
@@ -48,6 +60,7 @@ class Clock:
     def __init__(self, trust: ClockTrust = "auto") -> None:
         self._trust = trust
         self._trusted_seen = trust == "always"
+        self._next_check = 0.0
         self.boot_id = _read_boot_id()
 
     def now(self) -> datetime:
@@ -58,6 +71,7 @@ class Clock:
 
     def trusted(self) -> bool:
         """Once the clock has been synchronised in this boot it stays trusted."""
-        if not self._trusted_seen:
+        if not self._trusted_seen and time.monotonic() >= self._next_check:
             self._trusted_seen = _kernel_says_synchronised()
+            self._next_check = time.monotonic() + RECHECK_INTERVAL_S
         return self._trusted_seen

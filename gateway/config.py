@@ -89,6 +89,13 @@ class ContactIdReceiverDevice(_Section):
     parity: Literal["N", "E", "O"] = Field("N", description="parity")
     stopbits: Literal[1, 2] = Field(1, description="stop bits")
     format: Literal["surgard"] = Field("surgard", description="receiver output format")
+    silence_timeout_s: float = Field(
+        100.0,
+        ge=0,
+        le=86400,
+        description="seconds without a byte from the receiver (it sends a heartbeat about every 30 s) "
+        "before it is reported offline, 0-86400; 0 turns the check off",
+    )
 
 
 Device = ContactIdReceiverDevice

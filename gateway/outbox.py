@@ -63,6 +63,7 @@ class Outbox:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite_utils.Database | None = None
         self._new_rows = asyncio.Event()
+        self._counts = dict.fromkeys(Priority, 0)  # kept in step with the table: no COUNT(*) scans
         self.moved_aside: Path | None = None  # set when a corrupt file was found at start-up
 
     async def __aenter__(self) -> Outbox:
@@ -102,6 +103,8 @@ class Outbox:
         except OSError as exc:
             raise OutboxUnavailable(self._advice(exc)) from exc
         db.executescript(SCHEMA)
+        for rank, n in db.execute("SELECT priority, count(*) FROM outbox GROUP BY priority"):
+            self._counts[_PRIORITY_OF_RANK[rank]] = n
         self._db = db
 
     def _advice(self, exc: Exception) -> str:
@@ -151,6 +154,8 @@ class Outbox:
                 "INSERT INTO outbox (priority, device_id, created_ms, payload) VALUES (?, ?, ?, ?)",
                 [(e.priority.rank, e.device_id, int(e.ts.timestamp() * 1000), e.to_json()) for e in events],
             )
+        for event in events:
+            self._counts[event.priority] += 1
 
     def _select(self, limit: int) -> list[OutboxRow]:
         rows = self.db.execute(
@@ -158,19 +163,15 @@ class Outbox:
         ).fetchall()
         return [OutboxRow(seq, _PRIORITY_OF_RANK[rank], payload) for seq, rank, payload in rows]
 
-    def _delete(self, seqs: list[int]) -> None:
+    def _delete(self, rows: list[OutboxRow]) -> None:
         with self._transaction() as conn:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
-
-    def _counts(self) -> dict[Priority, int]:
-        counts = dict.fromkeys(Priority, 0)
-        for rank, n in self.db.execute("SELECT priority, count(*) FROM outbox GROUP BY priority"):
-            counts[_PRIORITY_OF_RANK[rank]] = n
-        return counts
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(row.seq,) for row in rows])
+        for row in rows:
+            self._counts[row.priority] -= 1
 
     def _oldest_ms(self) -> int | None:
-        row = self.db.execute("SELECT min(created_ms) FROM outbox").fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+        row = self.db.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return None if row is None else int(row[0])
 
     # --- the async API -----------------------------------------------------------------------
 
@@ -183,14 +184,15 @@ class Outbox:
         """The `limit` oldest rows of the most urgent class first."""
         return await self._run(lambda: self._select(limit))
 
-    async def ack(self, seqs: Iterable[int]) -> None:
+    async def ack(self, rows: Iterable[OutboxRow]) -> None:
         """Delete rows the broker has acknowledged (PUBACK received)."""
-        batch = list(seqs)
+        batch = list(rows)
         if batch:
             await self._run(lambda: self._delete(batch))
 
     async def counts(self) -> dict[Priority, int]:
-        return await self._run(self._counts)
+        """Rows waiting per class (kept in memory, so cheap with a million rows)."""
+        return await self._run(lambda: dict(self._counts))
 
     async def oldest_created_ms(self) -> int | None:
         return await self._run(self._oldest_ms)

@@ -123,10 +123,21 @@ class SerialLink:
         await self._on_state(self.device.id, online, reason)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silence_s = self.device.silence_timeout_s or None
         while True:
-            data = await reader.read(READ_CHUNK_BYTES)
+            try:
+                data = await asyncio.wait_for(reader.read(READ_CHUNK_BYTES), silence_s)
+            except TimeoutError:
+                await self._set_state(
+                    False,
+                    f"{self.device.port}: nothing received for {silence_s:.0f} s although the receiver sends "
+                    "heartbeats; check its power and the serial cable",
+                )
+                continue
             if not data:
                 raise EOFError("the port reported end of file (device unplugged?)")
+            if self.online is False:
+                await self._set_state(True, f"{self.device.port}: receiving again")
             for unit in self.codec.feed(data):
                 await self._handle(unit, writer)
 

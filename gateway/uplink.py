@@ -181,7 +181,7 @@ class Uplink:
                 await self._outbox.wait_for_new(IDLE_POLL_S)
                 continue
             results = await asyncio.gather(*(self._publish(client, row) for row in rows), return_exceptions=True)
-            acked = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
+            acked = [row for row, result in zip(rows, results, strict=True) if result is None]
             await self._outbox.ack(acked)
             self.published += len(acked)
             for row, result in zip(rows, results, strict=True):

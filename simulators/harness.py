@@ -20,10 +20,12 @@ def station_toml(
     keepalive_s: int = 5,
     reconnect_max_s: float = 2.0,
     status_interval_s: float = 5.0,
+    silence_timeout_s: float = 100.0,
 ) -> str:
     """A station file for simulated devices on a loopback broker (or link proxy)."""
     devices = "".join(
         f'\n[[devices]]\nid = "{device_id}"\nkind = "contact_id_receiver"\nport = "{port}"\nbaudrate = 9600\n'
+        f"silence_timeout_s = {silence_timeout_s}\n"
         for device_id, port in receiver_ports.items()
     )
     return (

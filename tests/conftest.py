@@ -65,7 +65,9 @@ async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
 
 
 @contextlib.asynccontextmanager
-async def running_station(folder: Path, broker: Mosquitto, uplink_port: int | None = None) -> AsyncIterator[Station]:
+async def running_station(
+    folder: Path, broker: Mosquitto, uplink_port: int | None = None, silence_timeout_s: float = 100.0
+) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
     port_link = folder / "ttyBUTTON"
@@ -79,6 +81,7 @@ async def running_station(folder: Path, broker: Mosquitto, uplink_port: int | No
             db_path=db_path,
             receiver_ports={"button-rx-1": str(port_link)},
             reconnect_max_s=1.0,
+            silence_timeout_s=silence_timeout_s,
         )
     )
     async with running_sink(broker.host, broker.port) as sink:

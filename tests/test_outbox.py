@@ -45,7 +45,7 @@ async def test_rows_stay_until_acked_and_survive_reopening(tmp_path: Path) -> No
     async with Outbox(tmp_path / "o.db") as outbox:
         await outbox.append(*events)
         rows = await outbox.next_batch(2)
-        await outbox.ack([rows[0].seq])
+        await outbox.ack([rows[0]])
     async with Outbox(tmp_path / "o.db") as outbox:
         assert outbox.moved_aside is None
         assert await outbox.counts() == {Priority.ALARM: 0, Priority.STATUS: 4, Priority.TELEMETRY: 0}

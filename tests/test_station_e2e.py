@@ -13,7 +13,7 @@ from typing import Any
 from conftest import STATION_ID, Station, running_station
 
 from simulators.broker import Mosquitto
-from simulators.button_receiver import surgard_report
+from simulators.button_receiver import HEARTBEAT, surgard_report
 from simulators.link import LinkProxy
 
 ARRIVAL_TIMEOUT_S = 30.0
@@ -166,3 +166,17 @@ async def test_unplugged_receiver_is_reported_and_picked_up_again(tmp_path: Path
         assert sorted(kinds) == ["device_offline", "device_online", "device_online", "sos", "sos"]
         assert zones_at_platform(station) == [1, 2]
         assert os.path.realpath(station.port_link) == second.path
+
+
+async def test_a_silent_receiver_is_reported_offline_and_back_online(tmp_path: Path, broker: Mosquitto) -> None:
+    async with running_station(tmp_path, broker, silence_timeout_s=1.0) as station:
+        assert (await station.receiver.send(HEARTBEAT)).acked
+        mark = len(station.gateway.lines)
+        assert await station.gateway.wait_for_line("nothing received for 1 s", after=mark, timeout=10)
+        mark = len(station.gateway.lines)
+        assert (await station.receiver.send(surgard_report(code=101, zone=4))).acked
+        assert await station.gateway.wait_for_line("device button-rx-1 online: ", after=mark)
+        assert await station.sink.wait_for(2 + 2 + 1, ARRIVAL_TIMEOUT_S)
+        in_acceptance_order = sorted(station.sink.events.values(), key=lambda e: e["id"])  # ULIDs sort by time
+        kinds = [e["kind"] for e in in_acceptance_order if e["device_id"] == "button-rx-1"]
+        assert kinds[:4] == ["device_online", "device_offline", "device_online", "sos"]  # later: silent again
