@@ -82,8 +82,8 @@ class Station:
         """Commit the event (durable when this returns)."""
         await self.outbox.append(event)
         if event.priority is Priority.ALARM:
-            what = f"{event.kind.value} ({event.data.get('qualifier', 'new')})"
-            log.warning("ALARM accepted: %s from %s, data %s (id %s)", what, event.device_id, event.data, event.id)
+            details = ", ".join(f"{k} {v}" for k, v in event.data.items() if k not in ("protocol", "code_name"))
+            log.warning("ALARM accepted: %s from %s (%s; id %s)", event.kind.value, event.device_id, details, event.id)
 
     def make_event(self, device_id: str, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
         return new_event(self.clock, self.config.station.id, device_id, kind, data)
@@ -153,7 +153,7 @@ class Station:
         """Log the backlog while it is non-empty; ping the systemd watchdog while the loop runs."""
         ping = watchdog_interval_s()
         tick = min(ping or BACKLOG_LOG_INTERVAL_S, BACKLOG_LOG_INTERVAL_S)
-        last_log = 0.0
+        last_log = time.monotonic()  # the uplink logs the backlog when it connects
         while True:
             if ping:
                 sd_notify("WATCHDOG=1")
