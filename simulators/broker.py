@@ -10,6 +10,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from simulators.harness import die_with_parent
+
 START_TIMEOUT_S = 10.0
 
 
@@ -62,7 +64,9 @@ class Mosquitto:
 
     def start(self) -> None:
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen([mosquitto_path(), "-c", str(self.conf)], stdout=log, stderr=log)
+            self._proc = subprocess.Popen(
+                [mosquitto_path(), "-c", str(self.conf)], stdout=log, stderr=log, preexec_fn=die_with_parent
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:

@@ -58,9 +58,10 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
     with tempfile.TemporaryDirectory(prefix="care-gateway-demo-") as tmp:
         folder = Path(tmp)
         _say(f"starting mosquitto, the platform sink and a button receiver in {folder}")
+        sim = ButtonReceiverSim()
+        counter: Counter[str] = Counter()
         with Mosquitto(folder / "broker") as broker:
             sink = PlatformSink(broker.host, broker.port, STATION_ID, out_path=folder / "platform.jsonl")
-            sim = ButtonReceiverSim()
             async with LinkProxy(broker.host, broker.port) as link, asyncio.TaskGroup() as tasks:
                 sink_task = tasks.create_task(sink.run(), name="platform-sink")
                 await asyncio.wait_for(sink.subscribed.wait(), 10)
@@ -81,43 +82,27 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                 )
                 gateway = GatewayProcess(config, on_line=lambda line: print(f"  gateway | {line}", flush=True))
                 await gateway.start()
-                if not await gateway.wait_for_line("device button-rx-1 online", 15):
-                    print("the gateway did not open the receiver port; see its log above")
-                    await gateway.stop()
+                try:
+                    started = await gateway.wait_for_line("device button-rx-1 online", 15)
+                    if started:
+                        await _scenario(sim, link, sink, db, counter, duration_s, outage_s)
+                finally:
+                    code = await gateway.stop()
                     sink_task.cancel()
-                    return 1
-                counter: Counter[str] = Counter()
+                    sim.close()
+        if not started:
+            print("the gateway did not open the receiver port; see its log above")
+            return 1
 
-                _say(f"link up: presses, restores and tests for {duration_s:.0f} s")
-                await _press_for(sim, duration_s, counter)
-                print(f"platform has {len(sink.events)} events so far", flush=True)
-
-                _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending")
-                link.cut()
-                await _press_for(sim, outage_s, counter)
-                print(f"outbox holds {_backlog(db)} events waiting for the link", flush=True)
-
-                _say("link restored: the backlog drains, alarms first")
-                link.restore()
-                await _press_for(sim, duration_s / 2, counter)
-                expected_reports = counter["acked"]
-                # every acked report, plus the gateway's own status events, must arrive
-                deadline = time.monotonic() + DRAIN_TIMEOUT_S
-                while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < expected_reports):  # noqa: ASYNC110 - polls another process's database
-                    await asyncio.sleep(0.2)
-                code = await gateway.stop()
-                sink_task.cancel()
-            sim.close()
-
+        expected_reports = counter["acked"]
         received = _reports(sink)
         lost = max(0, expected_reports - received)
-        kinds = Counter(e["kind"] for e in sink.events.values())
         summary = {
             "reports_acked_by_gateway": expected_reports,
             "reports_unacked": counter["unacked"],
             "reports_received_by_platform": received,
             "events_received_by_platform": len(sink.events),
-            "by_kind": dict(kinds),
+            "by_kind": dict(Counter(e["kind"] for e in sink.events.values())),
             "duplicates_dropped_by_platform": sink.duplicates,
             "lost": lost,
             "gateway_exit_code": code,
@@ -127,6 +112,32 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
         ok = lost == 0 and counter["unacked"] == 0 and code == 0
         print("OK: nothing accepted was lost" if ok else "FAILED: see above", flush=True)
         return 0 if ok else 1
+
+
+async def _scenario(
+    sim: ButtonReceiverSim,
+    link: LinkProxy,
+    sink: PlatformSink,
+    db: Path,
+    counter: Counter[str],
+    duration_s: float,
+    outage_s: float,
+) -> None:
+    _say(f"link up: presses, restores and tests for {duration_s:.0f} s")
+    await _press_for(sim, duration_s, counter)
+    print(f"platform has {len(sink.events)} events so far", flush=True)
+
+    _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending")
+    link.cut()
+    await _press_for(sim, outage_s, counter)
+    print(f"outbox holds {_backlog(db)} events waiting for the link", flush=True)
+
+    _say("link restored: the backlog drains, alarms first")
+    link.restore()
+    await _press_for(sim, duration_s / 2, counter)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < counter["acked"]):  # noqa: ASYNC110 - polls another process's database
+        await asyncio.sleep(0.2)
 
 
 def _reports(sink: PlatformSink) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import sys
@@ -36,6 +37,15 @@ def station_toml(
     )
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
+
+
+def die_with_parent() -> None:
+    """preexec_fn for child processes of demos and tests: they end when their parent does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class GatewayProcess:
     """`python -m gateway run --config FILE` as a child process, its log lines streamed."""
 
@@ -49,6 +59,8 @@ class GatewayProcess:
 
     async def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The child must not outlive a demo or test that dies: an orphaned gateway would keep
+        # re-opening /dev/pts/N and grab the next simulator that gets the same number.
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -59,6 +71,7 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
+            preexec_fn=die_with_parent,
         )
         self._pump = asyncio.create_task(self._read_lines(), name="gateway-log")
 

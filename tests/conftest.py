@@ -48,7 +48,7 @@ class Station:
     async def restart_gateway(self) -> None:
         self.gateway = GatewayProcess(self.config_path)
         await self.gateway.start()
-        assert await self.gateway.wait_for_line("device button-rx-1 online"), self.gateway.lines
+        assert await self.gateway.wait_for_line("device button-rx-1 online"), "\n".join(self.gateway.lines)
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +89,7 @@ async def running_station(
         station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway)
         await gateway.start()
         try:
-            assert await gateway.wait_for_line("device button-rx-1 online"), gateway.lines
+            assert await gateway.wait_for_line("device button-rx-1 online"), "\n".join(gateway.lines)
             yield station
         finally:
             await station.gateway.stop()
