@@ -121,7 +121,7 @@ class Station:
 
     async def run(self) -> None:
         cfg = self.config
-        async with Outbox(cfg.storage.path) as outbox:
+        async with Outbox(cfg.storage, cfg.station.id) as outbox:
             self._outbox = outbox
             backlog = await outbox.counts()
             log.info(
@@ -131,10 +131,16 @@ class Station:
                 cfg.storage.path,
                 sum(backlog.values()),
             )
-            started: dict[str, Any] = {"version": __version__, "boot_id": self.clock.boot_id}
-            if outbox.moved_aside:
-                started["outbox_moved_aside"] = str(outbox.moved_aside)
+            started = {"version": __version__, "boot_id": self.clock.boot_id}
             await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))
+            if outbox.salvage:
+                fault = {
+                    "fault": "corrupt_database",
+                    "detail": outbox.salvage.reason,
+                    "moved_aside": str(outbox.salvage.moved_aside),
+                    "salvaged_events": outbox.salvage.salvaged,
+                }
+                await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             self._uplink = Uplink(cfg, outbox, self.status_snapshot)
             self.links = [
                 SerialLink(device, codec_for(device.kind, device.format), self.on_reading, self.on_device_state)
@@ -165,7 +171,7 @@ class Station:
                 uplink = "up" if self._uplink and self._uplink.connected else "down"
                 sd_notify(f"STATUS=uplink {uplink}, {total} events waiting")
                 if total:
-                    oldest = await self.outbox.oldest_created_ms()
+                    oldest = (await self.outbox.snapshot()).oldest_created_ms
                     age = time.time() - oldest / 1000 if oldest else 0.0
                     log.info(
                         "backlog: %d events waiting (%s), oldest %.0f s old; uplink %s",

@@ -10,10 +10,11 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # safe inside an MQTT topic level and a file name
 ID_ALLOWED = "lower-case letters, digits, '-' and '_', 1-64 characters, starting with a letter or digit"
@@ -40,6 +41,36 @@ class TlsSection(_Section):
     key_file: Path | None = Field(None, description="path of this station's private key (PEM)")
 
 
+LinkProfile = Literal["broadband", "cellular", "narrowband"]
+
+
+@dataclass(frozen=True)
+class LinkSettings:
+    """How the uplink shapes status and telemetry for the station's kind of link (alarms are exempt)."""
+
+    batch_max_events: int  # events in one {"events": [...]} message
+    batch_linger_s: float  # how long a short batch may wait for more events
+    compress: bool  # zlib-compress batches (the platform tells by the first byte, docs/mqtt.md)
+    byte_budget_per_s: int | None  # most payload bytes per second for status and telemetry; None = no limit
+    batches_in_flight: int  # batches awaiting their PUBACK at once
+
+
+LINK_PROFILES: dict[str, LinkSettings] = {
+    # fibre, DSL, good 4G: big batches, no compression, no budget
+    "broadband": LinkSettings(
+        batch_max_events=500, batch_linger_s=0.05, compress=False, byte_budget_per_s=None, batches_in_flight=8
+    ),
+    # ordinary cellular data: compression saves the data plan, some linger fills batches
+    "cellular": LinkSettings(
+        batch_max_events=200, batch_linger_s=0.5, compress=True, byte_budget_per_s=None, batches_in_flight=4
+    ),
+    # GPRS, satellite, long-range radio: small compressed batches within 1 kB/s (8 kbit/s)
+    "narrowband": LinkSettings(
+        batch_max_events=50, batch_linger_s=2.0, compress=True, byte_budget_per_s=1000, batches_in_flight=2
+    ),
+}
+
+
 class UplinkSection(_Section):
     host: str = Field(min_length=1, description="broker host name or IP address")
     port: int = Field(1883, ge=1, le=65535, description="broker TCP port, 1-65535")
@@ -57,7 +88,13 @@ class UplinkSection(_Section):
     )
     username: str | None = Field(None, description="MQTT user name, if the broker requires one")
     password: str | None = Field(None, description="MQTT password, if the broker requires one")
-    keepalive_s: int = Field(30, ge=5, le=1200, description="MQTT keepalive in seconds, 5-1200")
+    keepalive_s: int = Field(
+        30,
+        ge=2,
+        le=1200,
+        description="a dead or silent link is noticed within this many seconds, 2-1200 "
+        "(the MQTT keepalive sent to the broker is half of it)",
+    )
     connect_timeout_s: float = Field(
         10.0, gt=0, le=120, description="seconds to wait for the broker's CONNACK, >0 and <=120"
     )
@@ -71,10 +108,76 @@ class UplinkSection(_Section):
         60.0, ge=1, le=3600, description="seconds between status messages while connected, 1-3600"
     )
     tls: TlsSection | None = Field(None, description="[uplink.tls] section; absent means plain TCP")
+    link_profile: LinkProfile = Field(
+        "broadband", description="the kind of link, which sets batching, compression and the byte budget"
+    )
+    batch_max_events: int | None = Field(
+        None, ge=1, le=5000, description="events per status/telemetry message, 1-5000 (overrides the profile)"
+    )
+    batch_linger_ms: int | None = Field(
+        None, ge=0, le=60000, description="ms a short batch waits for more events, 0-60000 (overrides the profile)"
+    )
+    compress: bool | None = Field(None, description="true or false: zlib-compress batches (overrides the profile)")
+    byte_budget_per_s: int | None = Field(
+        None,
+        ge=0,
+        le=100_000_000,
+        description="most bytes per second of status and telemetry, 0 for no limit (overrides the profile); "
+        "alarms are never held back",
+    )
+
+    @property
+    def link(self) -> LinkSettings:
+        """The profile with this file's overrides applied."""
+        base = LINK_PROFILES[self.link_profile]
+        return replace(
+            base,
+            batch_max_events=self.batch_max_events or base.batch_max_events,
+            batch_linger_s=base.batch_linger_s if self.batch_linger_ms is None else self.batch_linger_ms / 1000,
+            compress=base.compress if self.compress is None else self.compress,
+            byte_budget_per_s=(
+                base.byte_budget_per_s if self.byte_budget_per_s is None else (self.byte_budget_per_s or None)
+            ),
+        )
+
+
+MIB = 1024 * 1024
 
 
 class StorageSection(_Section):
     path: Path = Field(description="path of the outbox database file; its folder must be writable")
+    max_bytes: int = Field(
+        256 * MIB,
+        ge=64 * 1024,
+        description="most bytes of events the outbox keeps (at least 65536); when full, the oldest "
+        "telemetry is shed first, then status, never alarms",
+    )
+    alarm_reserve_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="part of max_bytes kept for alarms only, in bytes, less than half of max_bytes; "
+        "default 5 % of max_bytes",
+    )
+    max_age_days: float | None = Field(
+        None,
+        gt=0,
+        le=3650,
+        description="status and telemetry older than this many days are shed, >0 and <=3650; alarms are "
+        "always kept; default: no age limit",
+    )
+
+    @model_validator(mode="after")
+    def _reserve_fits(self) -> StorageSection:
+        if self.alarm_reserve_bytes is not None and self.alarm_reserve_bytes * 2 >= self.max_bytes:
+            raise ValueError(
+                f"alarm_reserve_bytes ({self.alarm_reserve_bytes}) must be less than half of max_bytes "
+                f"({self.max_bytes})"
+            )
+        return self
+
+    @property
+    def reserve_bytes(self) -> int:
+        return self.max_bytes // 20 if self.alarm_reserve_bytes is None else self.alarm_reserve_bytes
 
 
 class ContactIdReceiverDevice(_Section):

@@ -48,6 +48,8 @@ class EventKind(StrEnum):
     DEVICE_OFFLINE = "device_offline"  # the gateway lost a device (port vanished, no answer)
     DEVICE_ONLINE = "device_online"  # the gateway has (re)gained a device
     GATEWAY_STARTED = "gateway_started"  # the daemon started (boot id, version)
+    STORAGE_FAULT = "storage_fault"  # the outbox was corrupt (moved aside, salvaged) or the disk is full
+    ACTIVITY = "activity"  # presence / movement readings of a room or a wearer (telemetry)
 
 
 PRIORITY_OF_KIND: dict[EventKind, Priority] = {
@@ -62,6 +64,8 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.DEVICE_OFFLINE: Priority.STATUS,
     EventKind.DEVICE_ONLINE: Priority.STATUS,
     EventKind.GATEWAY_STARTED: Priority.STATUS,
+    EventKind.STORAGE_FAULT: Priority.STATUS,
+    EventKind.ACTIVITY: Priority.TELEMETRY,
 }
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -1,10 +1,19 @@
 """The outbox: the only SQLite user. An event is *accepted* once its row is committed here.
 
-- WAL journal with synchronous=FULL: a commit is on disk (as far as the card honours
-  flushes) before `append` returns, so it survives `kill -9` and power loss.
-- The uplink reads the oldest rows of the most urgent class first (index on priority, seq),
-  a bounded batch at a time: a backlog of millions is never loaded into memory.
+- WAL journal. Alarm and status events are committed with synchronous=FULL (the WAL is
+  fsynced before `append` returns: they survive power loss, and devices are acknowledged
+  only after that); a commit of telemetry alone uses synchronous=NORMAL (it survives a crash
+  of the daemon; a power cut may lose the last moments of readings).
+- Group commit: every `append` waiting at the same moment shares one transaction and one
+  fsync, so many devices can be accepted at tens of thousands of events per second.
+- The uplink reads each class's oldest rows after a cursor (index on priority, seq), a bounded
+  batch at a time: a backlog of millions is never loaded into memory.
 - Rows are deleted only by `ack`, which the uplink calls after the broker's PUBACK.
+- Bounded in bytes: when full, the oldest telemetry is shed, then status, never alarms (they
+  have a reserve and may exceed the bound). A full disk (SQLITE_FULL) sheds the same way.
+  Every shed row is counted per device and class, in the database itself.
+- A corrupt file found at start-up is moved aside (never deleted) and what can be read from
+  it is salvaged into a new one.
 - sqlite3 connections belong to one thread, so every call runs on one dedicated thread.
 """
 
@@ -12,17 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
 import sqlite_utils
 
+from gateway.config import StorageSection
 from gateway.events import Event, Priority
 
 log = logging.getLogger("care_gateway.outbox")
@@ -30,71 +43,229 @@ log = logging.getLogger("care_gateway.outbox")
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0  # another process (care-gateway status) may hold a read lock briefly
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024  # truncate the -wal file to this after checkpoints
+ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the payload for the byte bound
+MAX_GROUP_EVENTS = 5000  # most events in one group commit (bounds one transaction's time)
+DISK_FULL_SHED_ROWS = 2000  # rows shed at once when the disk itself is full
+RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
+SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
+SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
+SALVAGE_MAX_SEQ_GAP = 1_000_000  # stop salvaging after this many unreadable seqs in a row
+SQLITE_FULL = 13
+SCHEMA_VERSION = 1
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY,          -- arrival order
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order; never reused (the uplink reads after a cursor)
     priority INTEGER NOT NULL,        -- Priority.rank: 0 alarm, 1 status, 2 telemetry
-    device_id TEXT NOT NULL,
-    created_ms INTEGER NOT NULL,      -- wall clock at acceptance, for the oldest-unsent age
-    payload TEXT NOT NULL             -- the event as published (JSON)
+    created_ms INTEGER NOT NULL,      -- wall clock at acceptance, for ages and retention
+    payload TEXT NOT NULL             -- the event as JSON, without station_id and priority (added on read)
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (priority, seq);
+CREATE TABLE IF NOT EXISTS shed (
+    device_id TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (device_id, priority)
+) WITHOUT ROWID;
 """
 
 
 class OutboxUnavailable(Exception):
-    """The database cannot be opened or written; the message says what to check on site."""
+    """The database cannot be opened; the message says what to check on site."""
+
+
+class OutboxFull(Exception):
+    """The disk is full and nothing is left to shed: the event was not accepted."""
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     seq: int
     priority: Priority
-    payload: str
+    created_ms: int
+    payload: str  # the event as published (JSON)
+
+
+@dataclass(frozen=True)
+class Salvage:
+    """What start-up found: a corrupt file moved aside, and how many events were recovered."""
+
+    moved_aside: Path
+    reason: str
+    salvaged: int
+
+
+@dataclass
+class OutboxSnapshot:
+    rows: dict[Priority, int]
+    bytes: dict[Priority, int]
+    oldest_created_ms: int | None
+    shed: dict[str, dict[str, int]]  # device id -> class -> rows shed since the database was created
+    max_bytes: int
+    disk_full_errors: int
+
+
+@dataclass
+class _Tally:
+    """Rows and bytes per class, kept in step with the table (no COUNT(*) scans)."""
+
+    rows: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
+    bytes: dict[Priority, int] = field(default_factory=lambda: dict.fromkeys(Priority, 0))
+
+    def add(self, priority: Priority, size: int, n: int = 1) -> None:
+        self.rows[priority] += n
+        self.bytes[priority] += size
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+
+def row_bytes(stored: str) -> int:
+    return len(stored.encode()) + ROW_OVERHEAD_BYTES
+
+
+def stored_form(event: Event) -> str:
+    """The event JSON without the fields the row already knows (saves ~60 bytes a row)."""
+    return event.model_dump_json(exclude={"station_id", "priority"})
 
 
 class Outbox:
-    """Durable, priority-ordered queue of events waiting for the broker's PUBACK."""
+    """Durable, priority-ordered, bounded queue of events waiting for the broker's PUBACK."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, storage: StorageSection, station_id: str) -> None:
+        self.storage = storage
+        self.path = storage.path
+        self._station_prefix = '{"station_id":' + json.dumps(station_id) + ',"priority":"'
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite_utils.Database | None = None
-        self._new_rows = asyncio.Event()
-        self._counts = dict.fromkeys(Priority, 0)  # kept in step with the table: no COUNT(*) scans
-        self.moved_aside: Path | None = None  # set when a corrupt file was found at start-up
+        self._tally = _Tally()  # touched on the outbox thread only
+        self._shed: dict[tuple[str, Priority], int] = {}
+        self._shed_unlogged: dict[Priority, int] = dict.fromkeys(Priority, 0)
+        self._last_shed_log = 0.0
+        self._last_sweep = 0.0
+        self._sync_mode = ""
+        self.disk_full_errors = 0
+        self.commits = 0  # group commits of appended events (fewer than appends under load)
+        self.salvage: Salvage | None = None  # set when a corrupt file was found at start-up
+        self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        bulk = asyncio.Event()
+        self._arrived = {Priority.ALARM: asyncio.Event(), Priority.STATUS: bulk, Priority.TELEMETRY: bulk}
+        self._writer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Outbox:
         await self._run(self._open)
+        self._writer = asyncio.create_task(self._write_groups(), name="outbox-writer")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._writer:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        for _, future in self._pending:
+            if not future.done():
+                future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    # --- the async API -----------------------------------------------------------------------
+
+    async def append(self, *events: Event) -> None:
+        """Commit the events; when this returns they are accepted (durable, see module doc).
+
+        Raises OutboxFull when the disk is full and nothing can be shed to make room.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((list(events), future))
+        self._wakeup.set()
+        await future
+
+    async def rows_after(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
+        """Up to `limit` of the class's oldest rows with seq > after_seq (the uplink's cursor)."""
+        return await self._run(lambda: self._select(priority, after_seq, limit))
+
+    async def ack(self, rows: Iterable[OutboxRow]) -> None:
+        """Delete rows the broker has acknowledged (PUBACK received)."""
+        batch = [row.seq for row in rows]
+        if batch:
+            await self._run(lambda: self._delete(batch))
+
+    async def wait_for_new(self, priority: Priority, timeout: float) -> None:
+        """Return when rows of the class (alarm; or status/telemetry) were committed, or after timeout."""
+        arrived = self._arrived[priority]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), timeout)
+        arrived.clear()
+
+    async def counts(self) -> dict[Priority, int]:
+        """Rows waiting per class."""
+        return await self._run(lambda: dict(self._tally.rows))
+
+    async def snapshot(self) -> OutboxSnapshot:
+        return await self._run(self._snapshot)
+
+    # --- group commit --------------------------------------------------------------------------
+
+    async def _write_groups(self) -> None:
+        """The one writer: commits whatever appends are waiting, as one transaction."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), RETENTION_SWEEP_S)
+            self._wakeup.clear()
+            while self._pending:
+                group, taken = [], 0
+                while self._pending and taken < MAX_GROUP_EVENTS:
+                    events, future = self._pending.pop(0)
+                    group.append((events, future))
+                    taken += len(events)
+                events = [e for batch, _ in group for e in batch]
+                try:
+                    await self._run(functools.partial(self._commit, events))
+                except Exception as exc:
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in group:
+                    if not future.done():
+                        future.set_result(None)
+                for priority in {e.priority for e in events}:
+                    self._arrived[priority].set()
+            if self.storage.max_age_days and time.monotonic() - self._last_sweep > RETENTION_SWEEP_S:
+                self._last_sweep = time.monotonic()
+                await self._run(self._expire)
+
     # --- runs on the outbox thread -------------------------------------------------------
 
-    def _connect(self) -> sqlite_utils.Database:
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+    @property
+    def db(self) -> sqlite_utils.Database:
+        if self._db is None:
+            raise RuntimeError("outbox used outside 'async with'")
+        return self._db
+
+    def _connect(self, path: Path) -> sqlite_utils.Database:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         db = sqlite_utils.Database(conn)
         if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective before the first table
             db.enable_wal()
-        db.execute("PRAGMA synchronous=FULL")  # per connection: every commit reaches the disk
         db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
+        self._sync_mode = ""
         return db
 
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = self._connect()
+            db = self._connect(self.path)
             verdict = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
             if verdict != ["ok"]:
+                db.conn.close()
                 raise sqlite3.DatabaseError("; ".join(verdict[:3]))
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
@@ -103,9 +274,16 @@ class Outbox:
         except OSError as exc:
             raise OutboxUnavailable(self._advice(exc)) from exc
         db.executescript(SCHEMA)
-        for rank, n in db.execute("SELECT priority, count(*) FROM outbox GROUP BY priority"):
-            self._counts[_PRIORITY_OF_RANK[rank]] = n
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
+        if self.salvage:
+            self._import_salvage()
+        for rank, n, size in db.execute(
+            "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox GROUP BY priority"
+        ):
+            self._tally.add(_PRIORITY_OF_RANK[rank], size + n * ROW_OVERHEAD_BYTES, n)
+        for device_id, rank, count in db.execute("SELECT device_id, priority, count FROM shed"):
+            self._shed[(device_id, _PRIORITY_OF_RANK[rank])] = count
 
     def _advice(self, exc: Exception) -> str:
         return (
@@ -116,25 +294,48 @@ class Outbox:
     def _move_aside_and_recreate(self, exc: Exception) -> sqlite_utils.Database:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        log.error("outbox %s is corrupt (%s); moved aside to %s and starting a new one", self.path, exc, aside)
+        log.error("outbox %s is corrupt (%s); moving it aside to %s and starting a new one", self.path, exc, aside)
         for suffix in ("", "-wal", "-shm"):
             part = Path(f"{self.path}{suffix}")
             if part.exists():
                 part.rename(Path(f"{aside}{suffix}"))
-        self.moved_aside = aside
-        return self._connect()
+        self.salvage = Salvage(moved_aside=aside, reason=str(exc), salvaged=0)
+        return self._connect(self.path)
+
+    def _import_salvage(self) -> None:
+        """Copy every row still readable in the file moved aside into the new outbox."""
+        assert self.salvage is not None
+        salvaged = 0
+        try:
+            old = sqlite3.connect(f"file:{self.salvage.moved_aside}?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
+            return
+        with contextlib.closing(old):
+            low, empty_run = 0, 0
+            while empty_run < SALVAGE_MAX_SEQ_GAP:
+                rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
+                low += SALVAGE_STEP_ROWS
+                empty_run = 0 if rows else empty_run + SALVAGE_STEP_ROWS
+                good = [r for r in rows if _is_event_json(r[2])]
+                if good:
+                    with self._transaction() as conn:
+                        conn.executemany("INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)", good)
+                    salvaged += len(good)
+        self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged)
+        log.warning("salvaged %d events from the corrupt outbox %s", salvaged, self.salvage.moved_aside)
 
     def _close(self) -> None:
         if self._db is not None:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.conn.close()
             self._db = None
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        if self._db is None:
-            raise RuntimeError("outbox used outside 'async with'")
-        return self._db
+    def _set_sync(self, mode: str) -> None:
+        if mode != self._sync_mode:
+            self.db.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -143,62 +344,220 @@ class Outbox:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")  # under synchronous=FULL the WAL is fsynced here
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLITE_FULL may already have rolled it back
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")  # with synchronous=FULL the WAL is fsynced here
 
-    def _insert(self, events: list[Event]) -> None:
-        with self._transaction() as conn:
-            conn.executemany(
-                "INSERT INTO outbox (priority, device_id, created_ms, payload) VALUES (?, ?, ?, ?)",
-                [(e.priority.rank, e.device_id, int(e.ts.timestamp() * 1000), e.to_json()) for e in events],
-            )
-        for event in events:
-            self._counts[event.priority] += 1
+    def _commit(self, events: list[Event]) -> None:
+        """Insert a group of events, making room first; shed what cannot be kept."""
+        durable = any(e.priority is not Priority.TELEMETRY for e in events)
+        self._set_sync("FULL" if durable else "NORMAL")
+        items = sorted(((e, stored_form(e)) for e in events), key=lambda item: item[0].priority.rank)
+        while True:
+            tally = _Tally()
+            shed: list[tuple[str, Priority]] = []
+            keep: list[tuple[Event, str]] = []
+            try:
+                with self._transaction() as conn:
+                    keep = self._make_room(conn, items, tally, shed)
+                    conn.executemany(
+                        "INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)",
+                        [(e.priority.rank, int(e.ts.timestamp() * 1000), stored) for e, stored in keep],
+                    )
+                    self._record_shed(conn, shed)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != SQLITE_FULL:
+                    raise
+                self.disk_full_errors += 1
+                if not self._shed_for_full_disk(exc):
+                    raise OutboxFull(
+                        f"outbox {self.path}: the disk is full and only alarms are left; free space on "
+                        f"{self.path.parent} (journalctl --vacuum-size, old logs)"
+                    ) from exc
+                continue
+            self.commits += 1
+            for priority in Priority:
+                self._tally.add(priority, tally.bytes[priority], tally.rows[priority])
+            for e, stored in keep:
+                self._tally.add(e.priority, row_bytes(stored))
+            self._apply_shed(shed)
+            return
 
-    def _select(self, limit: int) -> list[OutboxRow]:
-        rows = self.db.execute(
-            "SELECT seq, priority, payload FROM outbox ORDER BY priority, seq LIMIT ?", [limit]
+    def _make_room(
+        self,
+        conn: sqlite3.Connection,
+        items: list[tuple[Event, str]],
+        freed: _Tally,
+        shed: list[tuple[str, Priority]],
+    ) -> list[tuple[Event, str]]:
+        """Evict old rows so that the items fit under max_bytes; return the items to insert.
+
+        Telemetry evicts telemetry; status evicts telemetry, then status; alarms evict both
+        and may also use the reserve, or go over the bound (an alarm is never refused a place).
+        """
+        cap = self.storage.max_bytes
+        total = self._tally.total_bytes
+        keep = []
+        for event, stored in items:
+            size = row_bytes(stored)
+            limit = cap if event.priority is Priority.ALARM else cap - self.storage.reserve_bytes
+            victims = [p for p in (Priority.TELEMETRY, Priority.STATUS) if p.rank >= event.priority.rank]
+            for victim in victims:
+                while total + size > limit:
+                    have = self._tally.rows[victim] + freed.rows[victim]
+                    if have <= 0:
+                        break
+                    average = max(1, (self._tally.bytes[victim] + freed.bytes[victim]) // have)
+                    n, size_freed = self._evict(conn, victim, -(-(total + size - limit) // average), shed)
+                    if n == 0:
+                        break
+                    freed.add(victim, -size_freed, -n)
+                    total -= size_freed
+            if total + size <= limit or event.priority is Priority.ALARM:
+                keep.append((event, stored))
+                total += size
+            else:
+                shed.append((event.device_id, event.priority))  # no room even after shedding
+        return keep
+
+    def _evict(
+        self, conn: sqlite3.Connection, priority: Priority, n: int, shed: list[tuple[str, Priority]]
+    ) -> tuple[int, int]:
+        """Delete the class's n oldest rows; return (rows, bytes) freed."""
+        gone = conn.execute(
+            "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?) "
+            "RETURNING json_extract(payload, '$.device_id'), length(CAST(payload AS BLOB))",
+            (priority.rank, max(1, n)),
         ).fetchall()
-        return [OutboxRow(seq, _PRIORITY_OF_RANK[rank], payload) for seq, rank, payload in rows]
+        shed.extend((device_id or "?", priority) for device_id, _ in gone)
+        return len(gone), sum(size + ROW_OVERHEAD_BYTES for _, size in gone)
 
-    def _delete(self, rows: list[OutboxRow]) -> None:
+    def _shed_for_full_disk(self, exc: Exception) -> bool:
+        """The disk (or SQLite's page limit) is full: shed the oldest telemetry, else status."""
+        for priority in (Priority.TELEMETRY, Priority.STATUS):
+            if self._tally.rows[priority] == 0:
+                continue
+            shed: list[tuple[str, Priority]] = []
+            try:
+                with self._transaction() as conn:
+                    n, size = self._evict(conn, priority, DISK_FULL_SHED_ROWS, shed)
+                    self._record_shed(conn, shed)
+            except sqlite3.OperationalError:
+                return False  # not even a delete fits
+            self._tally.add(priority, -size, -n)
+            self._apply_shed(shed)
+            log.error("outbox %s: disk full (%s); shed %d %s events to make room", self.path, exc, n, priority.value)
+            return n > 0
+        return False
+
+    def _record_shed(self, conn: sqlite3.Connection, shed: list[tuple[str, Priority]]) -> None:
+        counts: dict[tuple[str, Priority], int] = {}
+        for key in shed:
+            counts[key] = counts.get(key, 0) + 1
+        conn.executemany(
+            "INSERT INTO shed (device_id, priority, count) VALUES (?, ?, ?) "
+            "ON CONFLICT (device_id, priority) DO UPDATE SET count = count + excluded.count",
+            [(device_id, priority.rank, n) for (device_id, priority), n in counts.items()],
+        )
+
+    def _apply_shed(self, shed: list[tuple[str, Priority]]) -> None:
+        for key in shed:
+            self._shed[key] = self._shed.get(key, 0) + 1
+            self._shed_unlogged[key[1]] += 1
+        now = time.monotonic()
+        if any(self._shed_unlogged.values()) and now - self._last_shed_log >= SHED_LOG_INTERVAL_S:
+            self._last_shed_log = now
+            log.warning(
+                "outbox full (%.1f of %.1f MB): shed %s since the last report (oldest first; alarms are never "
+                "shed); totals per device: %s",
+                self._tally.total_bytes / 1e6,
+                self.storage.max_bytes / 1e6,
+                ", ".join(f"{n} {p.value}" for p, n in self._shed_unlogged.items() if n),
+                self._shed_by_device(),
+            )
+            self._shed_unlogged = dict.fromkeys(Priority, 0)
+
+    def _shed_by_device(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for (device_id, priority), n in sorted(self._shed.items(), key=lambda kv: (kv[0][0], kv[0][1].rank)):
+            out.setdefault(device_id, {})[priority.value] = n
+        return out
+
+    def _expire(self) -> None:
+        """Shed status and telemetry older than max_age_days (alarms are kept)."""
+        assert self.storage.max_age_days
+        cutoff_ms = int((time.time() - self.storage.max_age_days * 86400) * 1000)
+        self._set_sync("NORMAL")
+        for priority in (Priority.TELEMETRY, Priority.STATUS):
+            while True:
+                shed: list[tuple[str, Priority]] = []
+                with self._transaction() as conn:
+                    gone = conn.execute(  # the oldest rows by seq, of which those past the cutoff
+                        "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? "
+                        "ORDER BY seq LIMIT ?) AND created_ms < ? "
+                        "RETURNING json_extract(payload, '$.device_id'), length(CAST(payload AS BLOB))",
+                        (priority.rank, DISK_FULL_SHED_ROWS, cutoff_ms),
+                    ).fetchall()
+                    shed = [(device_id or "?", priority) for device_id, _ in gone]
+                    self._record_shed(conn, shed)
+                self._tally.add(priority, -sum(s + ROW_OVERHEAD_BYTES for _, s in gone), -len(gone))
+                self._apply_shed(shed)
+                if len(gone) < DISK_FULL_SHED_ROWS:
+                    break
+
+    def _select(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
+        prefix = f'{self._station_prefix}{priority.value}",'
+        rows = self.db.execute(
+            "SELECT seq, created_ms, payload FROM outbox WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (priority.rank, after_seq, limit),
+        ).fetchall()
+        return [OutboxRow(seq, priority, created_ms, prefix + stored[1:]) for seq, created_ms, stored in rows]
+
+    def _delete(self, seqs: list[int]) -> None:
+        self._set_sync("NORMAL")  # a delete lost to a power cut only means a harmless re-send
+        freed = _Tally()
         with self._transaction() as conn:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(row.seq,) for row in rows])
-        for row in rows:
-            self._counts[row.priority] -= 1
+            gone = conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
+                "RETURNING priority, length(CAST(payload AS BLOB))",
+                (json.dumps(seqs),),
+            ).fetchall()
+        for rank, size in gone:  # rows shed while in flight are gone already: not counted twice
+            freed.add(_PRIORITY_OF_RANK[rank], size + ROW_OVERHEAD_BYTES)
+        for priority in Priority:
+            self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
-    def _oldest_ms(self) -> int | None:
-        row = self.db.execute("SELECT created_ms FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        return None if row is None else int(row[0])
+    def _snapshot(self) -> OutboxSnapshot:
+        row = self.db.execute("SELECT created_ms FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)").fetchone()
+        return OutboxSnapshot(
+            rows=dict(self._tally.rows),
+            bytes=dict(self._tally.bytes),
+            oldest_created_ms=None if row is None else int(row[0]),
+            shed=self._shed_by_device(),
+            max_bytes=self.storage.max_bytes,
+            disk_full_errors=self.disk_full_errors,
+        )
 
-    # --- the async API -----------------------------------------------------------------------
 
-    async def append(self, *events: Event) -> None:
-        """Commit the events; when this returns they are accepted (durable)."""
-        await self._run(lambda: self._insert(list(events)))
-        self._new_rows.set()
+def _readable_rows(conn: sqlite3.Connection, low: int, high: int) -> list[tuple[int, int, str]]:
+    """Rows with low < seq <= high, halving the range around pages that cannot be read."""
+    try:
+        return conn.execute(
+            "SELECT priority, created_ms, payload FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq", (low, high)
+        ).fetchall()
+    except sqlite3.DatabaseError:
+        if high - low <= 1:
+            return []
+        middle = (low + high) // 2
+        return _readable_rows(conn, low, middle) + _readable_rows(conn, middle, high)
 
-    async def next_batch(self, limit: int) -> list[OutboxRow]:
-        """The `limit` oldest rows of the most urgent class first."""
-        return await self._run(lambda: self._select(limit))
 
-    async def ack(self, rows: Iterable[OutboxRow]) -> None:
-        """Delete rows the broker has acknowledged (PUBACK received)."""
-        batch = list(rows)
-        if batch:
-            await self._run(lambda: self._delete(batch))
-
-    async def counts(self) -> dict[Priority, int]:
-        """Rows waiting per class (kept in memory, so cheap with a million rows)."""
-        return await self._run(lambda: dict(self._counts))
-
-    async def oldest_created_ms(self) -> int | None:
-        return await self._run(self._oldest_ms)
-
-    async def wait_for_new(self, timeout: float) -> None:
-        """Return when rows were appended since the last call, or after `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._new_rows.wait(), timeout)
-        self._new_rows.clear()
+def _is_event_json(text: object) -> bool:
+    if not isinstance(text, str):
+        return False
+    try:
+        return isinstance(json.loads(text).get("id"), str)
+    except (ValueError, AttributeError):
+        return False

@@ -1,45 +1,55 @@
 """The uplink: the only aiomqtt user. Drains the outbox to the city broker with QoS 1.
 
+Two lanes share one connection:
+- the alarm lane publishes each alarm alone as soon as it is committed, with slots of
+  paho's in-flight window reserved for it, so an alarm never queues behind a backlog;
+- the bulk lane sends status, then telemetry, as `{"events": [...]}` batches shaped by the
+  station's link profile (batch size, linger, zlib compression, a byte budget per second),
+  with a bounded number of batches awaiting their PUBACK.
+
 Rules learnt the hard way (shared/stack-notes.md §1):
 - a fresh `aiomqtt.Client` per connection: a reused client re-sends paho's own queue, and the
   outbox must be the only memory of what is unsent;
-- `publish(qos=1)` returns on PUBACK, and only then is the row deleted; an in-flight publish
-  is not woken by a disconnect, so a listener task watches the connection and tears the
-  session down at once;
+- `publish(qos=1)` returns on PUBACK, and only then is a row deleted; an in-flight publish is
+  not woken by a disconnect, so a listener task watches the connection and tears the session
+  down at once, and a black-holed link is caught by the keepalive;
 - retries and backoff (tenacity) wrap the connect step only, so every outage starts afresh.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
+import math
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import aiomqtt
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_never,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.config import StationConfig
 from gateway.events import Priority
-from gateway.outbox import Outbox, OutboxRow
+from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
 log = logging.getLogger("care_gateway.uplink")
 
-DRAIN_BATCH_ROWS = 50  # publishes in flight at once; paho's default in-flight window is 20
+ALARM_SLOTS = 8  # alarm publishes in flight at once, reserved in paho's window
+CONTROL_SLOTS = 2  # status message and command replies
 IDLE_POLL_S = 1.0  # re-read the outbox at least this often even without a new-row signal
+BATCH_MAX_BYTES = 256 * 1024  # a batch is cut at this size whatever the profile says
+COMPRESS_MIN_BYTES = 256  # smaller batches are sent as plain JSON (zlib would not pay)
+ZLIB_LEVEL = 6
+MQTT_OVERHEAD_BYTES = 6  # fixed header, remaining length, packet id: counted in the byte budget
 FIRST_RETRY_S = 0.5  # first reconnect delay; doubles up to [uplink] reconnect_max_s
 RETRY_JITTER_S = 1.0  # spreads the reconnects of many stations after a city-wide outage
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the offline status
-PENDING_CALLS_WARNING = 1000  # aiomqtt warns above this many pending calls; our window is smaller
+PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
+DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
 
 StatusSource = Callable[[], dict[str, Any]]
 
@@ -58,15 +68,52 @@ class Topics:
         return self._events[priority]
 
 
+def encode_batch(rows: list[OutboxRow], compress: bool) -> bytes:
+    """`{"events": [...]}`, zlib-compressed (RFC 1950) when asked and worth it."""
+    body = ('{"events":[' + ",".join(row.payload for row in rows) + "]}").encode()
+    if compress and len(body) >= COMPRESS_MIN_BYTES:
+        return zlib.compress(body, ZLIB_LEVEL)
+    return body
+
+
+def decode_payload(payload: bytes) -> list[dict[str, Any]]:
+    """The platform side of the contract: JSON starts with '{'; anything else is zlib'd JSON."""
+    text = payload if payload[:1] == b"{" else zlib.decompress(payload)
+    body = json.loads(text)
+    return list(body["events"]) if "events" in body else [body]
+
+
+class ByteBudget:
+    """Token bucket for status and telemetry bytes; a message may overdraw it (debt is repaid)."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self.rate = bytes_per_s
+        self._level = float(bytes_per_s)  # one second of burst
+        self._at = time.monotonic()
+
+    async def spend(self, n: int) -> None:
+        while True:
+            now = time.monotonic()
+            self._level = min(float(self.rate), self._level + (now - self._at) * self.rate)
+            self._at = now
+            if self._level > 0:
+                self._level -= n
+                return
+            await asyncio.sleep(-self._level / self.rate + 0.001)
+
+
 class Uplink:
     def __init__(self, config: StationConfig, outbox: Outbox, status_source: StatusSource) -> None:
         self._config = config
         self._outbox = outbox
         self._status_source = status_source
+        self.link = config.uplink.link
         self.topics = Topics(config.uplink.topic_prefix, config.station.id)
+        self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
         self._status_due = asyncio.Event()
+        self._acked_bytes: collections.deque[tuple[float, int]] = collections.deque()
         self.connected = False
-        self.published = 0  # events acknowledged by the broker since start
+        self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
 
     def request_status(self) -> None:
         """Publish the status message soon (a device came or went)."""
@@ -91,7 +138,8 @@ class Uplink:
         try:
             async with asyncio.TaskGroup() as session:
                 session.create_task(self._watch(client), name="uplink-watch")
-                session.create_task(self._drain(client), name="uplink-drain")
+                session.create_task(self._alarm_lane(client), name="uplink-alarms")
+                session.create_task(self._bulk_lane(client), name="uplink-bulk")
                 session.create_task(self._report_status(client), name="uplink-status")
         except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
             self.connected = False
@@ -116,9 +164,12 @@ class Uplink:
                     identifier=self._config.client_id,
                     username=up.username,
                     password=up.password,
-                    keepalive=up.keepalive_s,
+                    # paho pings after one keepalive without traffic and drops the link after a
+                    # second: half the configured value catches a silent black hole within it
+                    keepalive=max(1, math.ceil(up.keepalive_s / 2)),
                     timeout=up.connect_timeout_s,  # aiomqtt is not woken by a reset during CONNECT
                     clean_session=True,
+                    max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
                     will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
                     tls_params=(
                         aiomqtt.TLSParameters(
@@ -136,11 +187,12 @@ class Uplink:
         self.connected = True
         counts = await self._outbox.counts()
         log.info(
-            "uplink up: connected to %s:%d as %s; backlog %s",
+            "uplink up: connected to %s:%d as %s (%s link); backlog %s",
             up.host,
             up.port,
             self._config.client_id,
-            _describe_counts(counts),
+            up.link_profile,
+            ", ".join(f"{n} {p.value}" for p, n in counts.items()),
         )
         return client
 
@@ -173,26 +225,81 @@ class Uplink:
             reply = {"command": name, "ok": False, "error": "unknown command (known: status)"}
         await client.publish(self.topics.command_replies, json.dumps(reply), qos=1)
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish the oldest, most urgent rows; delete each only after its PUBACK."""
+    async def _alarm_lane(self, client: aiomqtt.Client) -> None:
+        """Each alarm alone, the moment it is committed; never behind status or telemetry."""
+        cursor = 0
         while True:
-            rows = await self._outbox.next_batch(DRAIN_BATCH_ROWS)
+            rows = await self._outbox.rows_after(Priority.ALARM, cursor, ALARM_SLOTS)
             if not rows:
-                await self._outbox.wait_for_new(IDLE_POLL_S)
+                await self._outbox.wait_for_new(Priority.ALARM, IDLE_POLL_S)
                 continue
-            results = await asyncio.gather(*(self._publish(client, row) for row in rows), return_exceptions=True)
+            cursor = rows[-1].seq
+            topic = self.topics.events(Priority.ALARM)
+            results = await asyncio.gather(
+                *(client.publish(topic, row.payload, qos=1) for row in rows), return_exceptions=True
+            )
             acked = [row for row, result in zip(rows, results, strict=True) if result is None]
             await self._outbox.ack(acked)
-            self.published += len(acked)
-            for row, result in zip(rows, results, strict=True):
-                if row.priority is Priority.ALARM and result is None:
-                    log.info("alarm delivered to the platform: %s", _brief(row.payload))
+            self.published[Priority.ALARM] += len(acked)
+            for row in acked:
+                log.info("alarm delivered to the platform: %s", _brief(row.payload))
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
 
-    async def _publish(self, client: aiomqtt.Client, row: OutboxRow) -> None:
-        await client.publish(self.topics.events(row.priority), row.payload, qos=1)
+    async def _bulk_lane(self, client: aiomqtt.Client) -> None:
+        """Status first, then telemetry, in batches; a bounded number awaiting PUBACK."""
+        cursors = {Priority.STATUS: 0, Priority.TELEMETRY: 0}
+        window = asyncio.Semaphore(self.link.batches_in_flight)
+        async with asyncio.TaskGroup() as in_flight:
+            while True:
+                await window.acquire()
+                batch = await self._next_batch(cursors)
+                if batch is None:
+                    window.release()
+                    continue
+                priority, rows = batch
+                cursors[priority] = rows[-1].seq
+                payload = encode_batch(rows, self.link.compress)
+                topic = self.topics.events(priority)
+                if self._budget:
+                    await self._budget.spend(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES)
+                in_flight.create_task(self._publish_batch(client, topic, priority, rows, payload, window))
+
+    async def _next_batch(self, cursors: dict[Priority, int]) -> tuple[Priority, list[OutboxRow]] | None:
+        """The next batch to send, or None after waiting a little (nothing, or lingering)."""
+        link = self.link
+        for priority in (Priority.STATUS, Priority.TELEMETRY):
+            rows = await self._outbox.rows_after(priority, cursors[priority], link.batch_max_events)
+            if not rows:
+                continue
+            age_s = time.time() - rows[0].created_ms / 1000
+            if len(rows) < link.batch_max_events and age_s < link.batch_linger_s:
+                await asyncio.sleep(link.batch_linger_s - age_s)  # let the batch fill
+                return None
+            return priority, _cut_to_size(rows)
+        await self._outbox.wait_for_new(Priority.TELEMETRY, IDLE_POLL_S)  # status shares this signal
+        return None
+
+    async def _publish_batch(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        priority: Priority,
+        rows: list[OutboxRow],
+        payload: bytes,
+        window: asyncio.Semaphore,
+    ) -> None:
+        try:
+            await client.publish(topic, payload, qos=1)
+            await self._outbox.ack(rows)
+        finally:
+            window.release()
+        self.published[priority] += len(rows)
+        now = time.monotonic()
+        self._acked_bytes.append((now, len(payload)))
+        while self._acked_bytes and self._acked_bytes[0][0] < now - DRAIN_RATE_WINDOW_S:
+            self._acked_bytes.popleft()
 
     async def _report_status(self, client: aiomqtt.Client) -> None:
         interval = self._config.uplink.status_interval_s
@@ -202,17 +309,47 @@ class Uplink:
                 await asyncio.wait_for(self._status_due.wait(), interval)
             self._status_due.clear()
 
+    def drain_rate_bytes_per_s(self) -> float | None:
+        """Bytes per second of status/telemetry acknowledged lately (or the budget, if lower)."""
+        measured = None
+        if len(self._acked_bytes) >= 2:
+            span = self._acked_bytes[-1][0] - self._acked_bytes[0][0]
+            if span > 0:
+                measured = sum(n for _, n in self._acked_bytes) / span
+        budget = self.link.byte_budget_per_s
+        if measured is None:
+            return float(budget) if budget else None
+        return min(measured, budget) if budget else measured
+
     async def _status_payload(self, state: str) -> str:
-        counts = await self._outbox.counts()
-        oldest = await self._outbox.oldest_created_ms()
+        snap = await self._outbox.snapshot()
         body = self._status_source()
-        body.update(
-            state=state,
-            backlog={p.value: n for p, n in counts.items()},
-            oldest_unsent_s=None if oldest is None else round(max(0.0, time.time() - oldest / 1000), 1),
-            published_since_start=self.published,
-        )
+        body.update(state=state, link_profile=self._config.uplink.link_profile, **self.backlog_report(snap))
         return json.dumps(body)
+
+    def backlog_report(self, snap: OutboxSnapshot) -> dict[str, Any]:
+        """Backlog, its age, an estimated drain time and what was shed: for the status message."""
+        bulk_bytes = snap.bytes[Priority.STATUS] + snap.bytes[Priority.TELEMETRY]
+        rate = self.drain_rate_bytes_per_s()
+        ratio = 0.35 if self.link.compress else 1.0  # typical zlib ratio on event JSON (bench/)
+        drain_s = None
+        if bulk_bytes == 0:
+            drain_s = 0.0
+        elif rate:
+            drain_s = round(bulk_bytes * ratio / rate, 1)
+        return {
+            "backlog": {p.value: n for p, n in snap.rows.items()},
+            "backlog_bytes": sum(snap.bytes.values()),
+            "oldest_unsent_s": (
+                None
+                if snap.oldest_created_ms is None
+                else round(max(0.0, time.time() - snap.oldest_created_ms / 1000), 1)
+            ),
+            "estimated_drain_s": drain_s,
+            "shed": snap.shed,
+            "storage": {"max_bytes": snap.max_bytes, "disk_full_errors": snap.disk_full_errors},
+            "published_since_start": {p.value: n for p, n in self.published.items()},
+        }
 
     def _status_json(self, state: str, reason: str) -> str:
         return json.dumps({"station_id": self._config.station.id, "state": state, "reason": reason})
@@ -228,8 +365,14 @@ class Uplink:
             )
 
 
-def _describe_counts(counts: dict[Priority, int]) -> str:
-    return ", ".join(f"{n} {p.value}" for p, n in counts.items())
+def _cut_to_size(rows: list[OutboxRow]) -> list[OutboxRow]:
+    """Keep the leading rows whose JSON fits in one message (at least one row)."""
+    total = 0
+    for i, row in enumerate(rows):
+        total += len(row.payload) + 1
+        if total > BATCH_MAX_BYTES and i > 0:
+            return rows[:i]
+    return rows
 
 
 def _brief(payload: str) -> str:

@@ -1,85 +1,212 @@
-"""The outbox: durable append, priority order, delete only on ack, corrupt files moved aside."""
+"""The outbox: durable group commit, lanes, delete only on ack, bounds, disk full, corruption."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import Clock
+from gateway.config import StorageSection
 from gateway.events import Event, EventKind, Priority, new_event
-from gateway.outbox import Outbox
+from gateway.outbox import Outbox, OutboxFull, OutboxRow
+
+STATION = "st-1"
 
 
-def make(kind: EventKind, device: str = "d1") -> Event:
-    return new_event(Clock(), "st", device, kind)
+class FixedClock(Clock):
+    def __init__(self, at: datetime) -> None:
+        super().__init__()
+        self.at = at
+
+    def now(self) -> datetime:
+        return self.at
+
+    def trusted(self) -> bool:
+        return True
 
 
-async def test_alarms_first_then_status_then_telemetry_each_oldest_first(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "o.db") as outbox:
-        test1, sos1, test2, fall = (
-            make(EventKind.TEST),
-            make(EventKind.SOS),
-            make(EventKind.TEST),
-            make(EventKind.FALL),
+def make(kind: EventKind, device: str = "d1", clock: Clock | None = None, **data: object) -> Event:
+    return new_event(clock or Clock(), STATION, device, kind, dict(data))
+
+
+def storage(tmp_path: Path, **limits: object) -> StorageSection:
+    return StorageSection.model_validate({"path": tmp_path / "o.db", **limits})
+
+
+def events_of(rows: list[OutboxRow]) -> list[Event]:
+    return [Event.model_validate_json(r.payload) for r in rows]
+
+
+async def lane(outbox: Outbox, priority: Priority) -> list[Event]:
+    return events_of(await outbox.rows_after(priority, 0, 1_000_000))
+
+
+async def test_lanes_give_each_class_oldest_first_after_a_cursor(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        test1, sos1, act, test2, fall = (
+            make(k) for k in (EventKind.TEST, EventKind.SOS, EventKind.ACTIVITY, EventKind.TEST, EventKind.FALL)
         )
-        await outbox.append(test1, sos1)
+        await outbox.append(test1, sos1, act)
         await outbox.append(test2)
         await outbox.append(fall)
-        rows = await outbox.next_batch(10)
-        assert [Event.model_validate_json(r.payload) for r in rows] == [sos1, fall, test1, test2]
-        assert [r.priority for r in rows] == [
-            Priority.ALARM,
-            Priority.ALARM,
-            Priority.STATUS,
-            Priority.STATUS,
-        ]
-        assert [Event.model_validate_json(r.payload) for r in await outbox.next_batch(3)] == [
-            sos1,
-            fall,
-            test1,
-        ]
+        assert await lane(outbox, Priority.ALARM) == [sos1, fall]
+        assert await lane(outbox, Priority.STATUS) == [test1, test2]
+        assert await lane(outbox, Priority.TELEMETRY) == [act]
+        first = await outbox.rows_after(Priority.STATUS, 0, 1)
+        assert events_of(await outbox.rows_after(Priority.STATUS, first[0].seq, 10)) == [test2]
+        assert await outbox.counts() == {Priority.ALARM: 2, Priority.STATUS: 2, Priority.TELEMETRY: 1}
 
 
 async def test_rows_stay_until_acked_and_survive_reopening(tmp_path: Path) -> None:
-    events = [make(EventKind.TEST) for _ in range(5)]
-    async with Outbox(tmp_path / "o.db") as outbox:
+    events = [make(EventKind.TEST, n=n) for n in range(5)]
+    async with Outbox(storage(tmp_path), STATION) as outbox:
         await outbox.append(*events)
-        rows = await outbox.next_batch(2)
-        await outbox.ack([rows[0]])
-    async with Outbox(tmp_path / "o.db") as outbox:
-        assert outbox.moved_aside is None
+        rows = await outbox.rows_after(Priority.STATUS, 0, 2)
+        await outbox.ack(rows[:1])
+        await outbox.ack(rows[:1])  # a second ack of the same row changes nothing
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        assert outbox.salvage is None
         assert await outbox.counts() == {Priority.ALARM: 0, Priority.STATUS: 4, Priority.TELEMETRY: 0}
-        assert [Event.model_validate_json(r.payload) for r in await outbox.next_batch(10)] == events[1:]
+        assert await lane(outbox, Priority.STATUS) == events[1:]
 
 
-async def test_committed_rows_are_visible_to_another_connection_at_once(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "o.db") as outbox:
-        event = make(EventKind.SOS)
+async def test_stored_form_is_compact_and_published_form_is_the_whole_event(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        event = make(EventKind.SOS, zone=3)
         await outbox.append(event)
-        with sqlite3.connect(tmp_path / "o.db") as other:
-            [(payload,)] = other.execute("SELECT payload FROM outbox").fetchall()
-        assert Event.model_validate_json(payload) == event
+        with sqlite3.connect(tmp_path / "o.db") as other:  # committed: visible to another connection
+            [(stored,)] = other.execute("SELECT payload FROM outbox").fetchall()
+        assert "station_id" not in stored
+        [row] = await outbox.rows_after(Priority.ALARM, 0, 10)
+        assert json.loads(row.payload) == json.loads(event.to_json())
 
 
-async def test_wal_and_full_sync_are_in_force(tmp_path: Path) -> None:
-    async with Outbox(tmp_path / "o.db") as outbox:
-        mode = await outbox._run(lambda: outbox.db.execute("PRAGMA journal_mode").fetchone()[0])
-        sync = await outbox._run(lambda: outbox.db.execute("PRAGMA synchronous").fetchone()[0])
-        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+async def test_alarms_commit_with_full_sync_telemetry_alone_with_normal(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+
+        def sync_mode() -> int:
+            return int(outbox.db.execute("PRAGMA synchronous").fetchone()[0])
+
+        await outbox.append(make(EventKind.ACTIVITY))
+        assert await outbox._run(sync_mode) == 1  # NORMAL
+        await outbox.append(make(EventKind.SOS))
+        assert await outbox._run(sync_mode) == 2  # FULL
+        assert await outbox._run(lambda: outbox.db.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
 
 
-async def test_corrupt_file_is_moved_aside_not_deleted(tmp_path: Path) -> None:
+async def test_concurrent_appends_share_group_commits(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        events = [make(EventKind.ACTIVITY, device=f"d{n % 7}", n=n) for n in range(2000)]
+        await asyncio.gather(*(outbox.append(e) for e in events))
+        assert outbox.commits < 200
+        stored = await lane(outbox, Priority.TELEMETRY)
+        assert sorted(e.id for e in stored) == sorted(e.id for e in events)
+        for device in {e.device_id for e in events}:  # per-device order within the class
+            mine = [e for e in stored if e.device_id == device]
+            assert mine == sorted(mine, key=lambda e: e.id)
+
+
+async def test_full_outbox_sheds_oldest_telemetry_then_status_never_alarms(tmp_path: Path) -> None:
+    limits = {"max_bytes": 64 * 1024, "alarm_reserve_bytes": 8 * 1024}
+    async with Outbox(storage(tmp_path, **limits), STATION) as outbox:
+        telemetry = [make(EventKind.ACTIVITY, device=f"radar-{n % 2}", n=n) for n in range(600)]
+        for event in telemetry:
+            await outbox.append(event)
+        kept = await lane(outbox, Priority.TELEMETRY)
+        assert kept == telemetry[-len(kept) :]  # the newest are kept, the oldest shed
+        snap = await outbox.snapshot()
+        assert sum(snap.bytes.values()) <= 64 * 1024 - 8 * 1024
+        shed_total = sum(n for per_class in snap.shed.values() for n in per_class.values())
+        assert shed_total == 600 - len(kept)
+        assert set(snap.shed) == {"radar-0", "radar-1"}
+
+        statuses = [make(EventKind.TEST, device="rx", n=n) for n in range(400)]
+        for event in statuses:
+            await outbox.append(event)
+        assert (await outbox.counts())[Priority.TELEMETRY] == 0  # status evicted every telemetry row first
+        assert await lane(outbox, Priority.STATUS) == statuses[-len(await lane(outbox, Priority.STATUS)) :]
+        late = make(EventKind.ACTIVITY, device="radar-0")
+        await outbox.append(late)  # telemetry may not evict status: the newcomer itself is shed
+        assert late not in await lane(outbox, Priority.TELEMETRY)
+
+        alarms = [make(EventKind.SOS, device="rx", zone=n) for n in range(300)]
+        for event in alarms:
+            await outbox.append(event)
+        assert await lane(outbox, Priority.ALARM) == alarms  # every alarm kept, even past the bound
+        snap = await outbox.snapshot()
+        assert "alarm" not in {c for per_class in snap.shed.values() for c in per_class}
+        assert snap.shed["rx"]["status"] > 0
+    async with Outbox(storage(tmp_path, **limits), STATION) as outbox:  # the counts are kept on disk
+        assert (await outbox.snapshot()).shed == snap.shed
+
+
+async def test_disk_full_sheds_and_only_refuses_when_nothing_is_left(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*[make(EventKind.ACTIVITY, device="band", pad="x" * 400) for _ in range(300)])
+        pages = await outbox._run(lambda: int(outbox.db.execute("PRAGMA page_count").fetchone()[0]))
+        await outbox._run(lambda: outbox.db.execute(f"PRAGMA max_page_count={pages}"))  # the "disk" is full
+        alarms: list[Event] = []
+        for _ in range(500):  # alarms until the "disk" is full: telemetry is shed to make room
+            alarms.append(make(EventKind.SOS, device="rx", pad="y" * 400))
+            await outbox.append(alarms[-1])
+            if outbox.disk_full_errors:
+                break
+        assert await lane(outbox, Priority.ALARM) == alarms
+        snap = await outbox.snapshot()
+        assert snap.disk_full_errors >= 1
+        assert snap.shed["band"]["telemetry"] > 0
+
+        async def alarms_until_refused() -> None:
+            for _ in range(2000):
+                await outbox.append(make(EventKind.SOS, device="rx", pad="z" * 400))
+
+        with pytest.raises(OutboxFull, match="the disk is full and only alarms are left"):
+            await alarms_until_refused()
+        assert (await outbox.counts())[Priority.TELEMETRY] == 0
+
+
+async def test_old_status_and_telemetry_expire_alarms_stay(tmp_path: Path) -> None:
+    old = FixedClock(datetime.now(UTC) - timedelta(days=3))
+    async with Outbox(storage(tmp_path, max_age_days=2), STATION) as outbox:
+        stale = [make(k, clock=old) for k in (EventKind.ACTIVITY, EventKind.TEST, EventKind.SOS)]
+        fresh = make(EventKind.ACTIVITY)
+        await outbox.append(*stale, fresh)
+        await outbox._run(outbox._expire)
+        assert await lane(outbox, Priority.TELEMETRY) == [fresh]
+        assert await lane(outbox, Priority.STATUS) == []
+        assert await lane(outbox, Priority.ALARM) == [stale[2]]
+
+
+async def test_corrupt_file_is_moved_aside_and_readable_rows_salvaged(tmp_path: Path) -> None:
     path = tmp_path / "o.db"
-    async with Outbox(path) as outbox:
-        await outbox.append(*[make(EventKind.TEST) for _ in range(200)])
+    events = [make(EventKind.TEST, n=n, pad="p" * 200) for n in range(400)]
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*events)
     data = bytearray(path.read_bytes())
-    data[4096 : 4096 + 2048] = b"\xa5" * 2048  # overwrite part of the first table page
+    data[8 * 4096 : 9 * 4096] = b"\xa5" * 4096  # one page of rows destroyed
     path.write_bytes(bytes(data))
-    original = bytes(data)
-    async with Outbox(path) as outbox:
-        assert outbox.moved_aside is not None
-        assert outbox.moved_aside.read_bytes() == original
-        assert outbox.moved_aside.name.startswith("o.db.corrupt-")
-        assert await outbox.counts() == {Priority.ALARM: 0, Priority.STATUS: 0, Priority.TELEMETRY: 0}
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        assert outbox.salvage is not None
+        assert outbox.salvage.moved_aside.read_bytes() == bytes(data)  # never deleted
+        assert outbox.salvage.moved_aside.name.startswith("o.db.corrupt-")
+        recovered = await lane(outbox, Priority.STATUS)
+        assert 0 < outbox.salvage.salvaged == len(recovered) < len(events)
+        assert all(e in events for e in recovered)
         await outbox.append(make(EventKind.SOS))
         assert (await outbox.counts())[Priority.ALARM] == 1
+
+
+async def test_seqs_are_never_reused_after_the_table_empties(tmp_path: Path) -> None:
+    """The uplink reads after a cursor: a reused seq below it would never be sent."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(make(EventKind.SOS), make(EventKind.SOS))
+        first = await outbox.rows_after(Priority.ALARM, 0, 10)
+        await outbox.ack(first)
+        await outbox.append(make(EventKind.SOS))
+        [again] = await outbox.rows_after(Priority.ALARM, first[-1].seq, 10)
+        assert again.seq > first[-1].seq

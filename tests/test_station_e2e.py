@@ -161,7 +161,10 @@ async def test_unplugged_receiver_is_reported_and_picked_up_again(tmp_path: Path
         second = station.replug()
         assert await station.gateway.wait_for_line("device button-rx-1 online", after=mark)
         assert (await second.send(surgard_report(code=101, zone=2))).acked
-        assert await station.sink.wait_for(2 + 1 + 1 + 2, ARRIVAL_TIMEOUT_S)
+        assert await station.sink.wait_for(2 + 1 + 1 + 2, ARRIVAL_TIMEOUT_S), (
+            [e["kind"] for e in station.sink.events.values()],
+            "\n".join(station.gateway.lines),
+        )
         kinds = [e["kind"] for e in station.sink.events.values() if e["device_id"] == "button-rx-1"]
         assert sorted(kinds) == ["device_offline", "device_online", "device_online", "sos", "sos"]
         assert zones_at_platform(station) == [1, 2]
