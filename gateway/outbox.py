@@ -49,7 +49,6 @@ DISK_FULL_SHED_ROWS = 2000  # rows shed at once when the disk itself is full
 RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
 SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
-SALVAGE_MAX_SEQ_GAP = 1_000_000  # stop salvaging after this many unreadable seqs in a row
 SQLITE_FULL = 13
 SCHEMA_VERSION = 1
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
@@ -312,11 +311,13 @@ class Outbox:
             log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
             return
         with contextlib.closing(old):
-            low, empty_run = 0, 0
-            while empty_run < SALVAGE_MAX_SEQ_GAP:
+            last_seq = _last_seq(old)
+            if last_seq is None:
+                log.error("nothing can be salvaged from %s: its outbox table cannot be read", self.salvage.moved_aside)
+                return
+            log.warning("salvaging rows 1..%d from %s", last_seq, self.salvage.moved_aside)
+            for low in range(0, last_seq, SALVAGE_STEP_ROWS):
                 rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
-                low += SALVAGE_STEP_ROWS
-                empty_run = 0 if rows else empty_run + SALVAGE_STEP_ROWS
                 good = [r for r in rows if _is_event_json(r[2])]
                 if good:
                     with self._transaction() as conn:
@@ -539,6 +540,18 @@ class Outbox:
             max_bytes=self.storage.max_bytes,
             disk_full_errors=self.disk_full_errors,
         )
+
+
+def _last_seq(conn: sqlite3.Connection) -> int | None:
+    """The highest seq ever used, from the table or from AUTOINCREMENT's record of it."""
+    for sql in ("SELECT max(seq) FROM outbox", "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"):
+        try:
+            row = conn.execute(sql).fetchone()
+        except sqlite3.DatabaseError:
+            continue
+        if row and row[0] is not None:
+            return int(row[0])
+    return None
 
 
 def _readable_rows(conn: sqlite3.Connection, low: int, high: int) -> list[tuple[int, int, str]]:

@@ -112,6 +112,12 @@ class Uplink:
         self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
         self._status_due = asyncio.Event()
         self._acked_bytes: collections.deque[tuple[float, int]] = collections.deque()
+        # Events per batch, adapted to the link: halved when a connection dies with a batch in
+        # flight (its PUBACK, or the keepalive's PINGRESP, could not get through behind it),
+        # grown back slowly while batches are acknowledged. Ends the livelock of a batch that
+        # can never cross a thin link within the keepalive.
+        self.batch_events = self.link.batch_max_events
+        self._bulk_in_flight = 0
         self.connected = False
         self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
 
@@ -136,13 +142,24 @@ class Uplink:
     async def _session(self, client: aiomqtt.Client) -> None:
         """One connection's life: returns (after logging why) when the connection is lost."""
         try:
+            alarms_flushed = asyncio.Event()
             async with asyncio.TaskGroup() as session:
                 session.create_task(self._watch(client), name="uplink-watch")
-                session.create_task(self._alarm_lane(client), name="uplink-alarms")
-                session.create_task(self._bulk_lane(client), name="uplink-bulk")
+                session.create_task(self._alarm_lane(client, alarms_flushed), name="uplink-alarms")
+                session.create_task(self._bulk_lane(client, alarms_flushed), name="uplink-bulk")
                 session.create_task(self._report_status(client), name="uplink-status")
         except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
             self.connected = False
+            if self._bulk_in_flight and self.batch_events > 1:
+                self.batch_events = max(1, self.batch_events // 2)
+                log.warning(
+                    "uplink: the connection died with %d batch(es) awaiting PUBACK; batches cut to %d events "
+                    "(is the link slower than its profile '%s'?)",
+                    self._bulk_in_flight,
+                    self.batch_events,
+                    self._config.uplink.link_profile,
+                )
+            self._bulk_in_flight = 0
             reason = "; ".join(repr(e) for e in group.exceptions)
             backlog = sum((await self._outbox.counts()).values())
             log.warning("uplink down: %s; %d events kept in the outbox; reconnecting", reason, backlog)
@@ -225,12 +242,13 @@ class Uplink:
             reply = {"command": name, "ok": False, "error": "unknown command (known: status)"}
         await client.publish(self.topics.command_replies, json.dumps(reply), qos=1)
 
-    async def _alarm_lane(self, client: aiomqtt.Client) -> None:
+    async def _alarm_lane(self, client: aiomqtt.Client, flushed: asyncio.Event) -> None:
         """Each alarm alone, the moment it is committed; never behind status or telemetry."""
         cursor = 0
         while True:
             rows = await self._outbox.rows_after(Priority.ALARM, cursor, ALARM_SLOTS)
             if not rows:
+                flushed.set()  # every alarm waiting at connect time is acknowledged: the bulk lane may start
                 await self._outbox.wait_for_new(Priority.ALARM, IDLE_POLL_S)
                 continue
             cursor = rows[-1].seq
@@ -247,10 +265,16 @@ class Uplink:
             if failures:
                 raise failures[0]
 
-    async def _bulk_lane(self, client: aiomqtt.Client) -> None:
-        """Status first, then telemetry, in batches; a bounded number awaiting PUBACK."""
+    async def _bulk_lane(self, client: aiomqtt.Client, alarms_flushed: asyncio.Event) -> None:
+        """Status first, then telemetry, in batches; a bounded number awaiting PUBACK.
+
+        After a (re)connection it starts only once the alarms waiting in the outbox have been
+        acknowledged, so a recovering link carries the alarms first.
+        """
+        await alarms_flushed.wait()
         cursors = {Priority.STATUS: 0, Priority.TELEMETRY: 0}
-        window = asyncio.Semaphore(self.link.batches_in_flight)
+        full_window = self.link.batches_in_flight
+        window = asyncio.Semaphore(max(1, full_window * self.batch_events // self.link.batch_max_events))
         async with asyncio.TaskGroup() as in_flight:
             while True:
                 await window.acquire()
@@ -270,14 +294,16 @@ class Uplink:
         """The next batch to send, or None after waiting a little (nothing, or lingering)."""
         link = self.link
         for priority in (Priority.STATUS, Priority.TELEMETRY):
-            rows = await self._outbox.rows_after(priority, cursors[priority], link.batch_max_events)
+            rows = await self._outbox.rows_after(priority, cursors[priority], self.batch_events)
             if not rows:
                 continue
             age_s = time.time() - rows[0].created_ms / 1000
-            if len(rows) < link.batch_max_events and age_s < link.batch_linger_s:
+            if len(rows) < self.batch_events and age_s < link.batch_linger_s:
                 await asyncio.sleep(link.batch_linger_s - age_s)  # let the batch fill
                 return None
-            return priority, _cut_to_size(rows)
+            # one batch is at most about one second of the byte budget, so that it cannot hold
+            # back a PUBACK or a PINGRESP for long on a thin link
+            return priority, _cut_to_size(rows, min(BATCH_MAX_BYTES, link.byte_budget_per_s or BATCH_MAX_BYTES))
         await self._outbox.wait_for_new(Priority.TELEMETRY, IDLE_POLL_S)  # status shares this signal
         return None
 
@@ -290,12 +316,16 @@ class Uplink:
         payload: bytes,
         window: asyncio.Semaphore,
     ) -> None:
+        self._bulk_in_flight += 1
         try:
             await client.publish(topic, payload, qos=1)
             await self._outbox.ack(rows)
         finally:
             window.release()
+            self._bulk_in_flight -= 1
         self.published[priority] += len(rows)
+        if self.batch_events < self.link.batch_max_events:
+            self.batch_events = min(self.link.batch_max_events, self.batch_events + max(1, self.batch_events // 8))
         now = time.monotonic()
         self._acked_bytes.append((now, len(payload)))
         while self._acked_bytes and self._acked_bytes[0][0] < now - DRAIN_RATE_WINDOW_S:
@@ -365,12 +395,12 @@ class Uplink:
             )
 
 
-def _cut_to_size(rows: list[OutboxRow]) -> list[OutboxRow]:
-    """Keep the leading rows whose JSON fits in one message (at least one row)."""
+def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
+    """Keep the leading rows whose JSON fits in `max_bytes` (at least one row)."""
     total = 0
     for i, row in enumerate(rows):
         total += len(row.payload) + 1
-        if total > BATCH_MAX_BYTES and i > 0:
+        if total > max_bytes and i > 0:
             return rows[:i]
     return rows
 

@@ -24,16 +24,50 @@ def main(argv: list[str] | None = None) -> int:
     sink.add_argument("--station", required=True, help="station id")
     sink.add_argument("--out", type=Path, default=Path("platform-events.jsonl"))
 
+    link = sub.add_parser(
+        "flaky-link",
+        help="a TCP proxy that cuts, black-holes, delays and throttles the uplink (commands on stdin)",
+    )
+    link.add_argument("--target", default="127.0.0.1:1883", help="broker HOST:PORT")
+    link.add_argument("--listen", default="127.0.0.1:18830", help="HOST:PORT the gateway connects to")
+    link.add_argument("--latency-ms", type=float, default=0.0)
+    link.add_argument("--bandwidth", type=int, default=0, help="bytes per second per direction, 0 = unlimited")
+    link.add_argument(
+        "--schedule", default="", help='repeating steps "COMMAND:SECONDS,...", e.g. "up:20,blackhole:30,cut:10"'
+    )
+
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "button-receiver":
             from simulators.button_receiver import play
 
             return 1 if asyncio.run(play(args.count, args.interval)) else 0
+        if args.command == "flaky-link":
+            return asyncio.run(_flaky_link(args))
         from simulators.platform import PlatformSink
 
         print(f"recording events of station {args.station} from {args.host}:{args.port} into {args.out}")
         asyncio.run(PlatformSink(args.host, args.port, args.station, args.prefix, args.out).run())
+    return 0
+
+
+async def _flaky_link(args: argparse.Namespace) -> int:
+    from simulators.link import LinkProxy
+
+    target_host, target_port = args.target.rsplit(":", 1)
+    listen_host, listen_port = args.listen.rsplit(":", 1)
+    async with LinkProxy(target_host, int(target_port), listen_host, int(listen_port)) as link:
+        link.apply(f"latency {args.latency_ms}")
+        print(link.apply(f"bandwidth {args.bandwidth}"), f"; listening on {listen_host}:{link.port}", flush=True)
+        print("commands: up | cut | blackhole | latency MS | bandwidth BYTES_PER_S", flush=True)
+        async with asyncio.TaskGroup() as tasks:
+            if args.schedule:
+                steps = [(step.split(":")[0], float(step.split(":")[1])) for step in args.schedule.split(",")]
+                tasks.create_task(link.run_schedule(steps, repeat=True))
+            loop = asyncio.get_running_loop()
+            while line := await loop.run_in_executor(None, sys.stdin.readline):
+                if line.strip():
+                    print(link.apply(line.strip()), flush=True)
     return 0
 
 

@@ -22,6 +22,8 @@ def station_toml(
     reconnect_max_s: float = 2.0,
     status_interval_s: float = 5.0,
     silence_timeout_s: float = 100.0,
+    uplink_extra: str = "",
+    storage_extra: str = "",
 ) -> str:
     """A station file for simulated devices on a loopback broker (or link proxy)."""
     devices = "".join(
@@ -33,7 +35,8 @@ def station_toml(
         f'[station]\nid = "{station_id}"\nname = "Simulated care station"\n\n'
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = {keepalive_s}\n'
         f"reconnect_max_s = {reconnect_max_s}\nstatus_interval_s = {status_interval_s}\n"
-        f'connect_timeout_s = 2\npublish_timeout_s = 5\n\n[storage]\npath = "{db_path}"\n{devices}'
+        f"connect_timeout_s = 2\npublish_timeout_s = 5\n{uplink_extra}\n\n"
+        f'[storage]\npath = "{db_path}"\n{storage_extra}\n{devices}'
     )
 
 

@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clock import Clock
+from gateway.config import StorageSection
+from gateway.events import EventKind, new_event
+from gateway.outbox import Outbox
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim
 from simulators.harness import GatewayProcess, station_toml
 from simulators.platform import PlatformSink
 
 STATION_ID = "test-station"
+SEED_CHUNK = 1000
 TEST_ACK_DEADLINE_S = 1.5  # shorter than the receiver's 4 s so that resends happen quickly
 
 
@@ -36,6 +41,7 @@ class Station:
     receiver: ButtonReceiverSim
     sink: PlatformSink
     gateway: GatewayProcess
+    seeded: list[str]  # ids of telemetry events put in the outbox before the gateway started
 
     def replug(self) -> ButtonReceiverSim:
         """Unplug the receiver and plug a new one in: the stable name points at a new pty."""
@@ -49,6 +55,19 @@ class Station:
         self.gateway = GatewayProcess(self.config_path)
         await self.gateway.start()
         assert await self.gateway.wait_for_line("device button-rx-1 online"), "\n".join(self.gateway.lines)
+
+
+async def seed_outbox(db_path: Path, count: int) -> list[str]:
+    """A telemetry backlog, as if the link had been down for a while: activity readings of 3 radars."""
+    clock = Clock()
+    events = [
+        new_event(clock, STATION_ID, f"radar-{n % 3}", EventKind.ACTIVITY, {"n": n, "motion": "moving", "movement": 30})
+        for n in range(count)
+    ]
+    async with Outbox(StorageSection(path=db_path), STATION_ID) as outbox:
+        for start in range(0, count, SEED_CHUNK):
+            await outbox.append(*events[start : start + SEED_CHUNK])
+    return [e.id for e in events]
 
 
 @contextlib.asynccontextmanager
@@ -66,7 +85,13 @@ async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
 
 @contextlib.asynccontextmanager
 async def running_station(
-    folder: Path, broker: Mosquitto, uplink_port: int | None = None, silence_timeout_s: float = 100.0
+    folder: Path,
+    broker: Mosquitto,
+    uplink_port: int | None = None,
+    silence_timeout_s: float = 100.0,
+    uplink_extra: str = "",
+    seed_telemetry: int = 0,
+    keepalive_s: int = 5,
 ) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
@@ -82,11 +107,14 @@ async def running_station(
             receiver_ports={"button-rx-1": str(port_link)},
             reconnect_max_s=1.0,
             silence_timeout_s=silence_timeout_s,
+            uplink_extra=uplink_extra,
+            keepalive_s=keepalive_s,
         )
     )
+    seeded = await seed_outbox(db_path, seed_telemetry) if seed_telemetry else []
     async with running_sink(broker.host, broker.port) as sink:
         gateway = GatewayProcess(config_path)
-        station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway)
+        station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway, seeded)
         await gateway.start()
         try:
             assert await gateway.wait_for_line("device button-rx-1 online"), "\n".join(gateway.lines)
