@@ -8,6 +8,7 @@ at-least-once without the platform ever counting an alarm twice.
 from __future__ import annotations
 
 import os
+import random
 import threading
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -72,27 +73,46 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
 
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
+RANDOM_BITS = 80
+
+
+def _encode_pairs(value: int, pairs: int) -> str:
+    return "".join([_PAIRS[(value >> (10 * i)) & 0x3FF] for i in range(pairs - 1, -1, -1)])
+
+
 class _UlidFactory:
-    """ULIDs (48-bit ms time + 80 random bits), strictly increasing within one process."""
+    """ULIDs (48-bit ms time + 80 random bits), strictly increasing within one process.
+
+    Within one millisecond (or if the clock steps back) the random part is incremented, so
+    ids keep their order. The random source is seeded from os.urandom once: ids must be
+    unique, not secret.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._last = 0
+        self._random = random.Random(os.urandom(16))
+        self._ms = -1
+        self._prefix = ""
+        self._rand = 0
 
     def new(self, ms: int) -> str:
         with self._lock:
-            value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-            if value <= self._last:  # same millisecond (or clock stepped back): keep order
-                value = self._last + 1
-            self._last = value
-        return "".join(_CROCKFORD[(value >> shift) & 0x1F] for shift in range(125, -1, -5))
+            if ms > self._ms:
+                self._ms, self._prefix = ms, _encode_pairs(ms, 5)
+                self._rand = self._random.getrandbits(RANDOM_BITS - 1)  # headroom for increments
+            else:  # same millisecond, or the clock stepped back: keep the last time, count up
+                self._rand += 1
+            return self._prefix + _encode_pairs(self._rand, 8)
 
 
 _ulids = _UlidFactory()
 
 
 def _rfc3339(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """2026-11-23T08:30:15.123Z (UTC, milliseconds)."""
+    ts = ts.astimezone(UTC)
+    return f"{ts:%Y-%m-%dT%H:%M:%S}.{ts.microsecond // 1000:03d}Z"
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
@@ -128,9 +148,10 @@ def new_event(
 ) -> Event:
     """Stamp a new event with an id, the time and the clock's trust; priority from the kind."""
     ts = clock.now()
+    ms = int(ts.timestamp() * 1000)
     ts = ts.replace(microsecond=ts.microsecond // 1000 * 1000)  # the wire carries milliseconds
     return Event(
-        id=_ulids.new(int(ts.timestamp() * 1000)),
+        id=_ulids.new(ms),
         station_id=station_id,
         device_id=device_id,
         kind=kind,

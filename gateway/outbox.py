@@ -44,7 +44,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0  # another process (care-gateway status) may hold a read lock briefly
 JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024  # truncate the -wal file to this after checkpoints
 ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the payload for the byte bound
-MAX_GROUP_EVENTS = 5000  # most events in one group commit (bounds one transaction's time)
+MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
 DISK_FULL_SHED_ROWS = 2000  # rows shed at once when the disk itself is full
 RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
@@ -68,6 +68,9 @@ CREATE TABLE IF NOT EXISTS shed (
     PRIMARY KEY (device_id, priority)
 ) WITHOUT ROWID;
 """
+
+
+_Append = tuple[list[Event], "asyncio.Future[None]"]  # events of one append() call and its waiter
 
 
 class OutboxUnavailable(Exception):
@@ -148,7 +151,7 @@ class Outbox:
         self.disk_full_errors = 0
         self.commits = 0  # group commits of appended events (fewer than appends under load)
         self.salvage: Salvage | None = None  # set when a corrupt file was found at start-up
-        self._pending: list[tuple[list[Event], asyncio.Future[None]]] = []
+        self._pending: list[_Append] = []
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
         self._arrived = {Priority.ALARM: asyncio.Event(), Priority.STATUS: bulk, Priority.TELEMETRY: bulk}
@@ -218,11 +221,7 @@ class Outbox:
                 await asyncio.wait_for(self._wakeup.wait(), RETENTION_SWEEP_S)
             self._wakeup.clear()
             while self._pending:
-                group, taken = [], 0
-                while self._pending and taken < MAX_GROUP_EVENTS:
-                    events, future = self._pending.pop(0)
-                    group.append((events, future))
-                    taken += len(events)
+                group = self._next_group()
                 events = [e for batch, _ in group for e in batch]
                 try:
                     await self._run(functools.partial(self._commit, events))
@@ -239,6 +238,23 @@ class Outbox:
             if self.storage.max_age_days and time.monotonic() - self._last_sweep > RETENTION_SWEEP_S:
                 self._last_sweep = time.monotonic()
                 await self._run(self._expire)
+
+    def _next_group(self) -> list[_Append]:
+        """Appends carrying an alarm go first, in a small transaction of their own; then the
+        oldest others, up to MAX_GROUP_EVENTS events."""
+        urgent: list[_Append] = []
+        rest: list[_Append] = []
+        for item in self._pending:
+            (urgent if any(e.priority is Priority.ALARM for e in item[0]) else rest).append(item)
+        if urgent:
+            self._pending = rest
+            return urgent
+        taken = events = 0
+        while taken < len(rest) and (taken == 0 or events + len(rest[taken][0]) <= MAX_GROUP_EVENTS):
+            events += len(rest[taken][0])
+            taken += 1
+        self._pending = rest[taken:]
+        return rest[:taken]
 
     # --- runs on the outbox thread -------------------------------------------------------
 
@@ -400,6 +416,8 @@ class Outbox:
         """
         cap = self.storage.max_bytes
         total = self._tally.total_bytes
+        if total + sum(row_bytes(stored) for _, stored in items) <= cap - self.storage.reserve_bytes:
+            return items  # the usual case: room for everything
         keep = []
         for event, stored in items:
             size = row_bytes(stored)

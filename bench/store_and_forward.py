@@ -1,0 +1,334 @@
+"""Store-and-forward benchmark: ingest, drain of a big backlog, alarm latency, bytes, baseline.
+
+    python bench/store_and_forward.py [--rows 1000000] [--out result.json]
+
+Prints one JSON object (and writes it to --out if given). Everything runs on this machine:
+a real mosquitto on loopback, the gateway as a child process (its peak RSS read from
+/proc/PID/status VmHWM), the Sur-Gard receiver simulator on a pty for alarm latencies, and a
+light platform subscriber that counts distinct event ids.
+
+Sections:
+- ingest: events/s committed by the outbox while the uplink is down, from 256 concurrent
+  producers appending one event at a time, and from producers appending 10 decoded events
+  per call (as a serial read or a BLE scan burst delivers them); p50/p99 of an alarm's commit
+  latency, idle and during that ingest;
+- disk: bytes on disk per buffered telemetry event (database + WAL after a checkpoint);
+- drain: events/s from a backlog of --rows telemetry events to the platform (broadband
+  profile), and the gateway's peak RSS meanwhile;
+- alarm latency: SOS written by the receiver simulator -> event at the platform, p50/p99,
+  while the backlog drains and when idle;
+- wire: bytes on the wire (MQTT payload + topic + fixed overhead) per telemetry event for
+  each link profile;
+- baseline: the naive design (one transaction per event; one QoS 1 publish awaited per
+  event), measured on fewer rows, and our figures as a ratio of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import re
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from gateway.clock import Clock
+from gateway.config import LINK_PROFILES, StorageSection
+from gateway.events import Event, EventKind, Priority, new_event
+from gateway.outbox import Outbox
+from gateway.uplink import MQTT_OVERHEAD_BYTES, Topics, encode_batch
+from simulators.broker import Mosquitto
+from simulators.button_receiver import ButtonReceiverSim, surgard_report
+from simulators.harness import GatewayProcess, station_toml
+
+STATION = "bench-station"
+SEED_CHUNK = 1000
+INGEST_EVENTS = 200_000
+PRODUCERS = 256
+BURST = 10
+BASELINE_ROWS = 5000
+ALARM_PROBES = 50
+ID_RE = re.compile(rb'"id":"([0-9A-HJKMNP-TV-Z]{26})"')
+
+
+def pct(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    q = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"p50": round(q[49], 2), "p99": round(q[98], 2), "max": round(ordered[-1], 2), "n": len(ordered)}
+
+
+def reading(clock: Clock, n: int) -> Event:
+    """A typical telemetry event: a radar's presence/movement reading."""
+    return new_event(
+        clock,
+        STATION,
+        f"radar-{n % 8}",
+        EventKind.ACTIVITY,
+        {"presence": True, "motion": "moving", "movement": 30 + n % 50},
+    )
+
+
+async def bench_ingest(folder: Path) -> dict[str, Any]:
+    clock = Clock()
+    out: dict[str, Any] = {}
+    async with Outbox(StorageSection(path=folder / "ingest.db", max_bytes=4 << 30), STATION) as outbox:
+        idle = []
+        for zone in range(ALARM_PROBES):
+            start = time.perf_counter()
+            await outbox.append(new_event(clock, STATION, "rx", EventKind.SOS, {"zone": zone}))
+            idle.append((time.perf_counter() - start) * 1000)
+        out["alarm_commit_ms_idle"] = pct(idle)
+
+        prebuilt = [reading(clock, n) for n in range(INGEST_EVENTS)]
+
+        async def prebuilt_producer(k: int) -> None:
+            for n in range(k * BURST, INGEST_EVENTS, PRODUCERS * BURST):
+                await outbox.append(*prebuilt[n : n + BURST])
+
+        start = time.perf_counter()
+        await asyncio.gather(*(prebuilt_producer(k) for k in range(PRODUCERS)))
+        out["outbox_only_burst_of_10"] = {
+            "events_per_s": round(INGEST_EVENTS / (time.perf_counter() - start)),
+            "note": "events built before timing: the outbox's own ceiling",
+        }
+        del prebuilt
+
+        for label, burst in (("single", 1), ("burst_of_10", BURST)):
+            done = asyncio.Event()
+            during: list[float] = []
+
+            async def producer(k: int, burst: int = burst) -> None:
+                for n in range(k * burst, INGEST_EVENTS, PRODUCERS * burst):
+                    await outbox.append(*(reading(clock, m) for m in range(n, min(n + burst, INGEST_EVENTS))))
+
+            async def alarm_prober(during: list[float] = during, done: asyncio.Event = done) -> None:
+                while not done.is_set():
+                    start = time.perf_counter()
+                    await outbox.append(new_event(clock, STATION, "rx", EventKind.SOS, {"zone": 1}))
+                    during.append((time.perf_counter() - start) * 1000)
+                    await asyncio.sleep(0.02)
+
+            commits = outbox.commits
+            prober = asyncio.create_task(alarm_prober())
+            start = time.perf_counter()
+            await asyncio.gather(*(producer(k) for k in range(PRODUCERS)))
+            elapsed = time.perf_counter() - start
+            done.set()
+            await prober
+            out[f"ingest_{label}"] = {
+                "events_per_s": round(INGEST_EVENTS / elapsed),
+                "events": INGEST_EVENTS,
+                "group_commits": outbox.commits - commits,
+                "alarm_commit_ms_during": pct(during),
+            }
+    return out
+
+
+async def seed(db: Path, rows: int) -> None:
+    clock = Clock()
+    async with Outbox(StorageSection(path=db, max_bytes=4 << 30), STATION) as outbox:
+        for start in range(0, rows, SEED_CHUNK):
+            await outbox.append(*(reading(clock, n) for n in range(start, min(rows, start + SEED_CHUNK))))
+
+
+def disk_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+
+
+class CountingSink:
+    """A platform that only counts distinct ids (so that it keeps up with the drain)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.ids: set[bytes] = set()
+        self.alarm_at: dict[int, float] = {}
+        self.duplicates = 0
+        self.subscribed = asyncio.Event()
+
+    async def run(self) -> None:
+        async with aiomqtt.Client(
+            self.host, self.port, identifier="bench-sink", clean_session=False, max_queued_incoming_messages=0
+        ) as client:
+            await client.subscribe(f"care/v1/{STATION}/events/#", qos=1)
+            self.subscribed.set()
+            async for message in client.messages:
+                payload = bytes(message.payload)  # type: ignore[arg-type]
+                if payload[:1] != b"{":
+                    payload = zlib.decompress(payload)
+                now = time.perf_counter()
+                for event_id in ID_RE.findall(payload):
+                    if event_id in self.ids:
+                        self.duplicates += 1
+                    self.ids.add(event_id)
+                if str(message.topic).endswith("/alarm"):
+                    data = json.loads(payload)["data"]
+                    if "zone" in data:
+                        self.alarm_at.setdefault(int(data["account"]) * 1000 + data["zone"], now)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return -1.0
+
+
+async def press_alarms(
+    sim: ButtonReceiverSim,
+    sink: CountingSink,
+    count: int,
+    first_zone: int,
+    interval_s: float,
+    stop: asyncio.Event | None = None,
+) -> list[float]:
+    sent: dict[int, float] = {}
+    for key in range(first_zone, first_zone + count):  # key = account * 1000 + zone (3 digits)
+        if stop is not None and stop.is_set():
+            break
+        sent[key] = time.perf_counter()
+        await sim.send(surgard_report(account=str(key // 1000), code=101, zone=key % 1000))
+        await asyncio.sleep(interval_s)
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline and not set(sent) <= set(sink.alarm_at):
+        await asyncio.sleep(0.01)
+    return [(sink.alarm_at[z] - t) * 1000 for z, t in sent.items() if z in sink.alarm_at]
+
+
+async def bench_drain(folder: Path, rows: int) -> dict[str, Any]:
+    db = folder / "outbox.db"
+    start = time.perf_counter()
+    await seed(db, rows)
+    seeded_s = time.perf_counter() - start
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    per_event_disk = disk_bytes(db) / rows
+    out: dict[str, Any] = {"disk_bytes_per_event": round(per_event_disk, 1), "seed_s": round(seeded_s, 1)}
+
+    with Mosquitto(folder / "broker") as broker:
+        sink = CountingSink(broker.host, broker.port)
+        sim = ButtonReceiverSim()
+        config = folder / "station.toml"
+        config.write_text(
+            station_toml(
+                station_id=STATION,
+                broker_port=broker.port,
+                db_path=db,
+                receiver_ports={"rx": sim.path},
+                storage_extra=f"max_bytes = {4 << 30}",
+            )
+        )
+        async with asyncio.TaskGroup() as tasks:
+            sink_task = tasks.create_task(sink.run())
+            await asyncio.wait_for(sink.subscribed.wait(), 10)
+            gateway = GatewayProcess(config)
+            t0 = time.perf_counter()
+            await gateway.start()
+            assert gateway.proc is not None
+            await gateway.wait_for_line("device rx online")
+            drained = asyncio.Event()
+            probes = tasks.create_task(press_alarms(sim, sink, 100_000, 1_000_000, 0.2, stop=drained))
+            while len(sink.ids) < rows + 2:  # + gateway_started, device_online
+                await asyncio.sleep(0.05)
+            drain_s = time.perf_counter() - t0
+            drained.set()
+            during = await probes
+            idle = await press_alarms(sim, sink, ALARM_PROBES, 2_000_000, 0.05)
+            rss = peak_rss_mb(gateway.proc.pid)
+            await gateway.stop()
+            sink_task.cancel()
+        sim.close()
+    out.update(
+        drain_events_per_s=round(rows / drain_s),
+        drain_s=round(drain_s, 1),
+        gateway_peak_rss_mb=rss,
+        alarm_latency_ms_while_draining=pct(during),
+        alarm_latency_ms_idle=pct(idle),
+        duplicates_at_platform=sink.duplicates,
+    )
+    return out
+
+
+def bench_wire() -> dict[str, Any]:
+    clock = Clock()
+    topics = Topics("care/v1", "nm-xilin-0012")
+    topic = topics.events(Priority.TELEMETRY)
+    out = {}
+    from gateway.outbox import OutboxRow
+
+    for name, link in LINK_PROFILES.items():
+        n = link.batch_max_events
+        rows = [OutboxRow(i, Priority.TELEMETRY, 0, reading(clock, i).to_json()) for i in range(n)]
+        payload = encode_batch(rows, link.compress)
+        out[name] = {
+            "batch_events": n,
+            "compressed": link.compress,
+            "bytes_per_event": round((len(payload) + len(topic) + MQTT_OVERHEAD_BYTES) / n, 1),
+        }
+    single = reading(clock, 0).to_json()
+    out["single_event_json_bytes"] = len(single)
+    return out
+
+
+async def bench_baseline(folder: Path) -> dict[str, Any]:
+    clock = Clock()
+    events = [reading(clock, n) for n in range(BASELINE_ROWS)]
+    conn = sqlite3.connect(folder / "naive.db", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=wal")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE q (seq INTEGER PRIMARY KEY, payload TEXT)")
+    start = time.perf_counter()
+    for event in events:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO q (payload) VALUES (?)", (event.to_json(),))
+        conn.execute("COMMIT")
+    ingest = BASELINE_ROWS / (time.perf_counter() - start)
+    with Mosquitto(folder / "naive-broker") as broker:
+        async with aiomqtt.Client(broker.host, broker.port, identifier="naive") as client:
+            start = time.perf_counter()
+            while row := conn.execute("SELECT seq, payload FROM q ORDER BY seq LIMIT 1").fetchone():
+                await client.publish(f"care/v1/{STATION}/events/telemetry", row[1], qos=1)
+                conn.execute("DELETE FROM q WHERE seq = ?", (row[0],))
+            drain = BASELINE_ROWS / (time.perf_counter() - start)
+    conn.close()
+    return {"rows": BASELINE_ROWS, "ingest_events_per_s": round(ingest), "drain_events_per_s": round(drain)}
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000, help="telemetry backlog to drain")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="care-gateway-bench-") as tmp:
+        folder = Path(tmp)
+        result: dict[str, Any] = {
+            "command": "python bench/store_and_forward.py " + " ".join(sys.argv[1:]),
+            "machine": f"{platform.machine()}, {platform.python_implementation()} {platform.python_version()}, "
+            f"SQLite {sqlite3.sqlite_version}",
+            "date": time.strftime("%Y-%m-%d"),
+        }
+        result["ingest"] = await bench_ingest(folder)
+        result["drain"] = await bench_drain(folder, args.rows)
+        result["wire"] = bench_wire()
+        result["baseline"] = await bench_baseline(folder)
+        base = result["baseline"]
+        result["ratio_to_baseline"] = {
+            "ingest_single": round(result["ingest"]["ingest_single"]["events_per_s"] / base["ingest_events_per_s"], 1),
+            "drain": round(result["drain"]["drain_events_per_s"] / base["drain_events_per_s"], 1),
+        }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
