@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import platform
+import random
 import re
 import sqlite3
 import statistics
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +259,35 @@ async def bench_drain(folder: Path, rows: int) -> dict[str, Any]:
     return out
 
 
+class SteppingClock(Clock):
+    """Readings spread over time as on a station (one every 0.7 s), so ids are not consecutive."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._at = datetime(2026, 11, 23, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        self._at += timedelta(milliseconds=700)
+        return self._at
+
+
+def varied_reading(clock: Clock, rng: random.Random, n: int) -> Event:
+    return new_event(
+        clock,
+        STATION,
+        f"radar-{n % 8}",
+        EventKind.ACTIVITY,
+        {
+            "presence": rng.random() < 0.8,
+            "motion": rng.choice(["none", "stationary", "moving"]),
+            "movement": rng.randrange(101),
+        },
+    )
+
+
 def bench_wire() -> dict[str, Any]:
-    clock = Clock()
+    clock = SteppingClock()
+    rng = random.Random(1)
     topics = Topics("care/v1", "nm-xilin-0012")
     topic = topics.events(Priority.TELEMETRY)
     out = {}
@@ -266,7 +295,7 @@ def bench_wire() -> dict[str, Any]:
 
     for name, link in LINK_PROFILES.items():
         n = link.batch_max_events
-        rows = [OutboxRow(i, Priority.TELEMETRY, 0, reading(clock, i).to_json()) for i in range(n)]
+        rows = [OutboxRow(i, Priority.TELEMETRY, 0, varied_reading(clock, rng, i).to_json()) for i in range(n)]
         payload = encode_batch(rows, link.compress)
         out[name] = {
             "batch_events": n,

@@ -49,6 +49,7 @@ FIRST_RETRY_S = 0.5  # first reconnect delay; doubles up to [uplink] reconnect_m
 RETRY_JITTER_S = 1.0  # spreads the reconnects of many stations after a city-wide outage
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the offline status
 PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
+TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
 DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
 
 StatusSource = Callable[[], dict[str, Any]]
@@ -361,7 +362,7 @@ class Uplink:
         """Backlog, its age, an estimated drain time and what was shed: for the status message."""
         bulk_bytes = snap.bytes[Priority.STATUS] + snap.bytes[Priority.TELEMETRY]
         rate = self.drain_rate_bytes_per_s()
-        ratio = 0.35 if self.link.compress else 1.0  # typical zlib ratio on event JSON (bench/)
+        ratio = TYPICAL_ZLIB_RATIO if self.link.compress else 1.0
         drain_s = None
         if bulk_bytes == 0:
             drain_s = 0.0
