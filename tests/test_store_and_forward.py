@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 from pathlib import Path
@@ -107,7 +108,7 @@ async def test_kill_9_at_random_instants_during_ingest_and_drain(tmp_path: Path,
                 if (await station.receiver.send(surgard_report(code=code, zone=zone))).acked:
                     acked.append(zone)
 
-        for _round in range(6):
+        for _round in range(10):
             stop = asyncio.Event()
             presser = asyncio.create_task(press_until(stop))
             await asyncio.sleep(rng.uniform(0.2, 1.2))
@@ -141,3 +142,18 @@ async def test_corrupt_outbox_at_start_is_moved_aside_and_reported(tmp_path: Pat
         assert aside.read_bytes().startswith(b"SQLite format 3\x00")  # kept, not deleted
         assert fault["data"]["salvaged_events"] == 0
         assert await wait_until(lambda: 5 in sos_zones(arrivals(station)))
+
+
+async def test_telemetry_stays_within_the_byte_budget(tmp_path: Path, broker: Mosquitto) -> None:
+    """Status/telemetry never leave faster than byte_budget_per_s (a lower bound on the drain time)."""
+    budget = 50_000
+    async with running_station(
+        tmp_path, broker, seed_telemetry=1200, uplink_extra=f"byte_budget_per_s = {budget}"
+    ) as station:
+        wanted = set(station.seeded)
+        assert await wait_until(lambda: wanted <= set(station.sink.events))
+        seen = [station.sink.events[i] for i in station.seeded]
+        payload_bytes = sum(len(json.dumps(e, separators=(",", ":"))) for e in seen)
+        times = sorted(station.sink.arrived_at[i] for i in station.seeded)
+        # one second of budget may go at once (the bucket's burst), the rest at the budget's pace
+        assert times[-1] - times[0] >= (payload_bytes - 2 * budget) / budget
