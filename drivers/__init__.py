@@ -18,31 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pydantic import JsonValue
-
-from gateway.events import EventKind
-
-
-class Reading(Protocol):
-    """Something a device reported that becomes one event."""
-
-    @property
-    def kind(self) -> EventKind: ...
-
-    def event_data(self) -> dict[str, JsonValue]: ...
-
 
 @dataclass(frozen=True)
 class Decoded:
     """One unit recognised in the byte stream.
 
-    reading: the thing to store, or None (a heartbeat, or a rejected frame).
+    reading: a typed reading (each codec documents its types), or None (a heartbeat the
+      device expects an answer to, a frame of no interest, or a rejected frame).
     reply: bytes to send back once the reading (if any) is committed; b"" for silence.
     error: why the unit was rejected, or None when it was good.
     raw: the bytes of the unit, for the log of a rejection.
     """
 
-    reading: Reading | None
+    reading: object | None
     reply: bytes
     error: str | None = None
     raw: bytes = b""
@@ -57,15 +45,21 @@ class CodecStats:
 
 class Codec(Protocol):
     stats: CodecStats
+    heartbeat_query: bytes  # what the gateway sends on a timer to see the device is alive (b"": none)
 
     def feed(self, data: bytes) -> list[Decoded]: ...
 
 
-def codec_for(kind: str, fmt: str) -> Codec:
-    """The registry: configured device kind and format -> a new codec instance."""
-    from drivers import contact_id
+def codec_for(kind: str, variant: str) -> Codec:
+    """The registry: configured device kind and format/model -> a new codec instance."""
+    from drivers import contact_id, nmea, seeed_radar
 
     factories: dict[tuple[str, str], Callable[[], Codec]] = {
         ("contact_id_receiver", "surgard"): contact_id.SurGardCodec,
+        ("contact_id_receiver", "ademco685"): contact_id.Ademco685Codec,
+        ("mmwave_radar", "mr60fda1"): seeed_radar.SeeedRadarCodec,
+        ("mmwave_radar", "mr24hpc1"): seeed_radar.SeeedRadarCodec,
+        ("mmwave_radar", "mr60fda2"): seeed_radar.SeeedFda2Codec,
+        ("gps", "nmea"): nmea.NmeaCodec,
     }
-    return factories[(kind, fmt)]()
+    return factories[(kind, variant)]()

@@ -10,6 +10,14 @@ event, R restore, P previous/still present), XYZ event code, GG group, CCC zone 
 The computer must answer ACK (0x06) within 4 s, else the receiver resends 3 times and then
 buffers; NAK (0x15) asks for a resend at once. Receivers check the DTMF checksum themselves
 and drop it from this output.
+
+"Ademco 685" output (as emulated by the Silent Knight VisorAlarm, protocols.md §1.3):
+
+    report     <LF> R L s AAAA s 18 s QXYZ s GG s U CCC <CR>   e.g. b"\\n11 1234 18 E101 01 C015\\r"
+    heartbeat  as Sur-Gard's, terminated by DC4
+
+R receiver (one digit or two: the manual is unclear), L line, U is "C" for a zone or "U"
+for a user number. Both formats share the report type and the ACK/NAK replies.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ _REPORT = re.compile(
     rb"(?P<code>\d{3})(?P<group>\d{2})(?P<zone>\d{3})$"
 )
 _HEARTBEAT = re.compile(rb"1(?P<rr>\d{2})(?P<line>\d{3}|\d) {11}@ {4}$")
+_ADEMCO_685 = re.compile(
+    rb"(?P<rr>\d{1,2})(?P<line>\d) (?P<acct>[0-9B-F]{4}) 18 (?P<q>[ERP])(?P<code>\d{3}) (?P<group>\d{2}) "
+    rb"(?P<u>[CU])(?P<zone>\d{3})$"
+)
+CR = 0x0D  # terminator of an Ademco 685 report
 
 Qualifier = Literal["new", "restore", "still_present"]
 QUALIFIERS: dict[bytes, Qualifier] = {b"E": "new", b"R": "restore", b"P": "still_present"}
@@ -122,6 +135,11 @@ class ContactIdReport:
 class SurGardCodec:
     """Sans-I/O decoder of Sur-Gard automation output; replies ACK/NAK as the receiver expects."""
 
+    heartbeat_query = b""  # the receiver sends its own heartbeats
+    TERMINATORS: tuple[int, ...] = (DC4,)
+    REPORT = _REPORT
+    NAME = "Sur-Gard Contact ID report or heartbeat"
+
     def __init__(self) -> None:
         self._buffer = bytearray()
         self.stats = CodecStats()
@@ -130,7 +148,7 @@ class SurGardCodec:
         self._buffer += data
         out: list[Decoded] = []
         while True:
-            end = self._buffer.find(DC4)
+            end = min((i for i in (self._buffer.find(t) for t in self.TERMINATORS) if i >= 0), default=-1)
             if end < 0:
                 if len(self._buffer) > MAX_LINE_BYTES:  # no terminator in sight: drop, stay bounded
                     raw = bytes(self._buffer)
@@ -145,7 +163,7 @@ class SurGardCodec:
         line = raw.lstrip(LINE_NOISE)
         if len(line) > MAX_LINE_BYTES:
             line = line[-MAX_LINE_BYTES:]  # a valid line can only be the tail
-        if match := _REPORT.search(line):
+        if match := self.REPORT.search(line):
             self._count_garbage(raw, match)
             self.stats.frames_ok += 1
             report = ContactIdReport(
@@ -162,7 +180,7 @@ class SurGardCodec:
             self._count_garbage(raw, match)
             self.stats.frames_ok += 1
             return Decoded(None, ACK, raw=raw)
-        return self._reject(raw, "not a Sur-Gard Contact ID report or heartbeat", reply=NAK)
+        return self._reject(raw, f"not a {self.NAME}", reply=NAK)
 
     def _count_garbage(self, raw: bytes, match: re.Match[bytes]) -> None:
         """Bytes before a good frame on its line (noise aside) are counted as rejected."""
@@ -172,3 +190,11 @@ class SurGardCodec:
         self.stats.frames_rejected += 1
         self.stats.bytes_rejected += len(raw)
         return Decoded(None, reply, error=why, raw=raw)
+
+
+class Ademco685Codec(SurGardCodec):
+    """Sans-I/O decoder of "Ademco 685" receiver output (reports end in CR, heartbeats in DC4)."""
+
+    TERMINATORS = (CR, DC4)
+    REPORT = _ADEMCO_685
+    NAME = "Ademco 685 Contact ID report or heartbeat"

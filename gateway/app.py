@@ -15,12 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from drivers import Reading, codec_for
+from drivers import codec_for
 from gateway import __version__
 from gateway.clock import Clock
 from gateway.config import StationConfig
-from gateway.events import Event, EventKind, Priority, new_event
+from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
+from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.uplink import Uplink
 
@@ -71,6 +72,7 @@ class Station:
         self.links: list[SerialLink] = []
         self._outbox: Outbox | None = None
         self._uplink: Uplink | None = None
+        self.location = StationLocation(config.station.location)
 
     @property
     def outbox(self) -> Outbox:
@@ -81,15 +83,27 @@ class Station:
     async def accept(self, event: Event) -> None:
         """Commit the event (durable when this returns)."""
         await self.outbox.append(event)
+        self._log_alarm(event)
+
+    def _log_alarm(self, event: Event) -> None:
         if event.priority is Priority.ALARM:
             details = ", ".join(f"{k} {v}" for k, v in event.data.items() if k not in ("protocol", "code_name"))
             log.warning("ALARM accepted: %s from %s (%s; id %s)", event.kind.value, event.device_id, details, event.id)
 
     def make_event(self, device_id: str, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
+        """An event of this station; every alarm carries where the station is."""
+        if PRIORITY_OF_KIND[kind] is Priority.ALARM and "location" not in (data or {}):
+            location = self.location.for_alarm(self.clock.monotonic())
+            if location is not None:
+                data = {**(data or {}), "location": location}
         return new_event(self.clock, self.config.station.id, device_id, kind, data)
 
-    async def on_reading(self, device_id: str, reading: Reading) -> None:
-        await self.accept(self.make_event(device_id, reading.kind, reading.event_data()))
+    async def on_events(self, device_id: str, drafts: list[EventDraft]) -> None:
+        """Stamp and commit what a device's rules made of its readings (one commit for all)."""
+        events = [self.make_event(device_id, kind, data) for kind, data in drafts]
+        await self.outbox.append(*events)
+        for event in events:
+            self._log_alarm(event)
 
     async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
         kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
@@ -143,7 +157,13 @@ class Station:
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             self._uplink = Uplink(cfg, outbox, self.status_snapshot)
             self.links = [
-                SerialLink(device, codec_for(device.kind, device.format), self.on_reading, self.on_device_state)
+                SerialLink(
+                    device,
+                    codec_for(device.kind, codec_variant(device)),
+                    rules_for(device, self.location),
+                    self.on_events,
+                    self.on_device_state,
+                )
                 for device in cfg.devices
             ]
             async with asyncio.TaskGroup() as tasks:

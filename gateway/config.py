@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -25,6 +25,11 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class LocationSection(_Section):
+    lat: float = Field(ge=-90, le=90, description="latitude in degrees, -90 to 90 (WGS 84)")
+    lon: float = Field(ge=-180, le=180, description="longitude in degrees, -180 to 180 (WGS 84)")
+
+
 class StationSection(_Section):
     id: str = Field(pattern=ID_PATTERN, description=f"station id used in MQTT topics: {ID_ALLOWED}")
     name: str = Field(min_length=1, max_length=200, description="human-readable name, 1-200 characters")
@@ -32,6 +37,9 @@ class StationSection(_Section):
         "auto",
         description="'auto' trusts the wall clock once NTP has synchronised it; "
         "'always' for a box with a GPS or a battery-backed clock",
+    )
+    location: LocationSection | None = Field(
+        None, description="fixed location {lat, lon} attached to alarms when no GPS fix is available"
     )
 
 
@@ -180,9 +188,18 @@ class StorageSection(_Section):
         return self.max_bytes // 20 if self.alarm_reserve_bytes is None else self.alarm_reserve_bytes
 
 
-class ContactIdReceiverDevice(_Section):
+def _silence_field(default: float, why: str) -> Any:
+    return Field(
+        default,
+        ge=0,
+        le=86400,
+        description=f"seconds without a byte from the device ({why}) before it is reported offline, "
+        "0-86400; 0 turns the check off",
+    )
+
+
+class _SerialDevice(_Section):
     id: str = Field(pattern=ID_PATTERN, description=f"device id: {ID_ALLOWED}")
-    kind: Literal["contact_id_receiver"] = Field(description="device kind")
     port: str = Field(
         min_length=1,
         description="serial port path, preferably /dev/serial/by-id/... (stable across replugging)",
@@ -191,17 +208,50 @@ class ContactIdReceiverDevice(_Section):
     bytesize: Literal[7, 8] = Field(8, description="data bits")
     parity: Literal["N", "E", "O"] = Field("N", description="parity")
     stopbits: Literal[1, 2] = Field(1, description="stop bits")
-    format: Literal["surgard"] = Field("surgard", description="receiver output format")
-    silence_timeout_s: float = Field(
-        100.0,
-        ge=0,
-        le=86400,
-        description="seconds without a byte from the receiver (it sends a heartbeat about every 30 s) "
-        "before it is reported offline, 0-86400; 0 turns the check off",
+    label: str | None = Field(None, max_length=100, description="where the device is, e.g. 'bedroom', 1-100 characters")
+
+
+class ContactIdReceiverDevice(_SerialDevice):
+    """An alarm receiver's automation output (emergency buttons, pendants, panels)."""
+
+    kind: Literal["contact_id_receiver"] = Field(description="device kind")
+    format: Literal["surgard", "ademco685"] = Field(
+        "surgard", description="receiver output format: Sur-Gard MLR2 automation or Ademco 685"
+    )
+    silence_timeout_s: float = _silence_field(100.0, "a receiver sends a heartbeat about every 30 s")
+
+
+class RadarDevice(_SerialDevice):
+    """A Seeed mmWave radar on a UART: fall (MR60FDA1, MR60FDA2) or presence (MR24HPC1)."""
+
+    kind: Literal["mmwave_radar"] = Field(description="device kind")
+    model: Literal["mr60fda1", "mr60fda2", "mr24hpc1"] = Field(description="radar model")
+    baudrate: Literal[SERIAL_BAUDRATES] = Field(115200, description="serial speed")  # type: ignore[valid-type]
+    heartbeat_interval_s: float = Field(
+        10.0, ge=1, le=3600, description="seconds between the gateway's heartbeat queries, 1-3600"
+    )
+    silence_timeout_s: float = _silence_field(35.0, "it answers every heartbeat query")
+    activity_summary_s: float = Field(
+        300.0, ge=10, le=86400, description="seconds between activity summaries, 10-86400"
     )
 
 
-Device = ContactIdReceiverDevice
+class GpsDevice(_SerialDevice):
+    """An NMEA 0183 GPS receiver, for mobile stations (care vans, seasonal camps)."""
+
+    kind: Literal["gps"] = Field(description="device kind")
+    fix_lost_after_s: float = Field(
+        30.0, ge=1, le=3600, description="seconds without a valid fix before the fix is reported lost, 1-3600"
+    )
+    silence_timeout_s: float = _silence_field(10.0, "a GPS prints sentences every second")
+
+
+Device = Annotated[ContactIdReceiverDevice | RadarDevice | GpsDevice, Field(discriminator="kind")]
+DEVICE_MODELS: dict[str, type[BaseModel]] = {
+    "contact_id_receiver": ContactIdReceiverDevice,
+    "mmwave_radar": RadarDevice,
+    "gps": GpsDevice,
+}
 
 
 class StationConfig(_Section):
@@ -279,6 +329,11 @@ def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int):
             continue
+        if part in DEVICE_MODELS:  # pydantic names the chosen member of the devices union
+            model = DEVICE_MODELS[part]
+            continue
+        if part == "devices":  # the member's tag follows the index
+            continue
         field = model.model_fields.get(part)
         if field is None:
             return None
@@ -308,28 +363,28 @@ def _field_description(loc: Sequence[int | str]) -> str | None:
 
 def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
     """One line per problem: 'key.path: what is wrong (allowed: ...)'."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
-        kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
-        if kind == "extra_forbidden":
-            owner = _model_at(loc[:-1])
-            allowed = ", ".join(owner.model_fields) if owner else "?"
-            lines.append(f"{key_path(loc)}: unknown key (allowed keys here: {allowed})")
-            continue
-        if kind == "missing":
-            description = _field_description(loc)
-            lines.append(f"{key_path(loc)}: required key is missing" + (f" ({description})" if description else ""))
-            continue
-        if kind == "string_pattern_mismatch":
-            lines.append(f"{key_path(loc)}: {given!r} is not allowed (allowed: {_field_description(loc)})")
-            continue
-        if kind == "literal_error":
-            lines.append(f"{key_path(loc)}: {given!r} is not allowed (allowed: {ctx.get('expected')})")
-            continue
-        message = err["msg"].removeprefix("Value error, ")
-        description = _field_description(loc)
-        shown = f" (got {given!r})" if not isinstance(given, dict | list) else ""
-        allowed = f" (allowed: {description})" if description and kind != "value_error" else ""
-        lines.append(f"{key_path(loc)}: {message}{shown}{allowed}")
-    return lines
+    return [_describe(err) for err in exc.errors(include_url=False)]
+
+
+def _describe(err: Any) -> str:
+    loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
+    kind, ctx, given = err["type"], err.get("ctx") or {}, err.get("input")
+    path = key_path(tuple(part for part in loc if part not in DEVICE_MODELS))  # hide the union member
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = ", ".join(repr(tag) for tag in DEVICE_MODELS)
+        problem = "required key is missing" if kind == "union_tag_not_found" else f"{ctx.get('tag')!r} is not allowed"
+        return f"{path}.kind: {problem} (allowed: {tags})"
+    if kind == "extra_forbidden":
+        owner = _model_at(loc[:-1])
+        return f"{path}: unknown key (allowed keys here: {', '.join(owner.model_fields) if owner else '?'})"
+    description = _field_description(loc)
+    if kind == "missing":
+        return f"{path}: required key is missing" + (f" ({description})" if description else "")
+    if kind == "string_pattern_mismatch":
+        return f"{path}: {given!r} is not allowed (allowed: {description})"
+    if kind == "literal_error":
+        return f"{path}: {given!r} is not allowed (allowed: {ctx.get('expected')})"
+    message = err["msg"].removeprefix("Value error, ")
+    shown = f" (got {given!r})" if not isinstance(given, dict | list) else ""
+    allowed = f" (allowed: {description})" if description and kind != "value_error" else ""
+    return f"{path}: {message}{shown}{allowed}"

@@ -51,6 +51,7 @@ class EventKind(StrEnum):
     GATEWAY_STARTED = "gateway_started"  # the daemon started (boot id, version)
     STORAGE_FAULT = "storage_fault"  # the outbox was corrupt (moved aside, salvaged) or the disk is full
     ACTIVITY = "activity"  # presence / movement readings of a room or a wearer (telemetry)
+    LOCATION = "location"  # a mobile station's GPS fix was acquired or lost
 
 
 PRIORITY_OF_KIND: dict[EventKind, Priority] = {
@@ -67,6 +68,7 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.GATEWAY_STARTED: Priority.STATUS,
     EventKind.STORAGE_FAULT: Priority.STATUS,
     EventKind.ACTIVITY: Priority.TELEMETRY,
+    EventKind.LOCATION: Priority.STATUS,
 }
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

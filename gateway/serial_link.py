@@ -1,6 +1,8 @@
 """The serial shell: the only pyserial user. Owns one port, feeds its bytes to a codec,
-hands readings to the station, and writes the device's reply (ACK) only after the station
-has committed the reading. Re-opens a vanished port with capped backoff.
+passes the readings through the device's care rules, hands the resulting events to the
+station, and writes the device's reply (ACK) only after the station has committed them.
+Sends heartbeat queries on a timer to devices that need them, reports a silent device
+offline, and re-opens a vanished port with capped backoff.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from drivers import Codec, Decoded, Reading
+from drivers import Codec, Decoded
 from gateway.config import Device
+from gateway.rules import DeviceRules, EventDraft
 
 log = logging.getLogger("care_gateway.serial")
 
@@ -33,10 +36,11 @@ FIRST_REOPEN_S = 0.5  # first wait before re-opening a lost port; doubles up to 
 REOPEN_MAX_S = 30.0  # a replugged receiver is picked up within this long
 REOPEN_JITTER_S = 0.5
 REJECT_LOG_INTERVAL_S = 10.0  # at most one "rejected bytes" line per device per interval
+TICK_S = 1.0  # how often the device's rules look at the time (summaries, lost fixes)
 
 PORT_ERRORS = (serial.SerialException, OSError, termios.error, EOFError)
 
-ReadingSink = Callable[[str, Reading], Awaitable[None]]  # (device id, reading) -> committed
+EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]  # (device id, drafts) -> committed
 StateSink = Callable[[str, bool, str], Awaitable[None]]  # (device id, online, reason)
 
 
@@ -61,26 +65,55 @@ def explain_port_error(port: str, exc: BaseException) -> str:
 class SerialLink:
     """One configured serial device, for as long as the daemon runs."""
 
-    def __init__(self, device: Device, codec: Codec, on_reading: ReadingSink, on_state: StateSink) -> None:
+    def __init__(
+        self, device: Device, codec: Codec, rules: DeviceRules, on_events: EventSink, on_state: StateSink
+    ) -> None:
         self.device = device
         self.codec = codec
-        self._on_reading = on_reading
+        self.rules = rules
+        self._on_events = on_events
         self._on_state = on_state
         self.online: bool | None = None  # None until the first open attempt has finished
         self._last_reject_log = 0.0
         self._unlogged_rejects = 0
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._tick(), name=f"{self.device.id}-rules")
+            tasks.create_task(self._serve(), name=f"{self.device.id}-port")
+
+    async def _tick(self) -> None:
+        """Let the rules look at the time: summaries, lost fixes."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            await self._emit(self.rules.on_tick(time.monotonic()))
+
+    async def _emit(self, drafts: list[EventDraft]) -> None:
+        if drafts:
+            await self._on_events(self.device.id, drafts)
+
+    async def _serve(self) -> None:
         while True:
             reader, writer = await self._open()
             try:
-                await self._pump(reader, writer)
-            except PORT_ERRORS as exc:
-                await self._set_state(False, explain_port_error(self.device.port, exc))
+                async with asyncio.TaskGroup() as session:
+                    session.create_task(self._pump(reader, writer))
+                    if self.codec.heartbeat_query:
+                        session.create_task(self._poll(writer))
+            except* PORT_ERRORS as group:
+                await self._set_state(False, explain_port_error(self.device.port, group.exceptions[0]))
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
+
+    async def _poll(self, writer: asyncio.StreamWriter) -> None:
+        """Ask the device if it is alive; its answer (any good frame) keeps it online."""
+        interval = getattr(self.device, "heartbeat_interval_s", 10.0)
+        while True:
+            writer.write(self.codec.heartbeat_query)
+            await writer.drain()
+            await asyncio.sleep(interval)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         d = self.device
@@ -130,15 +163,16 @@ class SerialLink:
             except TimeoutError:
                 await self._set_state(
                     False,
-                    f"{self.device.port}: nothing received for {silence_s:.0f} s although the receiver sends "
-                    "heartbeats; check its power and the serial cable",
+                    f"{self.device.port}: nothing received for {silence_s:.0f} s although the device should "
+                    "send or answer heartbeats; check its power and the serial cable",
                 )
                 continue
             if not data:
                 raise EOFError("the port reported end of file (device unplugged?)")
-            if self.online is False:
-                await self._set_state(True, f"{self.device.port}: receiving again")
-            for unit in self.codec.feed(data):
+            units = self.codec.feed(data)
+            if self.online is False and any(unit.error is None for unit in units):
+                await self._set_state(True, f"{self.device.port}: the device answers again")
+            for unit in units:
                 await self._handle(unit, writer)
 
     async def _handle(self, unit: Decoded, writer: asyncio.StreamWriter) -> None:
@@ -146,7 +180,7 @@ class SerialLink:
             self._log_reject(unit)
         if unit.reading is not None:
             try:
-                await self._on_reading(self.device.id, unit.reading)
+                await self._emit(self.rules.on_reading(unit.reading, time.monotonic()))
             except Exception:
                 # Not committed, so not acknowledged: the device will send it again.
                 log.exception("device %s: could not store a reading; not acknowledging it", self.device.id)

@@ -71,7 +71,7 @@ def test_unknown_and_missing_keys(tmp_path: Path) -> None:
     )
     assert problems(tmp_path, text) == [
         "station.name: required key is missing (human-readable name, 1-200 characters)",
-        "station.nmae: unknown key (allowed keys here: id, name, trust_clock)",
+        "station.nmae: unknown key (allowed keys here: id, name, trust_clock, location)",
         "storage.path: required key is missing (path of the outbox database file; its folder must be writable)",
     ]
 
@@ -81,7 +81,7 @@ def test_bad_ids_kinds_and_duplicates(tmp_path: Path) -> None:
     [station_id] = problems(tmp_path, text)
     assert station_id.startswith("station.id: 'NM/0012' is not allowed (allowed: station id used in MQTT topics")
     assert problems(tmp_path, GOOD.replace('kind = "contact_id_receiver"', 'kind = "contactid"')) == [
-        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver')"
+        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver', 'mmwave_radar', 'gps')"
     ]
     twice = GOOD + GOOD[GOOD.index("[[devices]]") :].replace("ttyUSB0", "ttyUSB1")
     assert problems(tmp_path, twice) == [

@@ -1,0 +1,245 @@
+"""Care rules at the edge: what a device's readings mean for the person, as events.
+
+Each configured device gets one rules object. The serial (or BLE) shell hands it every typed
+reading with the monotonic time and calls `on_tick` about once a second; the rules return
+event drafts (kind + data) that the station stamps and commits. Rules hold state (is a fall
+in progress? what was the last presence?) but do no I/O, so they are tested with plain values.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pydantic import JsonValue
+
+from drivers.contact_id import ContactIdReport
+from drivers.nmea import GpsFix
+from drivers.seeed_radar import (
+    RadarDwell,
+    RadarFall,
+    RadarMotion,
+    RadarMovement,
+    RadarPresence,
+)
+from gateway.config import ContactIdReceiverDevice, Device, GpsDevice, LocationSection, RadarDevice
+from gateway.events import EventKind
+
+EventDraft = tuple[EventKind, dict[str, JsonValue]]
+
+ACTIVITY_CHANGE_MIN_GAP_S = 5.0  # at most one presence/motion change event per device per 5 s
+GPS_FIX_STALE_S = 300.0  # an older fix is sent with alarms as "last known", not as current
+
+
+class DeviceRules(Protocol):
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]: ...
+
+    def on_tick(self, now: float) -> list[EventDraft]: ...
+
+
+class ContactIdRules:
+    """A receiver's report is already an event: one report, one event."""
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        if isinstance(reading, ContactIdReport):
+            return [(reading.kind, reading.event_data())]
+        return []
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        return []
+
+
+@dataclass
+class _ActivityWindow:
+    """Movement and presence over one summary period."""
+
+    started: float
+    samples: int = 0
+    total: int = 0
+    peak: int = 0
+    present_s: float = 0.0
+    moving_s: float = 0.0
+
+    def summary(self, now: float) -> dict[str, JsonValue]:
+        return {
+            "period_s": round(now - self.started),
+            "present_s": round(self.present_s),
+            "moving_s": round(self.moving_s),
+            "movement_mean": round(self.total / self.samples, 1) if self.samples else None,
+            "movement_max": self.peak if self.samples else None,
+        }
+
+
+@dataclass
+class RadarRules:
+    """Fall radars and presence radars.
+
+    - fall 1 -> a `fall` alarm ("new"); fall 0 after it -> "restore";
+    - stationary dwell while a fall is active -> another `fall` alarm, "still_present", saying
+      the person has not moved since the fall (severity critical);
+    - presence and motion -> `activity` telemetry on change (at most one per 5 s, the latest
+      state wins) and a summary every `summary_s`, never once a second.
+    """
+
+    summary_s: float
+    label: str | None = None
+    present: bool | None = None
+    motion: str | None = None
+    fall_at: float | None = None
+    still_reported: bool = False
+    _last_change_event: float = -1e9
+    _change_pending: bool = False
+    _state_since: float = 0.0
+    _window: _ActivityWindow = field(default_factory=lambda: _ActivityWindow(started=time.monotonic()))
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        if isinstance(reading, RadarFall):
+            return self._fall(reading.fallen, now)
+        if isinstance(reading, RadarDwell):
+            return self._dwell(reading.still, now)
+        if isinstance(reading, RadarMovement):
+            self._window.samples += 1
+            self._window.total += reading.value
+            self._window.peak = max(self._window.peak, reading.value)
+            return []
+        if isinstance(reading, RadarPresence) and reading.present != self.present:
+            self._accumulate(now)
+            self.present = reading.present
+            return self._changed(now)
+        if isinstance(reading, RadarMotion) and reading.motion != self.motion:
+            self._accumulate(now)
+            self.motion = reading.motion
+            return self._changed(now)
+        return []
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        out = self._changed(now) if self._change_pending else []
+        if now - self._window.started >= self.summary_s:
+            self._accumulate(now)
+            out.append((EventKind.ACTIVITY, {**self._state(), "summary": self._window.summary(now)}))
+            self._window = _ActivityWindow(started=now)
+        return out
+
+    def _state(self) -> dict[str, JsonValue]:
+        state: dict[str, JsonValue] = {"presence": self.present, "motion": self.motion}
+        if self.label:
+            state["room"] = self.label
+        return state
+
+    def _fall(self, fallen: bool, now: float) -> list[EventDraft]:
+        if fallen and self.fall_at is None:
+            self.fall_at, self.still_reported = now, False
+            return [(EventKind.FALL, {**self._state(), "qualifier": "new", "severity": "high", "detector": "mmwave"})]
+        if not fallen and self.fall_at is not None:
+            lasted = round(now - self.fall_at)
+            self.fall_at = None
+            return [(EventKind.FALL, {**self._state(), "qualifier": "restore", "fall_lasted_s": lasted})]
+        return []
+
+    def _dwell(self, still: bool, now: float) -> list[EventDraft]:
+        if still and self.fall_at is not None and not self.still_reported:
+            self.still_reported = True
+            return [
+                (
+                    EventKind.FALL,
+                    {
+                        **self._state(),
+                        "qualifier": "still_present",
+                        "severity": "critical",
+                        "not_moved_since_fall": True,
+                        "seconds_since_fall": round(now - self.fall_at),
+                    },
+                )
+            ]
+        return []
+
+    def _changed(self, now: float) -> list[EventDraft]:
+        if now - self._last_change_event < ACTIVITY_CHANGE_MIN_GAP_S:
+            self._change_pending = True  # folded into the next change event or summary
+            return []
+        self._last_change_event, self._change_pending = now, False
+        return [(EventKind.ACTIVITY, {**self._state(), "change": True})]
+
+    def _accumulate(self, now: float) -> None:
+        span = max(0.0, now - max(self._state_since, self._window.started))
+        if self.present:
+            self._window.present_s += span
+        if self.motion == "moving":
+            self._window.moving_s += span
+        self._state_since = now
+
+
+class StationLocation:
+    """Where the station is: its GPS fix when it has one, else the configured location."""
+
+    def __init__(self, configured: LocationSection | None) -> None:
+        self.configured = configured
+        self.lat: float | None = None
+        self.lon: float | None = None
+        self.fix_at: float | None = None  # monotonic time of the last valid fix
+
+    def update(self, lat: float, lon: float, now: float) -> None:
+        self.lat, self.lon, self.fix_at = lat, lon, now
+
+    def for_alarm(self, now: float) -> dict[str, JsonValue] | None:
+        """What to attach to an alarm: the freshest position known, and where it came from."""
+        if self.fix_at is not None and self.lat is not None and self.lon is not None:
+            age = now - self.fix_at
+            source = "gps" if age <= GPS_FIX_STALE_S else "gps_last_known"
+            return {"lat": self.lat, "lon": self.lon, "source": source, "fix_age_s": round(age)}
+        if self.configured is not None:
+            return {"lat": self.configured.lat, "lon": self.configured.lon, "source": "configured"}
+        return None
+
+
+@dataclass
+class GpsRules:
+    """Keeps the station's position; reports when the fix is acquired and when it is lost."""
+
+    location: StationLocation
+    lost_after_s: float
+    started: float = field(default_factory=time.monotonic)
+    state: str = "starting"  # "starting", "acquired", "lost"
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        if not (isinstance(reading, GpsFix) and reading.valid and reading.lat is not None and reading.lon is not None):
+            return []
+        self.location.update(reading.lat, reading.lon, now)
+        if self.state == "acquired":
+            return []
+        self.state = "acquired"
+        data: dict[str, JsonValue] = {"fix": "acquired", "lat": reading.lat, "lon": reading.lon}
+        if reading.satellites is not None:
+            data["satellites"] = reading.satellites
+        return [(EventKind.LOCATION, data)]
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        last = self.location.fix_at if self.location.fix_at is not None else self.started
+        if self.state != "lost" and now - last > self.lost_after_s:
+            self.state = "lost"
+            data: dict[str, JsonValue] = {"fix": "lost", "seconds_without_fix": round(now - last)}
+            if self.location.lat is not None:
+                data.update(last_lat=self.location.lat, last_lon=self.location.lon)
+            return [(EventKind.LOCATION, data)]
+        return []
+
+
+def rules_for(device: Device, location: StationLocation) -> DeviceRules:
+    """The care rules of one configured device."""
+    if isinstance(device, ContactIdReceiverDevice):
+        return ContactIdRules()
+    if isinstance(device, RadarDevice):
+        return RadarRules(summary_s=device.activity_summary_s, label=device.label)
+    if isinstance(device, GpsDevice):
+        return GpsRules(location, device.fix_lost_after_s)
+    raise ValueError(f"no rules for device kind {device.kind!r}")
+
+
+def codec_variant(device: Device) -> str:
+    """The key that picks the codec within a device kind."""
+    if isinstance(device, ContactIdReceiverDevice):
+        return device.format
+    if isinstance(device, RadarDevice):
+        return device.model
+    return "nmea"
