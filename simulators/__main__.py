@@ -16,6 +16,14 @@ def main(argv: list[str] | None = None) -> int:
     rx = sub.add_parser("button-receiver", help="a Sur-Gard receiver on a pty: SOS, restores, tests, heartbeats")
     rx.add_argument("--count", type=int, default=1000, help="reports to send (the scenario repeats)")
     rx.add_argument("--interval", type=float, default=2.0, help="seconds between reports")
+    rx.add_argument("--format", choices=["surgard", "ademco685"], default="surgard", help="receiver output format")
+
+    radar = sub.add_parser("radar", help="a Seeed mmWave radar on a pty, answering heartbeat queries")
+    radar.add_argument("--model", choices=["mr60fda1", "mr60fda2", "mr24hpc1"], default="mr60fda1")
+    radar.add_argument("--scenario", choices=["day", "fall", "silent", "garbage"], default="day")
+
+    gps = sub.add_parser("gps", help="an NMEA GPS on a pty (RMC + GGA every second)")
+    gps.add_argument("--scenario", choices=["still", "drive", "lose-fix"], default="drive")
 
     sink = sub.add_parser("platform", help="subscribe to a station's topics and record its events (JSON lines)")
     sink.add_argument("--host", default="127.0.0.1")
@@ -41,7 +49,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "button-receiver":
             from simulators.button_receiver import play
 
-            return 1 if asyncio.run(play(args.count, args.interval)) else 0
+            return 1 if asyncio.run(play(args.count, args.interval, args.format)) else 0
+        if args.command == "radar":
+            from simulators import radar as radar_sim
+
+            asyncio.run(radar_sim.play(args.model, args.scenario))
+            return 0
+        if args.command == "gps":
+            from simulators import gps as gps_sim
+
+            asyncio.run(gps_sim.play(args.scenario))
+            return 0
         if args.command == "flaky-link":
             return asyncio.run(_flaky_link(args))
         from simulators.platform import PlatformSink

@@ -35,6 +35,21 @@ def surgard_report(
     return f"5{receiver:02d}{line} 18{account}{qualifier}{code:03d}{group:02d}{zone:03d}".encode() + DC4
 
 
+def ademco685_report(
+    account: str = "1234",
+    qualifier: str = "E",
+    code: int = 101,
+    group: int = 1,
+    zone: int = 1,
+    receiver: int = 1,
+    line: int = 1,
+    user: bool = False,
+) -> bytes:
+    """`<LF>RLsAAAAs18sQXYZsGGsUCCC<CR>` (Ademco 685, as the VisorAlarm emulates it); U is C or U."""
+    u = "U" if user else "C"
+    return f"\n{receiver}{line} {account} 18 {qualifier}{code:03d} {group:02d} {u}{zone:03d}\r".encode()
+
+
 @dataclass(frozen=True)
 class Delivery:
     frame: bytes
@@ -117,16 +132,28 @@ SCENARIO = (  # (frame, what it is) played in a loop by `python -m simulators bu
 )
 
 
-async def play(count: int, interval_s: float) -> int:
+def _as_ademco685(frame: bytes) -> bytes:
+    """The same report in Ademco 685 form (heartbeats are the same in both formats)."""
+    if frame == HEARTBEAT:
+        return frame
+    text = frame[:-1].decode()
+    return ademco685_report(
+        account=text[7:11], qualifier=text[11], code=int(text[12:15]), group=int(text[15:17]), zone=int(text[17:20])
+    )
+
+
+async def play(count: int, interval_s: float, fmt: str = "surgard") -> int:
     sim = ButtonReceiverSim()
-    print(f'button receiver on {sim.path}  (configure: port = "{sim.path}")', flush=True)
+    print(f'{fmt} button receiver on {sim.path}  (configure: port = "{sim.path}", format = "{fmt}")', flush=True)
     unacked = 0
     try:
         for n in range(count):
             frame, what = SCENARIO[n % len(SCENARIO)]
+            if fmt == "ademco685":
+                frame = _as_ademco685(frame)
             result = await sim.send(frame)
             state = f"ACK after {result.ack_latency_s * 1000:.0f} ms" if result.ack_latency_s else "NO ACK"
-            print(f"{what}: {frame[:-1].decode()!r} -> {state} (attempts {result.attempts})", flush=True)
+            print(f"{what}: {frame.strip().decode()!r} -> {state} (attempts {result.attempts})", flush=True)
             unacked += not result.acked
             await asyncio.sleep(interval_s)
     finally:

@@ -174,3 +174,28 @@ def test_event_data_names_zone_or_user() -> None:
         "receiver": 1,
         "line": 1,
     }
+
+
+def test_ademco_685_reports_heartbeats_and_garbage() -> None:
+    from drivers.contact_id import Ademco685Codec
+    from simulators.button_receiver import ademco685_report
+
+    frame = ademco685_report(account="1234", qualifier="E", code=101, group=1, zone=15)
+    assert frame == b"\n11 1234 18 E101 01 C015\r"  # <LF>RLsAAAAs18sQXYZsGGsUCCC<CR>
+    stream = frame + SPEC_HEARTBEAT + b"\nnonsense\r" + ademco685_report(qualifier="R", code=121, zone=3, user=True)
+    sos = ContactIdReport(receiver=1, line=1, account="1234", qualifier="new", code=101, group=1, zone=15)
+    duress = ContactIdReport(receiver=1, line=1, account="1234", qualifier="restore", code=121, group=1, zone=3)
+    for chunks in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+        codec = Ademco685Codec()
+        units = [u for c in chunks for u in codec.feed(c)]
+        assert [(u.reading, u.reply) for u in units] == [(sos, ACK), (None, ACK), (None, NAK), (duress, ACK)]
+
+
+@given(st.lists(st.binary(max_size=200), max_size=30))
+def test_fuzz_ademco_685_never_raises(chunks: list[bytes]) -> None:
+    from drivers.contact_id import Ademco685Codec
+
+    codec = Ademco685Codec()
+    for chunk in chunks:
+        codec.feed(chunk)
+        assert len(codec._buffer) <= MAX_LINE_BYTES

@@ -1,0 +1,118 @@
+"""Care rules: readings in, event drafts out (no I/O, plain values)."""
+
+from __future__ import annotations
+
+from drivers.contact_id import ContactIdReport
+from drivers.nmea import GpsFix
+from drivers.seeed_radar import RadarDwell, RadarFall, RadarHeartbeat, RadarMotion, RadarMovement, RadarPresence
+from gateway.config import LocationSection
+from gateway.events import EventKind
+from gateway.rules import ContactIdRules, GpsRules, RadarRules, StationLocation, _ActivityWindow
+
+
+def radar(summary_s: float = 300.0) -> RadarRules:
+    return RadarRules(summary_s=summary_s, label="bedroom", _window=_ActivityWindow(started=0.0))
+
+
+def test_contact_id_report_is_one_event() -> None:
+    report = ContactIdReport(1, 1, "1234", "new", 101, 1, 3)
+    assert ContactIdRules().on_reading(report, 0.0) == [(EventKind.SOS, report.event_data())]
+    assert ContactIdRules().on_tick(0.0) == []
+
+
+def test_fall_then_stillness_then_recovery() -> None:
+    rules = radar()
+    rules.on_reading(RadarPresence(True), 1.0)
+    assert rules.on_reading(RadarFall(True), 10.0) == [
+        (
+            EventKind.FALL,
+            {
+                "presence": True,
+                "motion": None,
+                "room": "bedroom",
+                "qualifier": "new",
+                "severity": "high",
+                "detector": "mmwave",
+            },
+        )
+    ]
+    assert rules.on_reading(RadarFall(True), 11.0) == []  # reported once
+    assert rules.on_reading(RadarDwell(True), 40.0) == [
+        (
+            EventKind.FALL,
+            {
+                "presence": True,
+                "motion": None,
+                "room": "bedroom",
+                "qualifier": "still_present",
+                "severity": "critical",
+                "not_moved_since_fall": True,
+                "seconds_since_fall": 30,
+            },
+        )
+    ]
+    assert rules.on_reading(RadarDwell(True), 50.0) == []
+    assert rules.on_reading(RadarFall(False), 70.0) == [
+        (
+            EventKind.FALL,
+            {"presence": True, "motion": None, "room": "bedroom", "qualifier": "restore", "fall_lasted_s": 60},
+        )
+    ]
+
+
+def test_dwell_without_a_fall_is_not_an_alarm() -> None:
+    assert radar().on_reading(RadarDwell(True), 5.0) == []
+
+
+def test_activity_on_change_not_once_a_second_and_summaries() -> None:
+    rules = radar(summary_s=60.0)
+    changes = []
+    changes += rules.on_reading(RadarPresence(True), 0.5)
+    for t in range(1, 30):  # movement once a second: no events
+        assert rules.on_reading(RadarMovement(20 + t % 3), float(t)) == []
+    changes += rules.on_reading(RadarMotion("moving"), 30.0)
+    changes += rules.on_reading(RadarMotion("stationary"), 31.0)  # within 5 s: folded
+    assert rules.on_reading(RadarHeartbeat(), 31.5) == []
+    assert [data for _, data in changes] == [
+        {"presence": True, "motion": None, "room": "bedroom", "change": True},
+        {"presence": True, "motion": "moving", "room": "bedroom", "change": True},
+    ]
+    assert rules.on_tick(33.0) == []
+    assert rules.on_tick(36.5) == [  # the folded change, with the latest state
+        (EventKind.ACTIVITY, {"presence": True, "motion": "stationary", "room": "bedroom", "change": True})
+    ]
+    [(kind, summary)] = rules.on_tick(60.0)
+    assert kind is EventKind.ACTIVITY
+    assert summary == {
+        "presence": True,
+        "motion": "stationary",
+        "room": "bedroom",
+        "summary": {"period_s": 60, "present_s": 60, "moving_s": 1, "movement_mean": 21.0, "movement_max": 22},
+    }
+    assert rules.on_tick(61.0) == []
+
+
+def test_gps_fix_acquired_lost_and_location_for_alarms() -> None:
+    location = StationLocation(LocationSection(lat=43.9, lon=116.1))
+    assert location.for_alarm(0.0) == {"lat": 43.9, "lon": 116.1, "source": "configured"}
+    rules = GpsRules(location, lost_after_s=30.0, started=0.0)
+    assert rules.on_reading(GpsFix("RMC", False, None, None), 1.0) == []
+    fix = GpsFix("GGA", True, 44.0, 117.0, satellites=7)
+    assert rules.on_reading(fix, 2.0) == [
+        (EventKind.LOCATION, {"fix": "acquired", "lat": 44.0, "lon": 117.0, "satellites": 7})
+    ]
+    assert rules.on_reading(fix, 3.0) == []
+    assert location.for_alarm(13.0) == {"lat": 44.0, "lon": 117.0, "source": "gps", "fix_age_s": 10}
+    assert rules.on_tick(20.0) == []
+    assert rules.on_tick(34.0) == [
+        (EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31, "last_lat": 44.0, "last_lon": 117.0})
+    ]
+    assert rules.on_tick(35.0) == []
+    assert location.for_alarm(400.0) == {"lat": 44.0, "lon": 117.0, "source": "gps_last_known", "fix_age_s": 397}
+
+
+def test_gps_never_fixed_is_reported_once() -> None:
+    rules = GpsRules(StationLocation(None), lost_after_s=30.0, started=0.0)
+    assert rules.on_tick(31.0) == [(EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31})]
+    assert rules.on_tick(60.0) == []
+    assert StationLocation(None).for_alarm(0.0) is None
