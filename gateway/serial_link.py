@@ -74,8 +74,10 @@ class SerialLink:
         self._on_events = on_events
         self._on_state = on_state
         self.online: bool | None = None  # None until the first open attempt has finished
-        self._last_reject_log = 0.0
+        self._last_reject_log = -REJECT_LOG_INTERVAL_S
         self._unlogged_rejects = 0
+        self._logged_bytes = 0
+        self._last_example = ""
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -170,14 +172,13 @@ class SerialLink:
             if not data:
                 raise EOFError("the port reported end of file (device unplugged?)")
             units = self.codec.feed(data)
+            self._report_rejects(units)
             if self.online is False and any(unit.error is None for unit in units):
                 await self._set_state(True, f"{self.device.port}: the device answers again")
             for unit in units:
                 await self._handle(unit, writer)
 
     async def _handle(self, unit: Decoded, writer: asyncio.StreamWriter) -> None:
-        if unit.error is not None:
-            self._log_reject(unit)
         if unit.reading is not None:
             try:
                 await self._emit(self.rules.on_reading(unit.reading, time.monotonic()))
@@ -189,20 +190,28 @@ class SerialLink:
             writer.write(unit.reply)
             await writer.drain()
 
-    def _log_reject(self, unit: Decoded) -> None:
-        self._unlogged_rejects += 1
-        now = time.monotonic()
-        if now - self._last_reject_log < REJECT_LOG_INTERVAL_S:
-            return
+    def _report_rejects(self, units: list[Decoded]) -> None:
+        """At most one line per REJECT_LOG_INTERVAL_S about garbage: frames and bytes rejected."""
         stats = self.codec.stats
+        errors = [unit for unit in units if unit.error is not None]
+        self._unlogged_rejects += len(errors)
+        if errors:
+            self._last_example = f"{errors[-1].error}, e.g. {errors[-1].raw[:40]!r}"
+        new_bytes = stats.bytes_rejected - self._logged_bytes
+        now = time.monotonic()
+        if not (self._unlogged_rejects or new_bytes) or now - self._last_reject_log < REJECT_LOG_INTERVAL_S:
+            return
         log.warning(
-            "device %s: rejected %d frame(s) since last report (%s, e.g. %r); total %d frames, %d bytes rejected",
+            "device %s: rejected %d frame(s) and %d bytes of garbage since the last report (%s); "
+            "total %d frames, %d bytes rejected; check the cable, the baudrate and the device",
             self.device.id,
             self._unlogged_rejects,
-            unit.error,
-            unit.raw[:40],
+            new_bytes,
+            self._last_example or "no frame at all",
             stats.frames_rejected,
             stats.bytes_rejected,
         )
         self._last_reject_log = now
         self._unlogged_rejects = 0
+        self._logged_bytes = stats.bytes_rejected
+        self._last_example = ""

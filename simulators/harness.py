@@ -24,6 +24,8 @@ def station_toml(
     silence_timeout_s: float = 100.0,
     uplink_extra: str = "",
     storage_extra: str = "",
+    station_extra: str = "",
+    extra_devices: str = "",
 ) -> str:
     """A station file for simulated devices on a loopback broker (or link proxy)."""
     devices = "".join(
@@ -32,15 +34,17 @@ def station_toml(
         for device_id, port in receiver_ports.items()
     )
     return (
-        f'[station]\nid = "{station_id}"\nname = "Simulated care station"\n\n'
+        f'[station]\nid = "{station_id}"\nname = "Simulated care station"\n{station_extra}\n'
         f'[uplink]\nhost = "127.0.0.1"\nport = {broker_port}\nkeepalive_s = {keepalive_s}\n'
         f"reconnect_max_s = {reconnect_max_s}\nstatus_interval_s = {status_interval_s}\n"
         f"connect_timeout_s = 2\npublish_timeout_s = 5\n{uplink_extra}\n\n"
-        f'[storage]\npath = "{db_path}"\n{storage_extra}\n{devices}'
+        f'[storage]\npath = "{db_path}"\n{storage_extra}\n{devices}{extra_devices}'
     )
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
+PR_CAPBSET_DROP = 24  # prctl(2): drop a capability from the bounding set
+CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # capabilities(7): what lets root ignore file modes
 
 
 def die_with_parent() -> None:
@@ -52,8 +56,12 @@ def die_with_parent() -> None:
 class GatewayProcess:
     """`python -m gateway run --config FILE` as a child process, its log lines streamed."""
 
-    def __init__(self, config_path: Path, on_line: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, config_path: Path, on_line: Callable[[str], None] | None = None, obey_file_modes: bool = False
+    ) -> None:
         self.config_path = config_path
+        # root ignores file modes; tests of "permission denied" drop that privilege in the child
+        self.obey_file_modes = obey_file_modes
         self.on_line = on_line
         self.lines: list[str] = []
         self.proc: asyncio.subprocess.Process | None = None
@@ -74,9 +82,16 @@ class GatewayProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=env,
-            preexec_fn=die_with_parent,
+            preexec_fn=self._preexec,
         )
         self._pump = asyncio.create_task(self._read_lines(), name="gateway-log")
+
+    def _preexec(self) -> None:
+        die_with_parent()
+        if self.obey_file_modes and os.geteuid() == 0:
+            libc = ctypes.CDLL(None, use_errno=True)
+            for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+                libc.prctl(PR_CAPBSET_DROP, capability)  # gone from the process after exec
 
     async def _read_lines(self) -> None:
         assert self.proc is not None

@@ -92,6 +92,9 @@ async def running_station(
     uplink_extra: str = "",
     seed_telemetry: int = 0,
     keepalive_s: int = 5,
+    extra_devices: str = "",
+    station_extra: str = "",
+    obey_file_modes: bool = False,
 ) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
@@ -109,11 +112,13 @@ async def running_station(
             silence_timeout_s=silence_timeout_s,
             uplink_extra=uplink_extra,
             keepalive_s=keepalive_s,
+            extra_devices=extra_devices,
+            station_extra=station_extra,
         )
     )
     seeded = await seed_outbox(db_path, seed_telemetry) if seed_telemetry else []
     async with running_sink(broker.host, broker.port) as sink:
-        gateway = GatewayProcess(config_path)
+        gateway = GatewayProcess(config_path, obey_file_modes=obey_file_modes)
         station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway, seeded)
         await gateway.start()
         try:
