@@ -37,6 +37,10 @@ from gateway.events import Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
 log = logging.getLogger("care_gateway.uplink")
+# paho logs every socket error at ERROR level; the uplink reports each outage itself, once,
+# with what it means for the backlog, so paho's own lines only add noise to the journal.
+paho_log = logging.getLogger("care_gateway.uplink.paho")
+paho_log.setLevel(logging.CRITICAL)
 
 ALARM_SLOTS = 8  # alarm publishes in flight at once, reserved in paho's window
 CONTROL_SLOTS = 2  # status message and command replies
@@ -180,6 +184,7 @@ class Uplink:
                     up.host,
                     up.port,
                     identifier=self._config.client_id,
+                    logger=paho_log,
                     username=up.username,
                     password=up.password,
                     # paho pings after one keepalive without traffic and drops the link after a

@@ -23,9 +23,12 @@ from simulators.button_receiver import HEARTBEAT, SCENARIO, ButtonReceiverSim
 from simulators.harness import GatewayProcess, station_toml
 from simulators.link import LinkProxy
 from simulators.platform import PlatformSink
+from simulators.radar import RadarSim, fall_then_still
 
 STATION_ID = "demo-station-01"
 PRESS_INTERVAL_S = 0.4
+DEMO_LAT, DEMO_LON = 43.9333, 116.0667  # the station's configured location, attached to alarms
+FALL_ALARMS_EXPECTED = 6  # two falls: each "new", "still_present" (not moved since) and "restore"
 DRAIN_TIMEOUT_S = 60.0
 
 
@@ -59,6 +62,8 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
         folder = Path(tmp)
         _say(f"starting mosquitto, the platform sink and a button receiver in {folder}")
         sim = ButtonReceiverSim()
+        radar = RadarSim("mr60fda1")
+        radar.start()
         counter: Counter[str] = Counter()
         with Mosquitto(folder / "broker") as broker:
             sink = PlatformSink(broker.host, broker.port, STATION_ID, out_path=folder / "platform.jsonl")
@@ -73,6 +78,11 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                         broker_port=link.port,
                         db_path=db,
                         receiver_ports={"button-rx-1": sim.path},
+                        station_extra=f"location = {{ lat = {DEMO_LAT}, lon = {DEMO_LON} }}",
+                        extra_devices=(
+                            f'\n[[devices]]\nid = "radar-bedroom"\nkind = "mmwave_radar"\nmodel = "mr60fda1"\n'
+                            f'port = "{radar.path}"\nlabel = "bedroom"\nheartbeat_interval_s = 5\n'
+                        ),
                     )
                 )
                 print(
@@ -85,11 +95,12 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                 try:
                     started = await gateway.wait_for_line("device button-rx-1 online", 15)
                     if started:
-                        await _scenario(sim, link, sink, db, counter, duration_s, outage_s)
+                        await _scenario(sim, radar, link, sink, db, counter, duration_s, outage_s)
                 finally:
                     code = await gateway.stop()
                     sink_task.cancel()
                     sim.close()
+                    radar.close()
         if not started:
             print("the gateway did not open the receiver port; see its log above")
             return 1
@@ -104,18 +115,21 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
             "events_received_by_platform": len(sink.events),
             "by_kind": dict(Counter(e["kind"] for e in sink.events.values())),
             "duplicates_dropped_by_platform": sink.duplicates,
+            "fall_alarms_received": sum(1 for e in sink.events.values() if e["kind"] == "fall"),
             "lost": lost,
             "gateway_exit_code": code,
         }
         _say("summary")
         print(json.dumps(summary, indent=2), flush=True)
-        ok = lost == 0 and counter["unacked"] == 0 and code == 0
+        falls = summary["fall_alarms_received"]
+        ok = lost == 0 and counter["unacked"] == 0 and code == 0 and falls == FALL_ALARMS_EXPECTED
         print("OK: nothing accepted was lost" if ok else "FAILED: see above", flush=True)
         return 0 if ok else 1
 
 
 async def _scenario(
     sim: ButtonReceiverSim,
+    radar: RadarSim,
     link: LinkProxy,
     sink: PlatformSink,
     db: Path,
@@ -123,13 +137,17 @@ async def _scenario(
     duration_s: float,
     outage_s: float,
 ) -> None:
-    _say(f"link up: presses, restores and tests for {duration_s:.0f} s")
-    await _press_for(sim, duration_s, counter)
+    _say(f"link up: presses, restores and tests for {duration_s:.0f} s; a fall in the bedroom")
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(_press_for(sim, duration_s, counter))
+        tasks.create_task(_fall_and_recovery(radar, duration_s / 3))
     print(f"platform has {len(sink.events)} events so far", flush=True)
 
-    _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending")
+    _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending, someone falls again")
     link.cut()
-    await _press_for(sim, outage_s, counter)
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(_press_for(sim, outage_s, counter))
+        tasks.create_task(_fall_and_recovery(radar, outage_s / 3))
     print(f"outbox holds {_backlog(db)} events waiting for the link", flush=True)
 
     _say("link restored: the backlog drains, alarms first")
@@ -138,6 +156,15 @@ async def _scenario(
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < counter["acked"]):  # noqa: ASYNC110 - polls another process's database
         await asyncio.sleep(0.2)
+
+
+async def _fall_and_recovery(radar: RadarSim, delay_s: float) -> None:
+    """Someone falls, lies still (the radar's residence alarm), and is helped up."""
+    await asyncio.sleep(delay_s)
+    await fall_then_still(radar, seconds_still=1.0)
+    await asyncio.sleep(1.0)
+    radar.fall(False)
+    radar.dwell(False)
 
 
 def _reports(sink: PlatformSink) -> int:

@@ -202,3 +202,33 @@ async def test_permission_denied_and_busy_ports_are_explained(tmp_path: Path, br
         holder.close()
         locked.close()
         denied.close()
+
+
+async def test_ademco_685_receiver_and_a_gps_losing_its_fix(tmp_path: Path, broker: Mosquitto) -> None:
+    from simulators.button_receiver import ButtonReceiverSim, ademco685_report
+
+    receiver = ButtonReceiverSim(ack_deadline_s=1.5)
+    gps = GpsSim(interval_s=0.2)
+    devices = (
+        f'\n[[devices]]\nid = "rx-685"\nkind = "contact_id_receiver"\nformat = "ademco685"\nport = "{receiver.path}"\n'
+        f'\n[[devices]]\nid = "gps"\nkind = "gps"\nport = "{gps.path}"\nfix_lost_after_s = 1\n'
+    )
+    gps_task = asyncio.create_task(gps.run())
+    try:
+        async with running_station(tmp_path, broker, extra_devices=devices) as station:
+            assert await wait_until(lambda: events_of(station, "location"))
+            delivery = await receiver.send(ademco685_report(account="4321", code=100, zone=12))
+            assert (delivery.acked, delivery.attempts) == (True, 1)
+            assert (await receiver.send(b"\nnot a report\r")).acked is False  # NAKed
+            assert await wait_until(lambda: events_of(station, "medical", "rx-685"))
+            [medical] = events_of(station, "medical", "rx-685")
+            assert (medical["data"]["account"], medical["data"]["zone"]) == ("4321", 12)
+            assert medical["data"]["location"]["source"] == "gps"
+            gps.has_fix = False
+            assert await wait_until(lambda: len(events_of(station, "location")) == 2)
+            fixes = [e["data"]["fix"] for e in sorted(events_of(station, "location"), key=lambda e: e["id"])]
+            assert fixes == ["acquired", "lost"]
+    finally:
+        gps_task.cancel()
+        gps.close()
+        receiver.close()
