@@ -17,8 +17,9 @@ from typing import Any
 
 from drivers import codec_for
 from gateway import __version__
+from gateway.ble_link import BleLink
 from gateway.clock import Clock
-from gateway.config import StationConfig
+from gateway.config import BLE_KINDS, SERIAL_KINDS, StationConfig
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
 from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
@@ -73,6 +74,7 @@ class Station:
         self._outbox: Outbox | None = None
         self._uplink: Uplink | None = None
         self.location = StationLocation(config.station.location)
+        self.ble: BleLink | None = None
 
     @property
     def outbox(self) -> Outbox:
@@ -131,6 +133,7 @@ class Station:
                 }
                 for link in self.links
             },
+            **({"ble": dict(self.ble.stats)} if self.ble else {}),
         }
 
     async def run(self) -> None:
@@ -165,8 +168,22 @@ class Station:
                     self.on_device_state,
                 )
                 for device in cfg.devices
+                if isinstance(device, SERIAL_KINDS)
             ]
+            ble_devices = [device for device in cfg.devices if isinstance(device, BLE_KINDS)]
+            self.ble = (
+                BleLink(
+                    cfg.ble,
+                    ble_devices,
+                    {d.id: rules_for(d, self.location, cfg.ble) for d in ble_devices},
+                    self.on_events,
+                )
+                if ble_devices
+                else None
+            )
             async with asyncio.TaskGroup() as tasks:
+                if self.ble is not None:
+                    tasks.create_task(keep_running("the BLE scanner", self.ble.run), name="ble")
                 tasks.create_task(keep_running("the uplink", self._uplink.run), name="uplink")
                 for link in self.links:
                     tasks.create_task(

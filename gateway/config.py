@@ -246,12 +246,121 @@ class GpsDevice(_SerialDevice):
     silence_timeout_s: float = _silence_field(10.0, "a GPS prints sentences every second")
 
 
-Device = Annotated[ContactIdReceiverDevice | RadarDevice | GpsDevice, Field(discriminator="kind")]
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+
+
+class IBeaconMatch(_Section):
+    uuid: str = Field(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        description="iBeacon proximity UUID, 8-4-4-4-12 hex digits",
+    )
+    major: int | None = Field(None, ge=0, le=65535, description="iBeacon major, 0-65535 (any if absent)")
+    minor: int | None = Field(None, ge=0, le=65535, description="iBeacon minor, 0-65535 (any if absent)")
+
+
+class _BleDevice(_Section):
+    id: str = Field(pattern=ID_PATTERN, description=f"device id: {ID_ALLOWED}")
+    address: str | None = Field(
+        None,
+        pattern=MAC_PATTERN,
+        description="Bluetooth address AA:BB:CC:DD:EE:FF (printed on the device or seen in a scan)",
+    )
+    ibeacon: IBeaconMatch | None = Field(
+        None, description="match by iBeacon identity instead of address, for devices whose address rotates"
+    )
+    wearer: str | None = Field(None, max_length=100, description="who wears or uses it, 1-100 characters")
+
+    @model_validator(mode="after")
+    def _identified(self) -> _BleDevice:
+        if self.address is None and self.ibeacon is None:
+            raise ValueError("give the device's address, or an ibeacon = { uuid = ... } to match it by")
+        return self
+
+
+class PendantDevice(_BleDevice):
+    """An SOS pendant (BTHome button, plain or encrypted): one press, one alarm."""
+
+    kind: Literal["ble_pendant"] = Field(description="device kind")
+    bind_key: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{32}$", description="BTHome encryption key, 32 hex digits (encrypted devices)"
+    )
+    trigger_window_s: float = Field(
+        10.0, gt=0, le=120, description="seconds a press keeps advertising; repeats within it are the same press"
+    )
+
+
+class WristbandDevice(_BleDevice):
+    """A wristband or tag worn by a resident: presence, movement, battery."""
+
+    kind: Literal["ble_wristband"] = Field(description="device kind")
+    bind_key: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{32}$", description="BTHome encryption key, 32 hex digits (encrypted devices)"
+    )
+
+
+class HealthBleDevice(_BleDevice):
+    """A station health device read over GATT when it advertises (after a measurement)."""
+
+    kind: Literal["ble_health"] = Field(description="device kind")
+    profile: Literal["blood_pressure", "thermometer", "oximeter", "scale", "heart_rate"] = Field(
+        description="the GATT health profile it implements"
+    )
+    session_s: float = Field(30.0, gt=0, le=600, description="longest GATT session in seconds, >0 and <=600")
+    cooldown_s: float = Field(
+        30.0, ge=0, le=3600, description="seconds after a session before connecting again, 0-3600"
+    )
+
+
+class BadgeDevice(_BleDevice):
+    """A caregiver's badge: seen long enough at the station, it records a visit."""
+
+    kind: Literal["caregiver_badge"] = Field(description="device kind")
+    caregiver: str = Field(min_length=1, max_length=100, description="the caregiver's name or staff number")
+    visit_min_s: float = Field(300.0, gt=0, le=86400, description="seconds seen before a visit counts, >0")
+    visit_end_s: float = Field(600.0, gt=0, le=86400, description="seconds unseen before a visit is over, >0")
+
+
+Device = Annotated[
+    ContactIdReceiverDevice | RadarDevice | GpsDevice | PendantDevice | WristbandDevice | HealthBleDevice | BadgeDevice,
+    Field(discriminator="kind"),
+]
+SerialDevice = ContactIdReceiverDevice | RadarDevice | GpsDevice
+BleDevice = PendantDevice | WristbandDevice | HealthBleDevice | BadgeDevice
+SERIAL_KINDS = (ContactIdReceiverDevice, RadarDevice, GpsDevice)
+BLE_KINDS = (PendantDevice, WristbandDevice, HealthBleDevice, BadgeDevice)
 DEVICE_MODELS: dict[str, type[BaseModel]] = {
     "contact_id_receiver": ContactIdReceiverDevice,
     "mmwave_radar": RadarDevice,
     "gps": GpsDevice,
+    "ble_pendant": PendantDevice,
+    "ble_wristband": WristbandDevice,
+    "ble_health": HealthBleDevice,
+    "caregiver_badge": BadgeDevice,
 }
+
+
+class BleSection(_Section):
+    adapter: str = Field(
+        "hci0",
+        pattern=r"^(hci[0-9]+|simulated:.+)$",
+        description="BlueZ adapter such as 'hci0', or 'simulated:/path/to/socket' for the simulated radio",
+    )
+    scanning_mode: Literal["active", "passive"] = Field(
+        "active", description="'passive' needs bluetoothd --experimental (docs/devices.md)"
+    )
+    silence_restart_s: float = Field(
+        60.0, ge=5, le=3600, description="seconds without any advertisement before the scan is restarted, 5-3600"
+    )
+    silence_reset_s: float = Field(
+        180.0, ge=5, le=86400, description="seconds without any advertisement before the adapter is reset, 5-86400"
+    )
+    presence_timeout_s: float = Field(
+        120.0, ge=5, le=86400, description="seconds unseen before a wearable is reported away, 5-86400"
+    )
+
+    @property
+    def simulated_socket(self) -> str | None:
+        return self.adapter.removeprefix("simulated:") if self.adapter.startswith("simulated:") else None
 
 
 class StationConfig(_Section):
@@ -259,14 +368,17 @@ class StationConfig(_Section):
     uplink: UplinkSection = Field(description="[uplink] section")
     storage: StorageSection = Field(description="[storage] section")
     devices: list[Device] = Field(default_factory=list, description="[[devices]] entries")
+    ble: BleSection = Field(default_factory=BleSection, description="[ble] section: the Bluetooth radio")
 
     @field_validator("devices")
     @classmethod
     def _unique_devices(cls, devices: list[Device]) -> list[Device]:
-        for attr in ("id", "port"):
+        for attr in ("id", "port", "address"):
             seen: dict[str, int] = {}
             for index, device in enumerate(devices):
-                value = getattr(device, attr)
+                value = getattr(device, attr, None)
+                if value is None:
+                    continue
                 if value in seen:
                     raise ValueError(
                         f"devices[{seen[value]}] and devices[{index}] have the same {attr} {value!r}; "

@@ -52,6 +52,10 @@ class EventKind(StrEnum):
     STORAGE_FAULT = "storage_fault"  # the outbox was corrupt (moved aside, salvaged) or the disk is full
     ACTIVITY = "activity"  # presence / movement readings of a room or a wearer (telemetry)
     LOCATION = "location"  # a mobile station's GPS fix was acquired or lost
+    PRESENCE = "presence"  # a wearer's wearable was seen again, or has not been seen for a while
+    VISIT = "visit"  # a caregiver's visit started or ended (with its duration)
+    VITALS = "vitals"  # a health measurement: blood pressure, temperature, SpO2, weight, heart rate
+    BLE_RADIO = "ble_radio"  # the Bluetooth scanner was restarted or the adapter reset after silence
 
 
 PRIORITY_OF_KIND: dict[EventKind, Priority] = {
@@ -69,6 +73,10 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.STORAGE_FAULT: Priority.STATUS,
     EventKind.ACTIVITY: Priority.TELEMETRY,
     EventKind.LOCATION: Priority.STATUS,
+    EventKind.PRESENCE: Priority.TELEMETRY,
+    EventKind.VISIT: Priority.STATUS,
+    EventKind.VITALS: Priority.TELEMETRY,
+    EventKind.BLE_RADIO: Priority.STATUS,
 }
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -8,13 +8,17 @@ in progress? what was the last presence?) but do no I/O, so they are tested with
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 from pydantic import JsonValue
 
+from drivers.adverts import BTHomePacket
 from drivers.contact_id import ContactIdReport
+from drivers.gatt import BatteryLevel, BloodPressure, HeartRate, Measurement, OximeterReading, Temperature, Weight
 from drivers.nmea import GpsFix
 from drivers.seeed_radar import (
     RadarDwell,
@@ -23,7 +27,18 @@ from drivers.seeed_radar import (
     RadarMovement,
     RadarPresence,
 )
-from gateway.config import ContactIdReceiverDevice, Device, GpsDevice, LocationSection, RadarDevice
+from gateway.config import (
+    BadgeDevice,
+    BleSection,
+    ContactIdReceiverDevice,
+    Device,
+    GpsDevice,
+    LocationSection,
+    PendantDevice,
+    RadarDevice,
+    SerialDevice,
+    WristbandDevice,
+)
 from gateway.events import EventKind
 
 EventDraft = tuple[EventKind, dict[str, JsonValue]]
@@ -225,7 +240,144 @@ class GpsRules:
         return []
 
 
-def rules_for(device: Device, location: StationLocation) -> DeviceRules:
+@dataclass(frozen=True)
+class Seen:
+    """The BLE shell saw the device advertise (whatever the advertisement carried)."""
+
+    rssi: int
+
+
+@dataclass
+class WearableRules:
+    """Pendants and wristbands: presence of the wearer, and for pendants one alarm per press.
+
+    A press makes the pendant repeat the same BTHome packet (same packet id) for its trigger
+    window, 20 or more times, and BlueZ may or may not deliver every copy: the first copy of a
+    packet id raises the alarm, later copies within the window are ignored; a press without
+    packet id is de-bounced over the window alone.
+    """
+
+    presence_timeout_s: float
+    wearer: str | None = None
+    trigger_window_s: float | None = None  # None: not a pendant
+    last_seen: float | None = None
+    away: bool = True
+    battery: int | None = None
+    moving: bool | None = None
+    _last_press: tuple[int | None, float] | None = None
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        out: list[EventDraft] = []
+        if isinstance(reading, Seen):
+            self.last_seen = now
+            if self.away:
+                self.away = False
+                out.append((EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi}))
+            return out
+        if isinstance(reading, BTHomePacket):
+            if isinstance(reading.values.get("battery"), int):
+                self.battery = int(reading.values["battery"])
+            presses = [e for e in reading.events if e != "none"]
+            if presses and self.trigger_window_s is not None and self._new_press(reading.packet_id, now):
+                out.append(
+                    (
+                        EventKind.SOS,
+                        {**self._who(), "source": "ble_pendant", "button": presses[0], "battery": self.battery},
+                    )
+                )
+            moving = reading.values.get("moving")
+            if isinstance(moving, bool) and moving != self.moving:
+                self.moving = moving
+                out.append((EventKind.ACTIVITY, {**self._who(), "moving": moving, "battery": self.battery}))
+        return out
+
+    def _new_press(self, packet_id: int | None, now: float) -> bool:
+        assert self.trigger_window_s is not None
+        last = self._last_press
+        repeat = (
+            last is not None and now - last[1] < self.trigger_window_s and (packet_id is None or packet_id == last[0])
+        )
+        if not repeat:
+            self._last_press = (packet_id, now)
+        return not repeat
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        if not self.away and self.last_seen is not None and now - self.last_seen > self.presence_timeout_s:
+            self.away = True
+            return [(EventKind.PRESENCE, {**self._who(), "state": "away", "unseen_s": round(now - self.last_seen)})]
+        return []
+
+    def _who(self) -> dict[str, JsonValue]:
+        return {"wearer": self.wearer} if self.wearer else {}
+
+
+@dataclass
+class BadgeRules:
+    """A caregiver's visit: the badge seen for visit_min_s (gaps shorter than visit_end_s
+    allowed) opens it; unseen for visit_end_s closes it, with its duration."""
+
+    caregiver: str
+    visit_min_s: float
+    visit_end_s: float
+    first_seen: float | None = None
+    last_seen: float | None = None
+    visit_started: float | None = None
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        if not isinstance(reading, Seen):
+            return []
+        if self.last_seen is None or now - self.last_seen > self.visit_end_s:
+            self.first_seen = now  # a new stretch of presence
+        self.last_seen = now
+        assert self.first_seen is not None
+        if self.visit_started is None and now - self.first_seen >= self.visit_min_s:
+            self.visit_started = self.first_seen
+            return [(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "started"})]
+        return []
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        if self.visit_started is not None and self.last_seen is not None and now - self.last_seen > self.visit_end_s:
+            duration = round(self.last_seen - self.visit_started)
+            self.visit_started = self.first_seen = None
+            return [(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "ended", "duration_s": duration})]
+        return []
+
+
+class HealthRules:
+    """A health device's measurements become `vitals` events ("no value" fields stay null)."""
+
+    def __init__(self, wearer: str | None) -> None:
+        self.wearer = wearer
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        if not isinstance(reading, Measurement):
+            return []
+        data: dict[str, JsonValue] = {"measurement": _MEASUREMENT_NAMES[type(reading)]}
+        if self.wearer:
+            data["wearer"] = self.wearer
+        for name, value in dataclasses.asdict(reading).items():
+            data[name] = (
+                value.isoformat()
+                if isinstance(value, datetime)
+                else (list(value) if isinstance(value, tuple) else value)
+            )
+        return [(EventKind.VITALS, data)]
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        return []
+
+
+_MEASUREMENT_NAMES = {
+    HeartRate: "heart_rate",
+    BloodPressure: "blood_pressure",
+    Temperature: "temperature",
+    OximeterReading: "spo2",
+    Weight: "weight",
+    BatteryLevel: "battery",
+}
+
+
+def rules_for(device: Device, location: StationLocation, ble: BleSection | None = None) -> DeviceRules:
     """The care rules of one configured device."""
     if isinstance(device, ContactIdReceiverDevice):
         return ContactIdRules()
@@ -233,10 +385,17 @@ def rules_for(device: Device, location: StationLocation) -> DeviceRules:
         return RadarRules(summary_s=device.activity_summary_s, label=device.label)
     if isinstance(device, GpsDevice):
         return GpsRules(location, device.fix_lost_after_s)
-    raise ValueError(f"no rules for device kind {device.kind!r}")
+    presence_timeout = ble.presence_timeout_s if ble else 120.0
+    if isinstance(device, PendantDevice):
+        return WearableRules(presence_timeout, device.wearer, device.trigger_window_s)
+    if isinstance(device, WristbandDevice):
+        return WearableRules(presence_timeout, device.wearer)
+    if isinstance(device, BadgeDevice):
+        return BadgeRules(device.caregiver, device.visit_min_s, device.visit_end_s)
+    return HealthRules(device.wearer)
 
 
-def codec_variant(device: Device) -> str:
+def codec_variant(device: SerialDevice) -> str:
     """The key that picks the codec within a device kind."""
     if isinstance(device, ContactIdReceiverDevice):
         return device.format

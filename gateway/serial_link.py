@@ -26,7 +26,7 @@ from tenacity import (
 )
 
 from drivers import Codec, Decoded
-from gateway.config import Device
+from gateway.config import SerialDevice
 from gateway.rules import DeviceRules, EventDraft
 
 log = logging.getLogger("care_gateway.serial")
@@ -66,7 +66,7 @@ class SerialLink:
     """One configured serial device, for as long as the daemon runs."""
 
     def __init__(
-        self, device: Device, codec: Codec, rules: DeviceRules, on_events: EventSink, on_state: StateSink
+        self, device: SerialDevice, codec: Codec, rules: DeviceRules, on_events: EventSink, on_state: StateSink
     ) -> None:
         self.device = device
         self.codec = codec

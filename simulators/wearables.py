@@ -8,6 +8,12 @@ IEEE-11073 SFLOAT/FLOAT. The simulated radio that carries them to the gateway's 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 BTHOME_INFO_V2 = 0x40  # bits 5-7 = 2
@@ -121,3 +127,234 @@ def heart_rate(bpm: int, rr_s: tuple[float, ...] = ()) -> bytes:
 
 def temperature(celsius: float, site: int | None = None) -> bytes:
     return bytes([0x04 if site is not None else 0]) + float32(celsius, -1) + (bytes([site]) if site else b"")
+
+
+# --- the simulated radio ---------------------------------------------------------------------
+
+
+APPLE = 0x004C
+BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
+
+
+def uuid16(short: int) -> str:
+    return f"0000{short:04x}-0000-1000-8000-00805f9b34fb"
+
+
+# profile -> (service, measurement characteristic, handle); battery 0x2A19 at handle 0x30 for all
+HEALTH_PROFILES = {
+    "blood_pressure": (uuid16(0x1810), uuid16(0x2A35), 0x21),
+    "thermometer": (uuid16(0x1809), uuid16(0x2A1C), 0x22),
+    "oximeter": (uuid16(0x1822), uuid16(0x2A5E), 0x23),
+    "scale": (uuid16(0x181D), uuid16(0x2A9D), 0x24),
+    "heart_rate": (uuid16(0x180D), uuid16(0x2A37), 0x25),
+}
+BATTERY_SERVICE, BATTERY_LEVEL, BATTERY_HANDLE = uuid16(0x180F), uuid16(0x2A19), 0x30
+
+
+@dataclass
+class HealthDevice:
+    """A GATT health device: it indicates `measurements` once subscribed, then disconnects."""
+
+    address: str
+    profile: str
+    measurements: list[bytes]
+    battery: int = 80
+    drop_after: int | None = None  # disconnect after this many values (mid-measurement)
+    refuse_connections: int = 0  # the first N connection attempts fail (out of range, busy)
+    connections: int = 0
+
+
+@dataclass
+class SimulatedRadio:
+    """The air around the station: advertisements to every scanner, GATT sessions to clients."""
+
+    socket_path: Path
+    silent: bool = False  # nothing is heard (a hung controller)
+    silent_until_reset: bool = False  # ... and only an adapter reset brings it back
+    scans: int = 0  # scanner connections (a restarted scan opens a new one)
+    resets: int = 0
+    advertisements: int = 0
+    devices: dict[str, HealthDevice] = field(default_factory=dict)
+    _scanners: set[asyncio.StreamWriter] = field(default_factory=set)
+    _server: asyncio.AbstractServer | None = None
+
+    async def __aenter__(self) -> SimulatedRadio:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._server = await asyncio.start_unix_server(self._serve, str(self.socket_path))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._server:
+            self._server.close()
+        for writer in list(self._scanners):
+            writer.close()
+
+    def advertise(
+        self,
+        address: str,
+        *,
+        name: str | None = None,
+        mfr: dict[int, bytes] | None = None,
+        svc: dict[str, bytes] | None = None,
+        rssi: int = -60,
+    ) -> None:
+        if self.silent or self.silent_until_reset:
+            return
+        line = (
+            json.dumps(
+                {
+                    "ev": "adv",
+                    "address": address,
+                    "name": name,
+                    "rssi": rssi,
+                    "mfr": {str(k): v.hex() for k, v in (mfr or {}).items()},
+                    "svc": {k: v.hex() for k, v in (svc or {}).items()},
+                }
+            ).encode()
+            + b"\n"
+        )
+        for writer in list(self._scanners):
+            writer.write(line)
+        self.advertisements += 1
+
+    def add(self, device: HealthDevice) -> HealthDevice:
+        self.devices[device.address.upper()] = device
+        return device
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            first = json.loads(await reader.readline() or b"{}")
+            if first.get("op") == "scan":
+                self.scans += 1
+                self._scanners.add(writer)
+                await reader.read()  # until the scanner goes away
+            elif first.get("op") == "reset":
+                self.resets += 1
+                self.silent_until_reset = False
+                writer.write(b'{"ev": "reset_done"}\n')
+            elif first.get("op") == "connect":
+                await self._gatt_session(first["address"].upper(), reader, writer)
+        except (ConnectionError, ValueError):
+            pass
+        finally:
+            self._scanners.discard(writer)
+            writer.close()
+
+    async def _gatt_session(self, address: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        device = self.devices.get(address)
+        if device is None or self.silent or self.silent_until_reset:
+            writer.write(b'{"ev": "error", "reason": "device not found"}\n')
+            return
+        device.connections += 1
+        if device.connections <= device.refuse_connections:
+            writer.write(b'{"ev": "error", "reason": "connection attempt failed (out of range?)"}\n')
+            return
+        service, characteristic, handle = HEALTH_PROFILES[device.profile]
+        services = [
+            {"uuid": service, "chars": [{"uuid": characteristic, "handle": handle, "props": ["indicate"]}]},
+            {"uuid": BATTERY_SERVICE, "chars": [{"uuid": BATTERY_LEVEL, "handle": BATTERY_HANDLE, "props": ["read"]}]},
+        ]
+        writer.write(json.dumps({"ev": "connected", "services": services}).encode() + b"\n")
+        while line := await reader.readline():
+            request = json.loads(line)
+            if request.get("op") == "read" and request.get("handle") == BATTERY_HANDLE:
+                writer.write(
+                    json.dumps(
+                        {"ev": "value", "handle": BATTERY_HANDLE, "value": bytes([device.battery]).hex()}
+                    ).encode()
+                    + b"\n"
+                )
+            elif request.get("op") == "notify" and request.get("handle") == handle:
+                for sent, value in enumerate(device.measurements):
+                    if device.drop_after is not None and sent >= device.drop_after:
+                        writer.write(b'{"ev": "disconnected"}\n')
+                        return
+                    await asyncio.sleep(0.05)
+                    writer.write(json.dumps({"ev": "notify", "handle": handle, "value": value.hex()}).encode() + b"\n")
+                await asyncio.sleep(0.2)
+                writer.write(b'{"ev": "disconnected"}\n')  # the device ends the session when done
+                return
+            elif request.get("op") == "disconnect":
+                return
+
+
+# --- scripted people and devices ---------------------------------------------------------------
+
+PENDANT = "C0:FF:EE:00:00:01"
+WRISTBAND = "C0:FF:EE:00:00:02"
+BADGE = "C0:FF:EE:00:00:03"
+BP_MONITOR = "C0:FF:EE:00:00:04"
+OXIMETER = "C0:FF:EE:00:00:05"
+BADGE_UUID = "fda50693-a4e2-4fb1-afcf-c6eb07647825"
+
+
+async def press(
+    radio: SimulatedRadio,
+    address: str,
+    packet_id: int,
+    adverts: int = 20,
+    interval_s: float = 0.05,
+    key: bytes | None = None,
+    counter: int = 1,
+) -> None:
+    """One press of a trigger pendant: the same BTHome packet carried by many advertisements."""
+    for _ in range(adverts):
+        if key is None:
+            data = bthome_service_data(packet_id=packet_id, battery=88, button=0x01, trigger=True)
+        else:
+            data = bthome_encrypt(bytes([0x00, packet_id, 0x01, 88, 0x3A, 0x01]), key, address, counter, trigger=True)
+        radio.advertise(address, name="SOS-pendant", svc={BTHOME_UUID: data})
+        await asyncio.sleep(interval_s)
+
+
+def wristband_beat(radio: SimulatedRadio, packet_id: int, moving: bool) -> None:
+    radio.advertise(
+        WRISTBAND,
+        name="band",
+        svc={BTHOME_UUID: bthome_service_data(packet_id=packet_id, battery=64, moving=moving, presence=True)},
+    )
+
+
+def badge_beat(radio: SimulatedRadio) -> None:
+    radio.advertise(BADGE, mfr={APPLE: ibeacon(BADGE_UUID, 1, 7, -59)})
+
+
+def health_devices(radio: SimulatedRadio) -> None:
+    radio.add(
+        HealthDevice(
+            BP_MONITOR,
+            "blood_pressure",
+            [blood_pressure(128, 84, 98.7, pulse=71, when=date_time(2026, 11, 23, 8, 30, 0), user=1, status=0x0004)],
+        )
+    )
+    radio.add(HealthDevice(OXIMETER, "oximeter", [plx_spot_check(None, 75), plx_spot_check(97.5, 72)]))
+
+
+async def day(radio: SimulatedRadio) -> None:
+    """A station's day, compressed: wristband, a caregiver visit, measurements, a press, a silence."""
+    health_devices(radio)
+    packet = 0
+    for second in range(600):
+        packet = (packet + 1) % 256
+        wristband_beat(radio, packet, moving=second % 30 < 10)
+        if 20 <= second < 140:
+            badge_beat(radio)  # the caregiver is here
+        if second in (30, 90):
+            radio.advertise(BP_MONITOR, name="BP-monitor")
+            radio.advertise(OXIMETER, name="Oximeter")
+        if second == 60:
+            await press(radio, PENDANT, packet_id=42)
+        if second == 200:
+            radio.silent_until_reset = True
+            print("radio silent until the gateway resets the adapter", flush=True)
+        await asyncio.sleep(1)
+
+
+async def play(socket_path: str, scenario: str) -> None:
+    async with SimulatedRadio(Path(socket_path)) as radio:
+        print(f'simulated radio on {socket_path}  (configure: [ble] adapter = "simulated:{socket_path}")', flush=True)
+        if scenario == "day":
+            await day(radio)
+        await asyncio.Event().wait()

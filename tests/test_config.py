@@ -81,7 +81,8 @@ def test_bad_ids_kinds_and_duplicates(tmp_path: Path) -> None:
     [station_id] = problems(tmp_path, text)
     assert station_id.startswith("station.id: 'NM/0012' is not allowed (allowed: station id used in MQTT topics")
     assert problems(tmp_path, GOOD.replace('kind = "contact_id_receiver"', 'kind = "contactid"')) == [
-        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver', 'mmwave_radar', 'gps')"
+        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver', 'mmwave_radar', 'gps', "
+        "'ble_pendant', 'ble_wristband', 'ble_health', 'caregiver_badge')"
     ]
     twice = GOOD + GOOD[GOOD.index("[[devices]]") :].replace("ttyUSB0", "ttyUSB1")
     assert problems(tmp_path, twice) == [

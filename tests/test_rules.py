@@ -116,3 +116,56 @@ def test_gps_never_fixed_is_reported_once() -> None:
     assert rules.on_tick(31.0) == [(EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31})]
     assert rules.on_tick(60.0) == []
     assert StationLocation(None).for_alarm(0.0) is None
+
+
+def test_one_press_carried_by_twenty_advertisements_is_one_alarm() -> None:
+    from drivers.adverts import BTHomePacket
+    from gateway.rules import Seen, WearableRules
+
+    rules = WearableRules(presence_timeout_s=60, wearer="Wang", trigger_window_s=10)
+    press = BTHomePacket(42, True, False, {"battery": 88}, ("press",))
+    drafts = []
+    for n in range(20):  # 20 copies, 0.2 s apart, as a KBeacon-style trigger window
+        drafts += rules.on_reading(Seen(-60), n * 0.2)
+        drafts += rules.on_reading(press, n * 0.2)
+    assert drafts == [
+        (EventKind.PRESENCE, {"wearer": "Wang", "state": "present", "rssi": -60}),
+        (EventKind.SOS, {"wearer": "Wang", "source": "ble_pendant", "button": "press", "battery": 88}),
+    ]
+    again = BTHomePacket(43, True, False, {}, ("press",))  # a second press: a new packet id
+    assert [k for k, _ in rules.on_reading(again, 5.0)] == [EventKind.SOS]
+    assert rules.on_tick(50.0) == []
+    assert rules.on_tick(70.0) == [(EventKind.PRESENCE, {"wearer": "Wang", "state": "away", "unseen_s": 66})]
+
+
+def test_a_caregiver_visit_starts_after_its_minimum_and_ends_with_its_duration() -> None:
+    from gateway.rules import BadgeRules, Seen
+
+    rules = BadgeRules("Li Na", visit_min_s=60, visit_end_s=30)
+    events = []
+    for t in range(0, 200, 10):  # seen every 10 s for 200 s (gaps under visit_end_s)
+        events += rules.on_reading(Seen(-70), float(t))
+        events += rules.on_tick(float(t))
+    assert events == [(EventKind.VISIT, {"caregiver": "Li Na", "visit": "started"})]
+    assert rules.on_tick(215.0) == []
+    assert rules.on_tick(221.0) == [(EventKind.VISIT, {"caregiver": "Li Na", "visit": "ended", "duration_s": 190})]
+    assert BadgeRules("x", 60, 30).on_reading(Seen(-70), 0.0) == []  # a passer-by is no visit
+
+
+def test_health_measurements_become_vitals_with_no_value_as_null() -> None:
+    from drivers.gatt import OximeterReading
+    from gateway.rules import HealthRules
+
+    [(kind, data)] = HealthRules("Zhang").on_reading(OximeterReading(None, 75.0, None, False, False), 0.0)
+    assert (kind, data) == (
+        EventKind.VITALS,
+        {
+            "measurement": "spo2",
+            "wearer": "Zhang",
+            "spo2_percent": None,
+            "pulse_bpm": 75.0,
+            "measured_at": None,
+            "questionable": False,
+            "continuous": False,
+        },
+    )

@@ -1,0 +1,349 @@
+"""The BLE shell: the only bleak user. Scans for the configured wearables and health devices,
+decodes their advertisements, reads health devices over GATT when they advertise, and keeps
+the radio alive (restart the scan, then reset the adapter, when nothing is heard).
+
+The radio is bleak's: `[ble] adapter = "hci0"` uses BlueZ; `"simulated:/path.sock"` passes
+the simulator's backend classes as bleak's `backend=` — the code path here is the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bleak import BleakClient, BleakScanner
+from bleak.args.bluez import OrPattern
+from bleak.assigned_numbers import AdvertisementDataType
+from bleak.backends.device import BLEDevice
+from bleak.backends.scanner import AdvertisementData
+from bleak.exc import BleakError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from drivers.adverts import AdvertError, IBeacon, decode_advertisement
+from drivers.gatt import GattError, decode_characteristic, uuid16
+from gateway.config import BleDevice, BleSection, HealthBleDevice, IBeaconMatch, PendantDevice, WristbandDevice
+from gateway.events import EventKind
+from gateway.rules import DeviceRules, EventDraft, Seen
+
+log = logging.getLogger("care_gateway.ble")
+
+QUEUE_LIMIT = 10_000  # advertisements waiting to be decoded; beyond it the oldest are dropped
+WATCH_S = 1.0  # how often the silence watch and the rules' clock tick
+REJECT_LOG_INTERVAL_S = 10.0
+CONNECT_ATTEMPTS = 3
+CONNECT_GIVE_UP_S = 30.0
+ADAPTER_RESET_TIMEOUT_S = 15.0
+BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
+PROFILE_CHARACTERISTICS = {  # the measurement each health profile indicates or notifies
+    "blood_pressure": uuid16(0x2A35),
+    "thermometer": uuid16(0x2A1C),
+    "oximeter": uuid16(0x2A5E),
+    "scale": uuid16(0x2A9D),
+    "heart_rate": uuid16(0x2A37),
+}
+BATTERY_LEVEL = uuid16(0x2A19)
+# passive scanning on BlueZ needs patterns: BTHome service data (D2 FC) and Apple's iBeacons
+PASSIVE_PATTERNS = [
+    OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
+    OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x4c\x00"),
+]
+
+KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BTHome
+EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
+
+
+def _matches(beacon: IBeacon, match: IBeaconMatch) -> bool:
+    return (
+        beacon.uuid == match.uuid.lower()
+        and (match.major is None or beacon.major == match.major)
+        and (match.minor is None or beacon.minor == match.minor)
+    )
+
+
+class BleLink:
+    """Every configured BLE device, through one scanner, for as long as the daemon runs."""
+
+    def __init__(
+        self, ble: BleSection, devices: list[BleDevice], rules: dict[str, DeviceRules], on_events: EventSink
+    ) -> None:
+        self.ble = ble
+        self.devices = devices
+        self.rules = rules
+        self._on_events = on_events
+        self._by_address = {d.address.upper(): d for d in devices if d.address}
+        self._by_beacon = [d for d in devices if d.ibeacon]
+        self._keys = {d.id: bytes.fromhex(d.bind_key) for d in devices if isinstance(d, KEYED) and d.bind_key}
+        self._queue: collections.deque[tuple[BleDevice, BLEDevice, AdvertisementData, float]] = collections.deque(
+            maxlen=QUEUE_LIMIT
+        )
+        self._arrived = asyncio.Event()
+        self._sessions: dict[str, asyncio.Task[None]] = {}
+        self._cooldown_until: dict[str, float] = {}
+        self.last_advert = time.monotonic()
+        self.stats: dict[str, int] = collections.Counter()
+        self._last_reject_log = -REJECT_LOG_INTERVAL_S
+        self._backend: dict[str, Any] = self._backend_arguments()
+
+    def _backend_arguments(self) -> dict[str, Any]:
+        socket_path = self.ble.simulated_socket
+        if socket_path is None:
+            return {}
+        from simulators.ble_backend import SimulatedClient, SimulatedScanner
+
+        return {"scanner": SimulatedScanner, "client": SimulatedClient, "socket_path": socket_path}
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._scan_forever(), name="ble-scan")
+            tasks.create_task(self._decode_forever(tasks), name="ble-decode")
+            tasks.create_task(self._tick_forever(), name="ble-rules")
+
+    # --- scanning and its self-healing ---------------------------------------------------------
+
+    def _scanner(self) -> BleakScanner:
+        if "scanner" in self._backend:
+            return BleakScanner(
+                self._on_advertisement,
+                scanning_mode=self.ble.scanning_mode,
+                backend=self._backend["scanner"],
+                socket_path=self._backend["socket_path"],
+            )
+        bluez: dict[str, Any] = {"adapter": self.ble.adapter, "filters": {"DuplicateData": True}}
+        if self.ble.scanning_mode == "passive":
+            bluez["or_patterns"] = PASSIVE_PATTERNS
+        return BleakScanner(self._on_advertisement, scanning_mode=self.ble.scanning_mode, bluez=bluez)  # type: ignore[arg-type]
+
+    async def _scan_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                async with self._scanner():
+                    if failures:
+                        log.info("BLE scanner running again on %s", self.ble.adapter)
+                    failures = 0
+                    await self._until_silent()
+            except (*BLE_ERRORS, FileNotFoundError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.error(
+                        "BLE scanner on %s failed: %r; check that bluetoothd runs and the adapter is up "
+                        "(bluetoothctl show); retrying",
+                        self.ble.adapter,
+                        exc,
+                    )
+                await asyncio.sleep(min(30.0, 2.0**failures))
+                continue
+            silent = time.monotonic() - self.last_advert
+            if silent >= self.ble.silence_reset_s:
+                await self._reset_adapter(silent)
+            else:
+                log.warning(
+                    "BLE: no advertisement for %.0f s although devices are expected; restarting the scan", silent
+                )
+                await self._emit(
+                    "gateway", [(EventKind.BLE_RADIO, {"action": "scan_restarted", "silent_s": round(silent)})]
+                )
+
+    async def _until_silent(self) -> None:
+        """Return when nothing has been heard for silence_restart_s since the later of the last
+        advertisement and this scan's start (so a restarted scan gets a full period)."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_S)
+            quiet_since = max(self.last_advert, started)
+            if self.devices and time.monotonic() - quiet_since >= self.ble.silence_restart_s:
+                return
+
+    async def _reset_adapter(self, silent: float) -> None:
+        log.warning(
+            "BLE: no advertisement for %.0f s even after restarting the scan; resetting adapter %s",
+            silent,
+            self.ble.adapter,
+        )
+        ok, detail = True, ""
+        try:
+            if "socket_path" in self._backend:
+                from simulators.ble_backend import reset_radio
+
+                await reset_radio(self._backend["socket_path"])
+            else:
+                for step in ("off", "on"):
+                    proc = await asyncio.create_subprocess_exec(
+                        "bluetoothctl", "power", step, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+                    )
+                    output, _ = await asyncio.wait_for(proc.communicate(), ADAPTER_RESET_TIMEOUT_S)
+                    detail = output.decode(errors="replace").strip()[-200:]
+                    ok = ok and proc.returncode == 0
+        except (*BLE_ERRORS, FileNotFoundError) as exc:
+            ok, detail = False, repr(exc)
+        if not ok:
+            log.error("BLE adapter reset failed: %s; check the adapter (rfkill list, dmesg)", detail)
+        self.last_advert = time.monotonic()  # give the reset adapter a full period
+        await self._emit(
+            "gateway", [(EventKind.BLE_RADIO, {"action": "adapter_reset", "silent_s": round(silent), "ok": ok})]
+        )
+
+    def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
+        """bleak's callback: only look the device up and queue it; decoding happens in a task."""
+        self.last_advert = time.monotonic()
+        self.stats["advertisements"] += 1
+        configured = self._by_address.get(device.address.upper())
+        if configured is None and self._by_beacon:
+            configured = self._match_beacon(adv)
+        if configured is None:
+            return
+        if len(self._queue) == self._queue.maxlen:
+            self.stats["dropped"] += 1
+        self._queue.append((configured, device, adv, self.last_advert))
+        self._arrived.set()
+
+    def _match_beacon(self, adv: AdvertisementData) -> BleDevice | None:
+        readings = decode_advertisement("", adv.manufacturer_data, {})
+        for reading in readings:
+            if isinstance(reading, IBeacon):
+                for candidate in self._by_beacon:
+                    if candidate.ibeacon and _matches(reading, candidate.ibeacon):
+                        return candidate
+        return None
+
+    # --- decoding --------------------------------------------------------------------------------
+
+    async def _decode_forever(self, tasks: asyncio.TaskGroup) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queue:
+                configured, device, adv, seen_at = self._queue.popleft()
+                await self._handle(configured, device, adv, seen_at, tasks)
+
+    async def _handle(
+        self, configured: BleDevice, device: BLEDevice, adv: AdvertisementData, seen_at: float, tasks: asyncio.TaskGroup
+    ) -> None:
+        rules = self.rules[configured.id]
+        drafts = rules.on_reading(Seen(adv.rssi), seen_at)
+        for reading in decode_advertisement(
+            device.address, adv.manufacturer_data, adv.service_data, self._keys.get(configured.id)
+        ):
+            if isinstance(reading, AdvertError):
+                self._reject(configured.id, reading.reason)
+                continue
+            self.stats["decoded"] += 1
+            drafts += rules.on_reading(reading, seen_at)
+        await self._emit(configured.id, drafts)
+        if isinstance(configured, HealthBleDevice):
+            self._maybe_start_session(configured, device, tasks)
+
+    def _reject(self, device_id: str, reason: str) -> None:
+        self.stats["rejected"] += 1
+        now = time.monotonic()
+        if now - self._last_reject_log >= REJECT_LOG_INTERVAL_S:
+            self._last_reject_log = now
+            log.warning(
+                "BLE device %s: advertisement rejected: %s (%d rejected in all)",
+                device_id,
+                reason,
+                self.stats["rejected"],
+            )
+
+    async def _emit(self, device_id: str, drafts: list[EventDraft]) -> None:
+        if drafts:
+            await self._on_events(device_id, drafts)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            now = time.monotonic()
+            for device in self.devices:
+                await self._emit(device.id, self.rules[device.id].on_tick(now))
+
+    # --- GATT sessions with health devices -----------------------------------------------------
+
+    def _maybe_start_session(self, configured: HealthBleDevice, device: BLEDevice, tasks: asyncio.TaskGroup) -> None:
+        running = self._sessions.get(configured.id)
+        if (running and not running.done()) or time.monotonic() < self._cooldown_until.get(configured.id, 0.0):
+            return
+        self._sessions[configured.id] = tasks.create_task(
+            self._session(configured, device), name=f"ble-gatt-{configured.id}"
+        )
+
+    async def _session(self, configured: HealthBleDevice, device: BLEDevice) -> None:
+        """Connect (with retries), subscribe to the profile's measurement, collect, disconnect.
+        A failure is logged and ends the session; it never reaches the scanner."""
+        try:
+            await self._measure(configured, device)
+        except BLE_ERRORS as exc:
+            log.warning(
+                "BLE device %s: GATT session failed: %r; will try at its next advertisement", configured.id, exc
+            )
+        finally:
+            self._cooldown_until[configured.id] = time.monotonic() + configured.cooldown_s
+
+    def _client(self, device: BLEDevice, on_disconnect: Callable[[BleakClient], None]) -> BleakClient:
+        if "client" in self._backend:
+            return BleakClient(
+                device,
+                on_disconnect,
+                backend=self._backend["client"],
+                socket_path=self._backend["socket_path"],
+                timeout=10.0,
+            )
+        return BleakClient(device, on_disconnect, timeout=10.0, bluez={"adapter": self.ble.adapter})
+
+    async def _measure(self, configured: HealthBleDevice, device: BLEDevice) -> None:
+        gone = asyncio.Event()
+        client = self._client(device, lambda _: gone.set())
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(BLE_ERRORS),
+            stop=stop_after_attempt(CONNECT_ATTEMPTS) | stop_after_delay(CONNECT_GIVE_UP_S),
+            wait=wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await client.connect()
+        values: list[tuple[str, bytes]] = []
+        try:
+            log.info("BLE device %s: connected for a %s measurement", configured.id, configured.profile)
+            with contextlib.suppress(*BLE_ERRORS):
+                values.append((BATTERY_LEVEL, bytes(await client.read_gatt_char(BATTERY_LEVEL))))
+            measurement = PROFILE_CHARACTERISTICS[configured.profile]
+            arrived = asyncio.Event()
+
+            def on_value(_: object, data: bytearray) -> None:
+                values.append((measurement, bytes(data)))
+                arrived.set()
+
+            await client.start_notify(measurement, on_value)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone.wait(), configured.session_s)
+        finally:
+            if client.is_connected:
+                with contextlib.suppress(*BLE_ERRORS):
+                    await client.disconnect()
+        got = sum(1 for uuid, _ in values if uuid != BATTERY_LEVEL)
+        log.info(
+            "BLE device %s: session ended (%s) with %d measurement value(s)",
+            configured.id,
+            "the device disconnected" if gone.is_set() else "time limit",
+            got,
+        )
+        drafts: list[EventDraft] = []
+        rules = self.rules[configured.id]
+        for uuid, value in values:
+            decoded = decode_characteristic(uuid, value)
+            if isinstance(decoded, GattError):
+                self._reject(configured.id, f"{decoded.characteristic}: {decoded.reason}")
+                continue
+            drafts += rules.on_reading(decoded, time.monotonic())
+        await self._emit(configured.id, drafts)

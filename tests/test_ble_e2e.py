@@ -1,0 +1,156 @@
+"""BLE end to end: the wearables simulator's radio -> bleak (simulated backend) -> the real
+ble_link.py in the gateway process -> mosquitto -> the platform sink."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from conftest import Station, running_station
+
+from simulators import wearables as w
+from simulators.broker import Mosquitto
+
+KEY = "231d39c1d7cc1ab1aee224cd096db932"
+TIMEOUT_S = 30.0
+
+
+def ble_toml(socket: Path, **overrides: object) -> str:
+    settings = {"silence_restart_s": 60, "silence_reset_s": 120, "presence_timeout_s": 5, **overrides}
+    ble = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return (
+        f'\n[ble]\nadapter = "simulated:{socket}"\n{ble}'
+        f'\n[[devices]]\nid = "pendant-wang"\nkind = "ble_pendant"\naddress = "{w.PENDANT}"\n'
+        'wearer = "Wang Guihua"\n'
+        f'\n[[devices]]\nid = "pendant-enc"\nkind = "ble_pendant"\naddress = "C0:FF:EE:00:00:09"\nbind_key = "{KEY}"\n'
+        f'\n[[devices]]\nid = "band-wang"\nkind = "ble_wristband"\naddress = "{w.WRISTBAND}"\n'
+        'wearer = "Wang Guihua"\n'
+        f'\n[[devices]]\nid = "badge-li"\nkind = "caregiver_badge"\n'
+        f'ibeacon = {{ uuid = "{w.BADGE_UUID}", major = 1 }}\n'
+        f'caregiver = "Li Na"\nvisit_min_s = 1\nvisit_end_s = 2\n'
+        f'\n[[devices]]\nid = "bp"\nkind = "ble_health"\nprofile = "blood_pressure"\naddress = "{w.BP_MONITOR}"\n'
+        f'\n[[devices]]\nid = "oxi"\nkind = "ble_health"\nprofile = "oximeter"\naddress = "{w.OXIMETER}"\n'
+        "cooldown_s = 0\n"
+    )
+
+
+def events_of(station: Station, kind: str, device: str | None = None) -> list[dict[str, Any]]:
+    return [
+        e for e in station.sink.events.values() if e["kind"] == kind and (device is None or e["device_id"] == device)
+    ]
+
+
+async def wait_until(predicate: Any, timeout: float = TIMEOUT_S) -> bool:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+async def test_wearables_through_the_real_ble_link(tmp_path: Path, broker: Mosquitto) -> None:
+    socket = tmp_path / "ble.sock"
+    async with w.SimulatedRadio(socket) as radio:
+        w.health_devices(radio)
+        radio.devices[w.OXIMETER.upper()].drop_after = 1  # drops the connection mid-measurement
+        radio.devices[w.BP_MONITOR.upper()].refuse_connections = 1  # first attempt fails: retried
+        async with running_station(tmp_path, broker, extra_devices=ble_toml(socket)) as station:
+            assert await wait_until(lambda: radio.scans >= 1)
+
+            await w.press(radio, w.PENDANT, packet_id=42, adverts=20, interval_s=0.02)  # one press, 20 copies
+            assert await wait_until(lambda: events_of(station, "sos", "pendant-wang"))
+            await asyncio.sleep(0.5)
+            [sos] = events_of(station, "sos", "pendant-wang")
+            assert (sos["priority"], sos["data"]["wearer"], sos["data"]["button"]) == ("alarm", "Wang Guihua", "press")
+
+            wrong = bytes.fromhex("00" * 16)  # the pendant was paired with another key
+            await w.press(radio, "C0:FF:EE:00:00:09", packet_id=1, adverts=3, interval_s=0.02, key=wrong)
+            assert await station.gateway.wait_for_line("BTHome decryption failed: wrong bind_key")
+            await w.press(
+                radio, "C0:FF:EE:00:00:09", packet_id=2, adverts=3, interval_s=0.02, key=bytes.fromhex(KEY), counter=7
+            )
+            assert await wait_until(lambda: events_of(station, "sos", "pendant-enc"))
+
+            for n in range(3):
+                w.wristband_beat(radio, n, moving=n == 1)
+                w.badge_beat(radio)
+                await asyncio.sleep(0.6)
+            assert await wait_until(lambda: events_of(station, "visit"))
+            assert await wait_until(
+                lambda: any(e["data"]["state"] == "away" for e in events_of(station, "presence", "band-wang"))
+            )
+            assert await wait_until(lambda: len(events_of(station, "visit")) == 2)
+            started, ended = sorted(events_of(station, "visit"), key=lambda e: e["id"])
+            assert (started["data"]["visit"], ended["data"]["visit"], ended["data"]["caregiver"]) == (
+                "started",
+                "ended",
+                "Li Na",
+            )
+
+            radio.advertise(w.BP_MONITOR, name="BP")
+            radio.advertise(w.OXIMETER, name="Oxi")
+            assert await wait_until(
+                lambda: (
+                    len([e for e in events_of(station, "vitals", "bp") if e["data"]["measurement"] == "blood_pressure"])
+                    == 1
+                )
+            )
+            [bp] = [e for e in events_of(station, "vitals", "bp") if e["data"]["measurement"] == "blood_pressure"]
+            assert {
+                k: bp["data"][k]
+                for k in ("systolic", "diastolic", "mean_arterial", "pulse_bpm", "user", "measured_at", "status")
+            } == {
+                "systolic": 128.0,
+                "diastolic": 84.0,
+                "mean_arterial": 98.7,
+                "pulse_bpm": 71.0,
+                "user": 1,
+                "measured_at": "2026-11-23T08:30:00",
+                "status": ["irregular_pulse"],
+            }
+            assert await wait_until(
+                lambda: any(e["data"]["measurement"] == "spo2" for e in events_of(station, "vitals", "oxi"))
+            )
+            spo2 = [e["data"] for e in events_of(station, "vitals", "oxi") if e["data"]["measurement"] == "spo2"]
+            assert spo2 == [
+                {
+                    "measurement": "spo2",
+                    "spo2_percent": None,
+                    "pulse_bpm": 75.0,
+                    "measured_at": None,
+                    "questionable": False,
+                    "continuous": False,
+                }
+            ]  # NaN is "no value"; the drop cut the 2nd
+            assert radio.devices[w.BP_MONITOR.upper()].connections == 2
+            assert await station.gateway.wait_for_line("BLE device oxi: session ended (the device disconnected)")
+            station.sink.status = None
+            assert await wait_until(lambda: station.sink.status is not None)
+            assert station.sink.status is not None
+            assert station.sink.status["ble"]["rejected"] >= 1
+
+
+async def test_a_silent_radio_is_restarted_then_reset(tmp_path: Path, broker: Mosquitto) -> None:
+    socket = tmp_path / "ble.sock"
+    async with w.SimulatedRadio(socket) as radio:
+        devices = ble_toml(socket, silence_restart_s=5, silence_reset_s=10)
+        async with running_station(tmp_path, broker, extra_devices=devices) as station:
+            assert await wait_until(lambda: radio.scans >= 1)
+            radio.silent_until_reset = True  # a hung controller: nothing until it is power-cycled
+
+            async def keep_advertising() -> None:
+                for n in range(400):
+                    w.wristband_beat(radio, n % 256, moving=False)
+                    await asyncio.sleep(0.1)
+
+            beats = asyncio.create_task(keep_advertising())
+            try:
+                assert await wait_until(lambda: radio.resets >= 1, timeout=40)
+                assert radio.scans >= 2  # the scan was restarted first
+                assert await wait_until(lambda: len(events_of(station, "ble_radio")) >= 2)
+                actions = [e["data"]["action"] for e in sorted(events_of(station, "ble_radio"), key=lambda e: e["id"])]
+                assert actions[:2] == ["scan_restarted", "adapter_reset"]
+                assert await wait_until(lambda: events_of(station, "presence", "band-wang"))  # heard again
+            finally:
+                beats.cancel()
