@@ -32,9 +32,9 @@ from tenacity import (
 
 from drivers.adverts import AdvertError, IBeacon, decode_advertisement
 from drivers.gatt import GattError, decode_characteristic, uuid16
-from gateway.config import BleDevice, BleSection, HealthBleDevice, IBeaconMatch, PendantDevice, WristbandDevice
+from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
-from gateway.rules import DeviceRules, EventDraft, Seen
+from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
 
 log = logging.getLogger("care_gateway.ble")
 
@@ -61,14 +61,6 @@ PASSIVE_PATTERNS = [
 
 KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BTHome
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
-
-
-def _matches(beacon: IBeacon, match: IBeaconMatch) -> bool:
-    return (
-        beacon.uuid == match.uuid.lower()
-        and (match.major is None or beacon.major == match.major)
-        and (match.minor is None or beacon.minor == match.minor)
-    )
 
 
 class BleLink:
@@ -213,7 +205,7 @@ class BleLink:
         for reading in readings:
             if isinstance(reading, IBeacon):
                 for candidate in self._by_beacon:
-                    if candidate.ibeacon and _matches(reading, candidate.ibeacon):
+                    if candidate.ibeacon and ibeacon_matches(reading, candidate.ibeacon):
                         return candidate
         return None
 

@@ -287,6 +287,10 @@ class PendantDevice(_BleDevice):
     trigger_window_s: float = Field(
         10.0, gt=0, le=120, description="seconds a press keeps advertising; repeats within it are the same press"
     )
+    trigger_ibeacon: IBeaconMatch | None = Field(
+        None,
+        description="for iBeacon-style pendants (KBeacon trigger slots): the identity it advertises while pressed",
+    )
 
 
 class WristbandDevice(_BleDevice):

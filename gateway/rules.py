@@ -16,7 +16,7 @@ from typing import Protocol
 
 from pydantic import JsonValue
 
-from drivers.adverts import BTHomePacket
+from drivers.adverts import BTHomePacket, IBeacon
 from drivers.contact_id import ContactIdReport
 from drivers.gatt import BatteryLevel, BloodPressure, HeartRate, Measurement, OximeterReading, Temperature, Weight
 from drivers.nmea import GpsFix
@@ -33,6 +33,7 @@ from gateway.config import (
     ContactIdReceiverDevice,
     Device,
     GpsDevice,
+    IBeaconMatch,
     LocationSection,
     PendantDevice,
     RadarDevice,
@@ -240,6 +241,14 @@ class GpsRules:
         return []
 
 
+def ibeacon_matches(beacon: IBeacon, match: IBeaconMatch) -> bool:
+    return (
+        beacon.uuid == match.uuid.lower()
+        and (match.major is None or beacon.major == match.major)
+        and (match.minor is None or beacon.minor == match.minor)
+    )
+
+
 @dataclass(frozen=True)
 class Seen:
     """The BLE shell saw the device advertise (whatever the advertisement carried)."""
@@ -260,6 +269,7 @@ class WearableRules:
     presence_timeout_s: float
     wearer: str | None = None
     trigger_window_s: float | None = None  # None: not a pendant
+    trigger_ibeacon: IBeaconMatch | None = None  # the identity an iBeacon-style pendant shows while pressed
     last_seen: float | None = None
     away: bool = True
     battery: int | None = None
@@ -273,6 +283,10 @@ class WearableRules:
             if self.away:
                 self.away = False
                 out.append((EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi}))
+            return out
+        if isinstance(reading, IBeacon) and self.trigger_ibeacon and ibeacon_matches(reading, self.trigger_ibeacon):
+            if self.trigger_window_s is not None and self._new_press(None, now):
+                out.append((EventKind.SOS, {**self._who(), "source": "ble_pendant", "button": "trigger"}))
             return out
         if isinstance(reading, BTHomePacket):
             if isinstance(reading.values.get("battery"), int):
@@ -297,8 +311,7 @@ class WearableRules:
         repeat = (
             last is not None and now - last[1] < self.trigger_window_s and (packet_id is None or packet_id == last[0])
         )
-        if not repeat:
-            self._last_press = (packet_id, now)
+        self._last_press = (packet_id, now)  # the window slides with every copy: a long burst stays one press
         return not repeat
 
     def on_tick(self, now: float) -> list[EventDraft]:
@@ -387,7 +400,7 @@ def rules_for(device: Device, location: StationLocation, ble: BleSection | None 
         return GpsRules(location, device.fix_lost_after_s)
     presence_timeout = ble.presence_timeout_s if ble else 120.0
     if isinstance(device, PendantDevice):
-        return WearableRules(presence_timeout, device.wearer, device.trigger_window_s)
+        return WearableRules(presence_timeout, device.wearer, device.trigger_window_s, device.trigger_ibeacon)
     if isinstance(device, WristbandDevice):
         return WearableRules(presence_timeout, device.wearer)
     if isinstance(device, BadgeDevice):

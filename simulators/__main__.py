@@ -22,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     radar.add_argument("--model", choices=["mr60fda1", "mr60fda2", "mr24hpc1"], default="mr60fda1")
     radar.add_argument("--scenario", choices=["day", "fall", "silent", "garbage"], default="day")
 
+    radio = sub.add_parser("wearables", help="a simulated Bluetooth radio: pendants, wristband, badge, health devices")
+    radio.add_argument("--socket", default="/run/care-gateway/ble.sock", help="unix socket the gateway connects to")
+    radio.add_argument("--scenario", choices=["day", "idle"], default="day")
+
     gps = sub.add_parser("gps", help="an NMEA GPS on a pty (RMC + GGA every second)")
     gps.add_argument("--scenario", choices=["still", "drive", "lose-fix"], default="drive")
 
@@ -54,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             from simulators import radar as radar_sim
 
             asyncio.run(radar_sim.play(args.model, args.scenario))
+            return 0
+        if args.command == "wearables":
+            from simulators import wearables
+
+            asyncio.run(wearables.play(args.socket, args.scenario))
             return 0
         if args.command == "gps":
             from simulators import gps as gps_sim

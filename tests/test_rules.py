@@ -169,3 +169,18 @@ def test_health_measurements_become_vitals_with_no_value_as_null() -> None:
             "continuous": False,
         },
     )
+
+
+def test_an_ibeacon_trigger_pendant_makes_one_alarm_per_trigger_window() -> None:
+    from drivers.adverts import IBeacon
+    from gateway.config import IBeaconMatch
+    from gateway.rules import WearableRules
+
+    trigger = IBeaconMatch(uuid="e2c56db5-dffb-48d2-b060-d0f5a71096e3")  # KBeacon "UUID + 3": single click
+    rules = WearableRules(60, "Zhao", trigger_window_s=10, trigger_ibeacon=trigger)
+    pressed = IBeacon("e2c56db5-dffb-48d2-b060-d0f5a71096e3", 1, 4, -59)
+    idle = IBeacon("e2c56db5-dffb-48d2-b060-d0f5a71096e0", 1, 4, -59)
+    kinds = [k for t in range(50) for k, _ in rules.on_reading(pressed if t < 50 else idle, t * 0.2)]
+    assert kinds == [EventKind.SOS]  # 50 trigger advertisements over 10 s: one press
+    assert rules.on_reading(idle, 11.0) == []
+    assert [k for k, _ in rules.on_reading(pressed, 21.0)] == [EventKind.SOS]
