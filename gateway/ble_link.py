@@ -49,6 +49,7 @@ PROFILE_CHARACTERISTICS = {  # the measurement each health profile indicates or 
     "blood_pressure": uuid16(0x2A35),
     "thermometer": uuid16(0x2A1C),
     "oximeter": uuid16(0x2A5E),
+    "oximeter_continuous": uuid16(0x2A5F),
     "scale": uuid16(0x2A9D),
     "heart_rate": uuid16(0x2A37),
 }

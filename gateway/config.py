@@ -306,8 +306,8 @@ class HealthBleDevice(_BleDevice):
     """A station health device read over GATT when it advertises (after a measurement)."""
 
     kind: Literal["ble_health"] = Field(description="device kind")
-    profile: Literal["blood_pressure", "thermometer", "oximeter", "scale", "heart_rate"] = Field(
-        description="the GATT health profile it implements"
+    profile: Literal["blood_pressure", "thermometer", "oximeter", "oximeter_continuous", "scale", "heart_rate"] = Field(
+        description="the GATT health profile it implements (oximeter: PLX spot-check)"
     )
     session_s: float = Field(30.0, gt=0, le=600, description="longest GATT session in seconds, >0 and <=600")
     cooldown_s: float = Field(

@@ -145,6 +145,7 @@ HEALTH_PROFILES = {
     "blood_pressure": (uuid16(0x1810), uuid16(0x2A35), 0x21),
     "thermometer": (uuid16(0x1809), uuid16(0x2A1C), 0x22),
     "oximeter": (uuid16(0x1822), uuid16(0x2A5E), 0x23),
+    "oximeter_continuous": (uuid16(0x1822), uuid16(0x2A5F), 0x26),
     "scale": (uuid16(0x181D), uuid16(0x2A9D), 0x24),
     "heart_rate": (uuid16(0x180D), uuid16(0x2A37), 0x25),
 }
