@@ -26,20 +26,14 @@ from typing import Any
 
 from simulators import wearables as w
 from simulators.broker import Mosquitto
-from simulators.harness import GatewayProcess, station_toml
+from simulators.harness import GatewayProcess, process_cpu_seconds, station_toml
 from simulators.platform import PlatformSink
 
 STATION = "bench-ble"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def address(n: int) -> str:
     return f"C0:FF:EE:00:{n >> 8:02X}:{n & 0xFF:02X}"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 async def ble_stats(sink: PlatformSink, after: float) -> dict[str, Any]:
@@ -90,7 +84,7 @@ async def run(seconds: float) -> dict[str, Any]:
 
             # flood: 200 devices, as fast as the socket takes them
             before = await ble_stats(sink, time.monotonic())
-            cpu0, t0, sent = cpu_seconds(gateway.proc.pid), time.monotonic(), 0
+            cpu0, t0, sent = process_cpu_seconds(gateway.proc.pid), time.monotonic(), 0
             while time.monotonic() - t0 < seconds:
                 for n in range(200):
                     radio.advertise(address(n), svc={w.BTHOME_UUID: payloads[sent % 256]})
@@ -98,7 +92,7 @@ async def run(seconds: float) -> dict[str, Any]:
                 await asyncio.sleep(0)  # let the socket drain
                 await asyncio.sleep(0.001)
             flood_s = time.monotonic() - t0
-            flood_cpu = cpu_seconds(gateway.proc.pid) - cpu0
+            flood_cpu = process_cpu_seconds(gateway.proc.pid) - cpu0
             await asyncio.sleep(2)
             after = await ble_stats(sink, time.monotonic())
             decoded = after.get("decoded", 0) - before.get("decoded", 0)
@@ -114,7 +108,7 @@ async def run(seconds: float) -> dict[str, Any]:
 
             # realistic: 50 wristbands, one advertisement per second each
             await asyncio.sleep(1)
-            cpu0, t0, sent = cpu_seconds(gateway.proc.pid), time.monotonic(), 0
+            cpu0, t0, sent = process_cpu_seconds(gateway.proc.pid), time.monotonic(), 0
             while time.monotonic() - t0 < seconds:
                 for n in range(50):
                     radio.advertise(address(n), svc={w.BTHOME_UUID: payloads[sent % 256]})
@@ -123,7 +117,7 @@ async def run(seconds: float) -> dict[str, Any]:
             elapsed = time.monotonic() - t0
             result["realistic_50_devices_1hz"] = {
                 "advertisements_per_s": round(sent / elapsed),
-                "gateway_cpu_percent": round((cpu_seconds(gateway.proc.pid) - cpu0) / elapsed * 100, 1),
+                "gateway_cpu_percent": round((process_cpu_seconds(gateway.proc.pid) - cpu0) / elapsed * 100, 1),
                 "note": "includes the gateway's idle work (status, uplink, rules ticks)",
             }
             await gateway.stop()

@@ -36,14 +36,13 @@ from simulators import radar as radar_sim
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim, surgard_report
 from simulators.gps import gga, rmc
-from simulators.harness import GatewayProcess, station_toml
+from simulators.harness import GatewayProcess, process_cpu_seconds, station_toml
 from simulators.platform import PlatformSink
 
 STATION = "bench-serial"
 RATES = [0, 100_000, 1_000_000, 4_000_000, 16_000_000, 64_000_000]  # bytes/s of garbage
 ALLOWED_DELAY_MS = 50.0
 CHUNK = 65536
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float]) -> dict[str, float]:
@@ -86,11 +85,6 @@ class Babbler(threading.Thread):
                 return
             sent += n
             self.sent += n
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
 def codec_cpu_per_1000() -> dict[str, float]:
@@ -180,14 +174,14 @@ async def main() -> None:
 
             # end-to-end CPU per 1000 valid radar frames (movement: decoded, folded into summaries)
             frames = 20_000
-            before = cpu_seconds(gateway.proc.pid)
+            before = process_cpu_seconds(gateway.proc.pid)
             for _ in range(frames // 500):
                 quiet.write(radar_sim.sy_movement(30) * 500)
                 await asyncio.sleep(0.01)
             await asyncio.sleep(1.0)
-            idle_cpu = cpu_seconds(gateway.proc.pid)
+            idle_cpu = process_cpu_seconds(gateway.proc.pid)
             await asyncio.sleep(1.0)
-            idle_per_s = cpu_seconds(gateway.proc.pid) - idle_cpu
+            idle_per_s = process_cpu_seconds(gateway.proc.pid) - idle_cpu
             result["gateway_cpu_ms_per_1000_radar_frames"] = round(
                 (idle_cpu - before - idle_per_s) / frames * 1000 * 1000, 3
             )
@@ -198,14 +192,14 @@ async def main() -> None:
             for n, rate in enumerate(RATES):
                 babbler.rate = rate
                 await asyncio.sleep(1.0)  # let the flood settle
-                sent_before, cpu_before, t0 = babbler.sent, cpu_seconds(gateway.proc.pid), time.monotonic()
+                sent_before, cpu_before, t0 = babbler.sent, process_cpu_seconds(gateway.proc.pid), time.monotonic()
                 acks, plat = await measure(button, sink, args.presses, 1000 * (n + 1))
                 elapsed = time.monotonic() - t0
                 achieved = (babbler.sent - sent_before) / elapsed
                 row = {
                     "garbage_bytes_per_s_offered": rate,
                     "garbage_bytes_per_s_achieved": round(achieved),
-                    "gateway_cpu_percent": round((cpu_seconds(gateway.proc.pid) - cpu_before) / elapsed * 100),
+                    "gateway_cpu_percent": round((process_cpu_seconds(gateway.proc.pid) - cpu_before) / elapsed * 100),
                     "sos_ack_ms": pct(acks),
                     "sos_to_platform_ms": pct(plat),
                     "acked": f"{len(acks)}/{args.presses}",

@@ -43,6 +43,26 @@ class CodecStats:
     bytes_rejected: int = 0
 
 
+class BufferedCodec:
+    """What every codec here shares: a bounded input buffer and the counters of what it rejected."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self.stats = CodecStats()
+
+    def _drop(self, n: int) -> None:
+        """Discard n bytes of garbage from the front of the buffer, counting them."""
+        if n > 0:
+            self.stats.bytes_rejected += n
+            del self._buffer[:n]
+
+    def _reject(self, raw: bytes, why: str, reply: bytes = b"") -> Decoded:
+        """A unit that is not a valid frame: counted, and returned for the shell to log (and answer)."""
+        self.stats.frames_rejected += 1
+        self.stats.bytes_rejected += len(raw)
+        return Decoded(None, reply, error=why, raw=raw)
+
+
 class Codec(Protocol):
     stats: CodecStats
     heartbeat_query: bytes  # what the gateway sends on a timer to see the device is alive (b"": none)

@@ -28,7 +28,7 @@ from typing import Literal
 
 from pydantic import JsonValue
 
-from drivers import CodecStats, Decoded
+from drivers import BufferedCodec, Decoded
 from gateway.events import EventKind
 
 ACK = b"\x06"
@@ -132,17 +132,13 @@ class ContactIdReport:
         }
 
 
-class SurGardCodec:
+class SurGardCodec(BufferedCodec):
     """Sans-I/O decoder of Sur-Gard automation output; replies ACK/NAK as the receiver expects."""
 
     heartbeat_query = b""  # the receiver sends its own heartbeats
     TERMINATORS: tuple[int, ...] = (DC4,)
     REPORT = _REPORT
     NAME = "Sur-Gard Contact ID report or heartbeat"
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.stats = CodecStats()
 
     def feed(self, data: bytes) -> list[Decoded]:
         self._buffer += data
@@ -185,11 +181,6 @@ class SurGardCodec:
     def _count_garbage(self, raw: bytes, match: re.Match[bytes]) -> None:
         """Bytes before a good frame on its line (noise aside) are counted as rejected."""
         self.stats.bytes_rejected += len(raw.lstrip(LINE_NOISE)) - (match.end() - match.start())
-
-    def _reject(self, raw: bytes, why: str, reply: bytes) -> Decoded:
-        self.stats.frames_rejected += 1
-        self.stats.bytes_rejected += len(raw)
-        return Decoded(None, reply, error=why, raw=raw)
 
 
 class Ademco685Codec(SurGardCodec):

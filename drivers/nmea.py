@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from drivers import CodecStats, Decoded
+from drivers import BufferedCodec, Decoded
 
 MAX_SENTENCE_BYTES = 82  # NMEA 0183: "$" to <LF> inclusive
 _SENTENCE = re.compile(rb"\$(?P<body>(?P<talker>[A-Z]{2})(?P<type>[A-Z]{3}),[ -~]*?)\*(?P<sum>[0-9A-Fa-f]{2})$")
@@ -95,14 +95,10 @@ def nmea_checksum(body: bytes) -> int:
     return x
 
 
-class NmeaCodec:
+class NmeaCodec(BufferedCodec):
     """Sans-I/O decoder of NMEA lines: checks the checksum, bounds the line, ignores the rest."""
 
     heartbeat_query = b""  # a GPS talks by itself, every second
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.stats = CodecStats()
 
     def feed(self, data: bytes) -> list[Decoded]:
         self._buffer += data
@@ -131,8 +127,3 @@ class NmeaCodec:
         parser = PARSERS.get(match["type"])
         fix = parser(match["body"].decode("ascii").split(",")[1:]) if parser else None
         return Decoded(fix, b"", raw=line)
-
-    def _reject(self, raw: bytes, why: str) -> Decoded:
-        self.stats.frames_rejected += 1
-        self.stats.bytes_rejected += len(raw)
-        return Decoded(None, b"", error=why, raw=raw[:MAX_SENTENCE_BYTES])

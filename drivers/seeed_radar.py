@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from drivers import CodecStats, Decoded
+from drivers import BufferedCodec, Decoded
 
 # --- readings ------------------------------------------------------------------------------
 
@@ -111,15 +111,11 @@ def sy_frame(ctrl: int, cmd: int, data: bytes) -> bytes:
 SY_HEARTBEAT_QUERY = sy_frame(0x01, 0x01, b"\x0f")  # 53 59 01 01 00 01 0F BE 54 43
 
 
-class SeeedRadarCodec:
+class SeeedRadarCodec(BufferedCodec):
     """Sans-I/O decoder of "53 59" frames: resynchronises on the header, bounds the length,
     checks tail and checksum; unknown but well-formed frames are accepted and ignored."""
 
     heartbeat_query = SY_HEARTBEAT_QUERY
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.stats = CodecStats()
 
     def feed(self, data: bytes) -> list[Decoded]:
         self._buffer += data
@@ -151,11 +147,6 @@ class SeeedRadarCodec:
             self.stats.frames_ok += 1
             handler = SY_TABLE.get((frame[2], frame[3] & 0x7F if frame[2] == 0x80 else frame[3]))
             out.append(Decoded(handler(frame[6 : 6 + length]) if handler else None, b"", raw=frame))
-
-    def _drop(self, n: int) -> None:
-        if n > 0:
-            self.stats.bytes_rejected += n
-            del self._buffer[:n]
 
     def _reject_header(self, out: list[Decoded], why: str) -> None:
         """A false or damaged header: skip its first byte and look for the next one."""
@@ -193,14 +184,10 @@ def fda2_frame(frame_type: int, data: bytes, frame_id: int = 0) -> bytes:
 FDA2_GET_PARAMETERS = fda2_frame(0x0E06, b"")  # 01 00 00 00 00 0E 06 F6
 
 
-class SeeedFda2Codec:
+class SeeedFda2Codec(BufferedCodec):
     """Sans-I/O decoder of MR60FDA2 frames: resynchronises on SOF, checks both checksums."""
 
     heartbeat_query = FDA2_GET_PARAMETERS
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.stats = CodecStats()
 
     def feed(self, data: bytes) -> list[Decoded]:
         self._buffer += data
@@ -230,11 +217,6 @@ class SeeedFda2Codec:
             self.stats.frames_ok += 1
             handler = FDA2_TYPES.get(int.from_bytes(header[5:7], "big"))
             out.append(Decoded(handler(payload) if handler else None, b"", raw=frame))
-
-    def _drop(self, n: int) -> None:
-        if n > 0:
-            self.stats.bytes_rejected += n
-            del self._buffer[:n]
 
     def _reject_sof(self, out: list[Decoded], why: str) -> None:
         self.stats.frames_rejected += 1

@@ -42,6 +42,15 @@ def station_toml(
     )
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (/proc/PID/stat), for benchmarks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
 PR_CAPBSET_DROP = 24  # prctl(2): drop a capability from the bounding set
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # capabilities(7): what lets root ignore file modes

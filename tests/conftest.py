@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,25 @@ from simulators.platform import PlatformSink
 STATION_ID = "test-station"
 SEED_CHUNK = 1000
 TEST_ACK_DEADLINE_S = 1.5  # shorter than the receiver's 4 s so that resends happen quickly
+
+
+ARRIVAL_TIMEOUT_S = 60.0
+
+
+async def wait_until(predicate: Callable[[], object], timeout: float = ARRIVAL_TIMEOUT_S) -> bool:
+    """Poll `predicate` every 50 ms until it is true or `timeout` passes; its last value."""
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(predicate())
+
+
+def events_of(station: Station, kind: str, device: str | None = None) -> list[dict[str, Any]]:
+    """Distinct events of one kind (and device) the platform received, in arrival order."""
+    return [
+        e for e in station.sink.events.values() if e["kind"] == kind and (device is None or e["device_id"] == device)
+    ]
 
 
 @pytest.fixture

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
-from conftest import Station, running_station
+from conftest import events_of, running_station, wait_until
 
 from simulators import wearables as w
 from simulators.broker import Mosquitto
 
 KEY = "231d39c1d7cc1ab1aee224cd096db932"
-TIMEOUT_S = 30.0
 
 
 def ble_toml(socket: Path, **overrides: object) -> str:
@@ -33,20 +31,6 @@ def ble_toml(socket: Path, **overrides: object) -> str:
         f'\n[[devices]]\nid = "oxi"\nkind = "ble_health"\nprofile = "oximeter"\naddress = "{w.OXIMETER}"\n'
         "cooldown_s = 0\n"
     )
-
-
-def events_of(station: Station, kind: str, device: str | None = None) -> list[dict[str, Any]]:
-    return [
-        e for e in station.sink.events.values() if e["kind"] == kind and (device is None or e["device_id"] == device)
-    ]
-
-
-async def wait_until(predicate: Any, timeout: float = TIMEOUT_S) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
 
 
 async def test_wearables_through_the_real_ble_link(tmp_path: Path, broker: Mosquitto) -> None:

@@ -6,17 +6,14 @@ import asyncio
 import os
 import random
 from pathlib import Path
-from typing import Any
 
 import serial
-from conftest import Station, running_station
+from conftest import events_of, running_station, wait_until
 
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.gps import GpsSim
 from simulators.radar import RadarSim, fall_then_still
-
-TIMEOUT_S = 30.0
 
 
 def radar_toml(device_id: str, port: str, model: str = "mr60fda1", **extra: object) -> str:
@@ -25,20 +22,6 @@ def radar_toml(device_id: str, port: str, model: str = "mr60fda1", **extra: obje
         f'\n[[devices]]\nid = "{device_id}"\nkind = "mmwave_radar"\nmodel = "{model}"\nport = "{port}"\n'
         f'label = "bedroom"\nheartbeat_interval_s = 1\n{settings}'
     )
-
-
-def events_of(station: Station, kind: str, device: str | None = None) -> list[dict[str, Any]]:
-    return [
-        e for e in station.sink.events.values() if e["kind"] == kind and (device is None or e["device_id"] == device)
-    ]
-
-
-async def wait_until(predicate: Any, timeout: float = TIMEOUT_S) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
 
 
 async def test_a_fall_reaches_the_platform_with_the_gps_location(tmp_path: Path, broker: Mosquitto) -> None:

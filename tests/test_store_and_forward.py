@@ -9,13 +9,12 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from conftest import Station, running_station
+from conftest import Station, running_station, wait_until
 
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
 
-ARRIVAL_TIMEOUT_S = 60.0
 
 
 def arrivals(station: Station) -> list[dict[str, Any]]:
@@ -25,14 +24,6 @@ def arrivals(station: Station) -> list[dict[str, Any]]:
 
 def sos_zones(events: list[dict[str, Any]]) -> list[int]:
     return [e["data"]["zone"] for e in events if e["kind"] == "sos"]
-
-
-async def wait_until(predicate: Any, timeout: float = ARRIVAL_TIMEOUT_S) -> bool:
-    for _ in range(int(timeout / 0.05)):
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
 
 
 async def test_an_sos_overtakes_a_telemetry_backlog_being_drained(tmp_path: Path, broker: Mosquitto) -> None:
