@@ -16,7 +16,6 @@ from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
 
 
-
 def arrivals(station: Station) -> list[dict[str, Any]]:
     """Distinct events in the order the platform first received them."""
     return list(station.sink.events.values())
