@@ -319,7 +319,8 @@ class BleLink:
 
             await client.start_notify(measurement, on_value)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone.wait(), configured.session_s)
+                async with asyncio.timeout(configured.session_s):
+                    await gone.wait()
         finally:
             if client.is_connected:
                 with contextlib.suppress(*BLE_ERRORS):

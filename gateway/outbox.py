@@ -202,7 +202,8 @@ class Outbox:
         """Return when rows of the class (alarm; or status/telemetry) were committed, or after timeout."""
         arrived = self._arrived[priority]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(arrived.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: in 3.11 it can swallow a cancellation
+                await arrived.wait()
         arrived.clear()
 
     async def counts(self) -> dict[Priority, int]:
@@ -218,7 +219,8 @@ class Outbox:
         """The one writer: commits whatever appends are waiting, as one transaction."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), RETENTION_SWEEP_S)
+                async with asyncio.timeout(RETENTION_SWEEP_S):  # (wait_for could swallow our cancellation)
+                    await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
                 group = self._next_group()

@@ -161,7 +161,8 @@ class SerialLink:
         silence_s = self.device.silence_timeout_s or None
         while True:
             try:
-                data = await asyncio.wait_for(reader.read(READ_CHUNK_BYTES), silence_s)
+                async with asyncio.timeout(silence_s):
+                    data = await reader.read(READ_CHUNK_BYTES)
             except TimeoutError:
                 await self._set_state(
                     False,

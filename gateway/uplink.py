@@ -342,7 +342,8 @@ class Uplink:
         while True:
             await client.publish(self.topics.status, await self._status_payload("online"), qos=1, retain=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_due.wait(), interval)
+                async with asyncio.timeout(interval):
+                    await self._status_due.wait()
             self._status_due.clear()
 
     def drain_rate_bytes_per_s(self) -> float | None:

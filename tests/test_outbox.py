@@ -210,3 +210,18 @@ async def test_seqs_are_never_reused_after_the_table_empties(tmp_path: Path) -> 
         await outbox.append(make(EventKind.SOS))
         [again] = await outbox.rows_after(Priority.ALARM, first[-1].seq, 10)
         assert again.seq > first[-1].seq
+
+
+async def test_closing_when_the_writer_is_woken_at_that_moment_does_not_hang(tmp_path: Path) -> None:
+    """Regression: asyncio.wait_for (3.11) returned the woken result and swallowed the
+    writer's cancellation, so closing the outbox (a clean stop of the daemon) hung."""
+    outbox = Outbox(storage(tmp_path), STATION)
+    await outbox.__aenter__()
+    await outbox.append(make(EventKind.SOS))
+    await asyncio.sleep(0.01)  # the writer is idle, waiting to be woken
+    outbox._wakeup.set()  # an append's signal arrives in the same tick as the close
+    closing = asyncio.create_task(outbox.__aexit__(None, None, None))
+    done, _ = await asyncio.wait({closing}, timeout=10)  # a hang guard, not a speed limit
+    assert done == {closing}, "closing the outbox hung"
+    assert outbox._writer is not None
+    assert outbox._writer.cancelled()
