@@ -8,11 +8,11 @@ receiver does. Encoded here from the datasheet, independently of drivers/contact
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
-import tty
 from dataclasses import dataclass
+
+from simulators.harness import PtyDevice
 
 ACK = 0x06
 NAK = 0x15
@@ -58,41 +58,19 @@ class Delivery:
     ack_latency_s: float | None  # from the last (re)send to the ACK
 
 
-class ButtonReceiverSim:
+class ButtonReceiverSim(PtyDevice):
     """The receiver side of a pty; `path` is the port the gateway opens."""
 
     def __init__(self, ack_deadline_s: float = ACK_DEADLINE_S) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo or line editing before the gateway opens the port
-        self.path = os.ttyname(self._slave)
+        super().__init__()
         self.ack_deadline_s = ack_deadline_s
         self._replies: asyncio.Queue[int] = asyncio.Queue()
-        self._reading = False
-        self.plugged = True
         self.deliveries: list[Delivery] = []
 
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 1024)
-        except OSError:
-            return
+    def _received(self, data: bytes) -> None:
         for byte in data:
             if byte in (ACK, NAK):
                 self._replies.put_nowait(byte)
-
-    def start(self) -> None:
-        asyncio.get_running_loop().add_reader(self._master, self._on_readable)
-        self._reading = True
-
-    def unplug(self) -> None:
-        """Close both ends: the gateway's next read fails as with a pulled USB cable."""
-        if self._reading:
-            asyncio.get_running_loop().remove_reader(self._master)
-            self._reading = False
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.plugged = False
 
     async def send(self, frame: bytes) -> Delivery:
         """Send a frame and wait for the ACK, resending on NAK or silence like the receiver."""
@@ -115,10 +93,6 @@ class ButtonReceiverSim:
         delivery = Delivery(frame, False, attempts, None)
         self.deliveries.append(delivery)
         return delivery
-
-    def close(self) -> None:
-        if self.plugged:
-            self.unplug()
 
 
 SCENARIO = (  # (frame, what it is) played in a loop by `python -m simulators button-receiver`

@@ -8,6 +8,7 @@ import ctypes
 import os
 import signal
 import sys
+import tty
 from collections.abc import Callable
 from pathlib import Path
 
@@ -60,6 +61,49 @@ def die_with_parent() -> None:
     """preexec_fn for child processes of demos and tests: they end when their parent does."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class PtyDevice:
+    """The device end of a pseudo-terminal; `path` is the port the gateway opens.
+
+    Subclasses implement `_received(data)` for what the gateway writes to the device.
+    """
+
+    def __init__(self) -> None:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo or line editing before the gateway opens the port
+        self.path = os.ttyname(self._slave)
+        self._reading = False
+        self.plugged = True
+
+    def start(self) -> None:
+        if not self._reading:
+            asyncio.get_running_loop().add_reader(self._master, self._on_readable)
+            self._reading = True
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except OSError:
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        """What the gateway wrote; ignored unless a subclass answers it."""
+
+    def unplug(self) -> None:
+        """Close both ends: the gateway's next read fails as with a pulled USB cable."""
+        if self._reading:
+            asyncio.get_running_loop().remove_reader(self._master)
+            self._reading = False
+        for fd in (self._master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.plugged = False
+
+    def close(self) -> None:
+        if self.plugged:
+            self.unplug()
 
 
 class GatewayProcess:

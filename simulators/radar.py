@@ -9,11 +9,11 @@ stops answering, garbage bursts. Written with literal constants, independently o
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
-import tty
 from collections.abc import Awaitable, Callable
+
+from simulators.harness import PtyDevice
 
 # --- "53 59" frames: 53 59 ctrl cmd lenH lenL data sum 54 43; sum = low byte of the sum before it
 
@@ -82,32 +82,20 @@ SY_HEARTBEAT_QUERY = bytes.fromhex("5359010100010fbe5443")
 FDA2_PARAMETER_QUERY = bytes.fromhex("01 00 00 00 00 0E 06 F6")  # protocols.md §2.2 "get parameters"
 
 
-class RadarSim:
+class RadarSim(PtyDevice):
     """A radar on a pty. `path` is the port the gateway opens."""
 
     def __init__(self, model: str = "mr60fda1") -> None:
         if model not in ("mr60fda1", "mr24hpc1", "mr60fda2"):
             raise ValueError(f"unknown radar model {model!r}")
+        super().__init__()
         self.model = model
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
         self.answering = True  # False: a radar that stopped answering (and reporting)
         self.queries = 0
         self._inbox = bytearray()
-        self._reading = False
-        self.plugged = True
 
-    def start(self) -> None:
-        if not self._reading:
-            asyncio.get_running_loop().add_reader(self._master, self._on_readable)
-            self._reading = True
-
-    def _on_readable(self) -> None:
-        try:
-            self._inbox += os.read(self._master, 4096)
-        except OSError:
-            return
+    def _received(self, data: bytes) -> None:
+        self._inbox += data
         query = SY_HEARTBEAT_QUERY if self.model != "mr60fda2" else FDA2_PARAMETER_QUERY
         while (i := self._inbox.find(query)) >= 0:
             del self._inbox[: i + len(query)]
@@ -145,19 +133,6 @@ class RadarSim:
     def dwell(self, still: bool) -> None:
         if self.model != "mr60fda2":
             self.write(sy_dwell(still))
-
-    def unplug(self) -> None:
-        if self._reading:
-            asyncio.get_running_loop().remove_reader(self._master)
-            self._reading = False
-        for fd in (self._master, self._slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.plugged = False
-
-    def close(self) -> None:
-        if self.plugged:
-            self.unplug()
 
 
 async def normal_day(sim: RadarSim, seconds: float, rng: random.Random) -> None:
