@@ -428,7 +428,7 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> StationConfig
     try:
         return StationConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"{source}: {line}" for line in describe_errors(exc, raw)]) from exc
+        raise ConfigError([f"{source}: {line}" for line in describe_errors(exc)]) from exc
 
 
 def key_path(loc: Sequence[int | str]) -> str:
@@ -477,7 +477,7 @@ def _field_description(loc: Sequence[int | str]) -> str | None:
     return field.description if field else None
 
 
-def describe_errors(exc: ValidationError, raw: dict[str, Any]) -> list[str]:
+def describe_errors(exc: ValidationError) -> list[str]:
     """One line per problem: 'key.path: what is wrong (allowed: ...)'."""
     return [_describe(err) for err in exc.errors(include_url=False)]
 

@@ -44,10 +44,6 @@ EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]  # (device id, dr
 StateSink = Callable[[str, bool, str], Awaitable[None]]  # (device id, online, reason)
 
 
-class PortUnavailable(Exception):
-    """The port cannot be used; the message says what the technician should check."""
-
-
 def explain_port_error(port: str, exc: BaseException) -> str:
     """Turn an open/read failure into advice for the person on site."""
     err = getattr(exc, "errno", None)

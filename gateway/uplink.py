@@ -81,13 +81,6 @@ def encode_batch(rows: list[OutboxRow], compress: bool) -> bytes:
     return body
 
 
-def decode_payload(payload: bytes) -> list[dict[str, Any]]:
-    """The platform side of the contract: JSON starts with '{'; anything else is zlib'd JSON."""
-    text = payload if payload[:1] == b"{" else zlib.decompress(payload)
-    body = json.loads(text)
-    return list(body["events"]) if "events" in body else [body]
-
-
 class ByteBudget:
     """Token bucket for status and telemetry bytes; a message may overdraw it (debt is repaid)."""
 
