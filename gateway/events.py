@@ -87,8 +87,15 @@ _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 charact
 RANDOM_BITS = 80
 
 
-def _encode_pairs(value: int, pairs: int) -> str:
-    return "".join([_PAIRS[(value >> (10 * i)) & 0x3FF] for i in range(pairs - 1, -1, -1)])
+def _encode_random_half(value: int) -> str:
+    """The low 40 bits of value as 8 Crockford characters (unrolled: this runs for every event)."""
+    p = _PAIRS
+    return p[value >> 30 & 0x3FF] + p[value >> 20 & 0x3FF] + p[value >> 10 & 0x3FF] + p[value & 0x3FF]
+
+
+def _encode_time(ms: int) -> str:
+    """The 48-bit millisecond time as 10 Crockford characters."""
+    return "".join([_PAIRS[(ms >> (10 * i)) & 0x3FF] for i in range(4, -1, -1)])
 
 
 class _UlidFactory:
@@ -96,33 +103,58 @@ class _UlidFactory:
 
     Within one millisecond (or if the clock steps back) the random part is incremented, so
     ids keep their order. The random source is seeded from os.urandom once: ids must be
-    unique, not secret.
+    unique, not secret. The text of the time and of the random part's upper half is kept,
+    since increments rarely change them.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._random = random.Random(os.urandom(16))
         self._ms = -1
-        self._prefix = ""
         self._rand = 0
+        self._high = -1
+        self._prefix = ""  # time + upper 40 random bits, as text
 
     def new(self, ms: int) -> str:
         with self._lock:
             if ms > self._ms:
-                self._ms, self._prefix = ms, _encode_pairs(ms, 5)
+                self._ms = ms
                 self._rand = self._random.getrandbits(RANDOM_BITS - 1)  # headroom for increments
+                self._high = -1
             else:  # same millisecond, or the clock stepped back: keep the last time, count up
                 self._rand += 1
-            return self._prefix + _encode_pairs(self._rand, 8)
+            rand = self._rand
+            if rand >> 40 != self._high:
+                self._high = rand >> 40
+                self._prefix = _encode_time(self._ms) + _encode_random_half(self._high)
+            return self._prefix + _encode_random_half(rand)
 
 
 _ulids = _UlidFactory()
 
 
-def _rfc3339(ts: datetime) -> str:
-    """2026-11-23T08:30:15.123Z (UTC, milliseconds)."""
-    ts = ts.astimezone(UTC)
-    return f"{ts:%Y-%m-%dT%H:%M:%S}.{ts.microsecond // 1000:03d}Z"
+class _Rfc3339:
+    """2026-11-23T08:30:15.123Z (UTC, milliseconds).
+
+    Runs for every event serialised; strftime is slow, so the text up to the second is
+    remembered and only the milliseconds are formatted.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[int, ...], str] = ((), "")  # one tuple: swapped atomically
+
+    def __call__(self, ts: datetime) -> str:
+        if ts.tzinfo is not UTC:
+            ts = ts.astimezone(UTC)
+        second = (ts.second, ts.minute, ts.hour, ts.day, ts.month, ts.year)
+        last_second, prefix = self._last
+        if second != last_second:
+            prefix = f"{ts:%Y-%m-%dT%H:%M:%S}."
+            self._last = (second, prefix)
+        return f"{prefix}{ts.microsecond // 1000:03d}Z"
+
+
+_rfc3339 = _Rfc3339()
 
 
 Timestamp = Annotated[datetime, PlainSerializer(_rfc3339, return_type=str, when_used="json")]
@@ -157,9 +189,8 @@ def new_event(
     priority: Priority | None = None,
 ) -> Event:
     """Stamp a new event with an id, the time and the clock's trust; priority from the kind."""
-    ts = clock.now()
-    ms = int(ts.timestamp() * 1000)
-    ts = ts.replace(microsecond=ts.microsecond // 1000 * 1000)  # the wire carries milliseconds
+    ms = int(clock.now().timestamp() * 1000)
+    ts = datetime.fromtimestamp(ms / 1000, UTC)  # the wire carries milliseconds (exact: see tests)
     return Event(
         id=_ulids.new(ms),
         station_id=station_id,

@@ -70,7 +70,8 @@ CREATE TABLE IF NOT EXISTS shed (
 """
 
 
-_Append = tuple[list[Event], "asyncio.Future[None]"]  # events of one append() call and its waiter
+_Item = tuple[int, int, str, int, Event]  # a row to insert: rank, created_ms, payload, bytes, the event
+_Append = tuple[tuple[Event, ...], "asyncio.Future[None]"]  # events of one append() call and its waiter
 
 
 class OutboxUnavailable(Exception):
@@ -125,12 +126,20 @@ class _Tally:
 
 
 def row_bytes(stored: str) -> int:
-    return len(stored.encode()) + ROW_OVERHEAD_BYTES
+    return (len(stored) if stored.isascii() else len(stored.encode())) + ROW_OVERHEAD_BYTES
+
+
+def _rank_of(item: _Item) -> int:
+    return item[0]
+
+
+_ROW_KNOWS = {"station_id", "priority"}
+_to_json = Event.__pydantic_serializer__.to_json  # model_dump_json minus its Python wrapper: hot path
 
 
 def stored_form(event: Event) -> str:
     """The event JSON without the fields the row already knows (saves ~60 bytes a row)."""
-    return event.model_dump_json(exclude={"station_id", "priority"})
+    return _to_json(event, exclude=_ROW_KNOWS).decode()
 
 
 class Outbox:
@@ -151,7 +160,8 @@ class Outbox:
         self.disk_full_errors = 0
         self.commits = 0  # group commits of appended events (fewer than appends under load)
         self.salvage: Salvage | None = None  # set when a corrupt file was found at start-up
-        self._pending: list[_Append] = []
+        self._urgent: list[_Append] = []  # appends carrying an alarm: committed first
+        self._pending: list[_Append] = []  # the others, in arrival order
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
         self._arrived = {Priority.ALARM: asyncio.Event(), Priority.STATUS: bulk, Priority.TELEMETRY: bulk}
@@ -167,7 +177,7 @@ class Outbox:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        for _, future in self._pending:
+        for _, future in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
         await self._run(self._close)
@@ -184,7 +194,10 @@ class Outbox:
         Raises OutboxFull when the disk is full and nothing can be shed to make room.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((list(events), future))
+        if any(e.priority is Priority.ALARM for e in events):
+            self._urgent.append((events, future))
+        else:
+            self._pending.append((events, future))
         self._wakeup.set()
         await future
 
@@ -222,7 +235,7 @@ class Outbox:
                 async with asyncio.timeout(RETENTION_SWEEP_S):  # (wait_for could swallow our cancellation)
                     await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
+            while self._urgent or self._pending:
                 group = self._next_group()
                 events = [e for batch, _ in group for e in batch]
                 try:
@@ -244,13 +257,10 @@ class Outbox:
     def _next_group(self) -> list[_Append]:
         """Appends carrying an alarm go first, in a small transaction of their own; then the
         oldest others, up to MAX_GROUP_EVENTS events."""
-        urgent: list[_Append] = []
-        rest: list[_Append] = []
-        for item in self._pending:
-            (urgent if any(e.priority is Priority.ALARM for e in item[0]) else rest).append(item)
-        if urgent:
-            self._pending = rest
+        if self._urgent:
+            urgent, self._urgent = self._urgent, []
             return urgent
+        rest = self._pending
         taken = events = 0
         while taken < len(rest) and (taken == 0 or events + len(rest[taken][0]) <= MAX_GROUP_EVENTS):
             events += len(rest[taken][0])
@@ -373,17 +383,21 @@ class Outbox:
         """Insert a group of events, making room first; shed what cannot be kept."""
         durable = any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
-        items = sorted(((e, stored_form(e)) for e in events), key=lambda item: item[0].priority.rank)
+        items: list[_Item] = []
+        for e in events:
+            stored = stored_form(e)
+            items.append((e.priority.rank, int(e.ts.timestamp() * 1000), stored, row_bytes(stored), e))
+        items.sort(key=_rank_of)  # stable: arrival order kept within a class
         while True:
             tally = _Tally()
             shed: list[tuple[str, Priority]] = []
-            keep: list[tuple[Event, str]] = []
+            keep: list[_Item] = []
             try:
                 with self._transaction() as conn:
                     keep = self._make_room(conn, items, tally, shed)
                     conn.executemany(
                         "INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)",
-                        [(e.priority.rank, int(e.ts.timestamp() * 1000), stored) for e, stored in keep],
+                        [item[:3] for item in keep],
                     )
                     self._record_shed(conn, shed)
             except sqlite3.OperationalError as exc:
@@ -397,20 +411,20 @@ class Outbox:
                     ) from exc
                 continue
             self.commits += 1
+            for rank, _, _, size, _ in keep:
+                tally.add(_PRIORITY_OF_RANK[rank], size)
             for priority in Priority:
                 self._tally.add(priority, tally.bytes[priority], tally.rows[priority])
-            for e, stored in keep:
-                self._tally.add(e.priority, row_bytes(stored))
             self._apply_shed(shed)
             return
 
     def _make_room(
         self,
         conn: sqlite3.Connection,
-        items: list[tuple[Event, str]],
+        items: list[_Item],
         freed: _Tally,
         shed: list[tuple[str, Priority]],
-    ) -> list[tuple[Event, str]]:
+    ) -> list[_Item]:
         """Evict old rows so that the items fit under max_bytes; return the items to insert.
 
         Telemetry evicts telemetry; status evicts telemetry, then status; alarms evict both
@@ -418,11 +432,11 @@ class Outbox:
         """
         cap = self.storage.max_bytes
         total = self._tally.total_bytes
-        if total + sum(row_bytes(stored) for _, stored in items) <= cap - self.storage.reserve_bytes:
+        if total + sum(item[3] for item in items) <= cap - self.storage.reserve_bytes:
             return items  # the usual case: room for everything
         keep = []
-        for event, stored in items:
-            size = row_bytes(stored)
+        for item in items:
+            size, event = item[3], item[4]
             limit = cap if event.priority is Priority.ALARM else cap - self.storage.reserve_bytes
             victims = [p for p in (Priority.TELEMETRY, Priority.STATUS) if p.rank >= event.priority.rank]
             for victim in victims:
@@ -437,7 +451,7 @@ class Outbox:
                     freed.add(victim, -size_freed, -n)
                     total -= size_freed
             if total + size <= limit or event.priority is Priority.ALARM:
-                keep.append((event, stored))
+                keep.append(item)
                 total += size
             else:
                 shed.append((event.device_id, event.priority))  # no room even after shedding

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from gateway.clock import Clock
-from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, event_json_schema, new_event
+from gateway.events import (
+    _CROCKFORD as CROCKFORD,
+)
+from gateway.events import (
+    PRIORITY_OF_KIND,
+    Event,
+    EventKind,
+    Priority,
+    _UlidFactory,
+    event_json_schema,
+    new_event,
+)
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "event.schema.json"
 
@@ -70,3 +81,28 @@ def test_published_schema_is_up_to_date() -> None:
     assert json.loads(SCHEMA_FILE.read_text()) == event_json_schema(), (
         "docs/event.schema.json is stale: run `care-gateway schema > docs/event.schema.json`"
     )
+
+
+def test_millisecond_truncation_is_exact_across_a_day_of_timestamps() -> None:
+    """new_event rebuilds ts from integer milliseconds through a float, and the serialiser caches
+    the text up to the second: no millisecond may drift, no second may be stale."""
+    start = datetime(2026, 11, 23, tzinfo=UTC)
+    for offset_ms in range(0, 86_400_000, 86_400_000 // 20_011):  # a prime step: every ms digit is hit
+        at = start + timedelta(milliseconds=offset_ms, microseconds=999)
+        event = new_event(FixedClock(at, trusted=True), "s", "d", EventKind.TEST)
+        assert event.ts == at - timedelta(microseconds=999)
+        expected = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+        assert json.loads(event.to_json())["ts"] == expected
+
+
+def test_ulid_text_is_the_number_it_stands_for_across_a_carry_of_the_cached_half() -> None:
+    """The factory caches the text of the time and of the random part's upper half; an
+    increment that carries into that half must still give id = (ms << 80) + random."""
+    factory = _UlidFactory()
+    factory.new(1_795_000_000_000)
+    factory._rand = (1 << 40) - 3  # three increments before the carry
+    ids = [factory.new(1_795_000_000_000) for _ in range(6)]
+    numbers = [sum(CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(text))) for text in ids]
+    assert [n >> 80 for n in numbers] == [1_795_000_000_000] * 6
+    assert [n & ((1 << 80) - 1) for n in numbers] == [(1 << 40) - 2 + k for k in range(6)]
+    assert ids == sorted(ids)
