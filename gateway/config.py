@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -219,6 +220,11 @@ class ContactIdReceiverDevice(_SerialDevice):
         "surgard", description="receiver output format: Sur-Gard MLR2 automation or Ademco 685"
     )
     silence_timeout_s: float = _silence_field(100.0, "a receiver sends a heartbeat about every 30 s")
+    residents: dict[Annotated[str, Field(pattern=r"^[0-9]{1,3}$")], str] = Field(
+        default_factory=dict,
+        description='which resident each zone (or user) number belongs to, e.g. { 3 = "wang-xiuying" }; '
+        "keys are 1-3 digit numbers, values resident ids from [[residents]]",
+    )
 
 
 class RadarDevice(_SerialDevice):
@@ -234,6 +240,7 @@ class RadarDevice(_SerialDevice):
     activity_summary_s: float = Field(
         300.0, ge=10, le=86400, description="seconds between activity summaries, 10-86400"
     )
+    resident: str | None = Field(None, description="id of the resident whose room it watches ([[residents]])")
 
 
 class GpsDevice(_SerialDevice):
@@ -269,6 +276,14 @@ class _BleDevice(_Section):
         None, description="match by iBeacon identity instead of address, for devices whose address rotates"
     )
     wearer: str | None = Field(None, max_length=100, description="who wears or uses it, 1-100 characters")
+    resident: str | None = Field(None, description="id of the resident who wears or uses it ([[residents]])")
+    supervision_s: float = Field(
+        0.0,
+        ge=0,
+        le=7 * 86400,
+        description="seconds without an advertisement before the device is reported offline, 0-604800; "
+        "0 turns supervision off (for devices that only advertise when pressed)",
+    )
 
     @model_validator(mode="after")
     def _identified(self) -> _BleDevice:
@@ -343,6 +358,159 @@ DEVICE_MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+PHONE_PATTERN = r"^(\+[1-9][0-9]{6,14}|1[3-9][0-9]{9})$"
+PHONE_ALLOWED = "an international number such as +8613800138000, or an 11-digit mainland mobile number"
+HOURS_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9]-(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+HOURS_ALLOWED = "'HH:MM-HH:MM' in the station's time zone, e.g. '07:00-21:30'; '22:00-06:00' spans midnight"
+MINUTES_PER_DAY = 24 * 60
+
+
+def parse_hours(text: str) -> tuple[int, int]:
+    """'07:00-21:30' -> (420, 1290) minutes after midnight; the end may be before the start."""
+    start, end = text.split("-")
+    return int(start[:2]) * 60 + int(start[3:]), int(end[:2]) * 60 + int(end[3:])
+
+
+def in_hours(hours: str, minute_of_day: int) -> bool:
+    start, end = parse_hours(hours)
+    if start == end:
+        return True  # '00:00-24:00' style: all day (00:00-00:00 as well)
+    if start < end:
+        return start <= minute_of_day < end
+    return minute_of_day >= start or minute_of_day < end
+
+
+def _minutes(hours: str) -> set[int]:
+    start, end = parse_hours(hours)
+    return {m for m in range(MINUTES_PER_DAY) if in_hours(hours, m)} if start != end else set(range(MINUTES_PER_DAY))
+
+
+class Contact(_Section):
+    name: str = Field(
+        min_length=1, max_length=50, description="who to tell, as the SMS will name them, 1-50 characters"
+    )
+    phone: str = Field(pattern=PHONE_PATTERN, description=PHONE_ALLOWED)
+    role: Literal["family", "village_doctor", "on_duty", "neighbour", "volunteer"] = Field(
+        description="how the contact relates to the resident"
+    )
+
+    @property
+    def international(self) -> str:
+        """The number with its country code (mainland mobiles get +86)."""
+        return self.phone if self.phone.startswith("+") else "+86" + self.phone
+
+
+class VitalLimits(_Section):
+    """Alarm limits. Defaults are the single-parameter 'red' scores (3 points) of NEWS2 (Royal
+    College of Physicians, National Early Warning Score 2, 2017): set per resident with the
+    village doctor."""
+
+    heart_rate_min: float = Field(41, ge=20, le=100, description="beats per minute below which to alarm")
+    heart_rate_max: float = Field(130, ge=60, le=250, description="beats per minute above which to alarm")
+    spo2_min: float = Field(92, ge=70, le=100, description="SpO2 percent below which to alarm")
+    temperature_min: float = Field(35.1, ge=30, le=37, description="degrees Celsius below which to alarm")
+    temperature_max: float = Field(39.0, ge=37, le=43, description="degrees Celsius above which to alarm")
+    systolic_min: float = Field(91, ge=50, le=140, description="systolic mmHg below which to alarm")
+    systolic_max: float = Field(219, ge=120, le=300, description="systolic mmHg above which to alarm")
+    min_duration_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="seconds a continuous reading (heart rate, continuous SpO2) must stay out of range "
+        "before it alarms, 0-3600; spot measurements (cuff, thermometer, spot-check) alarm at once",
+    )
+
+
+class ResidentSection(_Section):
+    id: str = Field(pattern=ID_PATTERN, description=f"resident id used by devices and events: {ID_ALLOWED}")
+    name: str = Field(min_length=1, max_length=50, description="name as carers know the person, 1-50 characters")
+    room: str | None = Field(None, max_length=100, description="where the person lives, e.g. '3号楼201室'")
+    lives_alone: bool = Field(False, description="true: watch for inactivity during waking hours")
+    dementia_risk: bool = Field(False, description="true: alarm when the person's wearable is unseen (wandering)")
+    waking_hours: str = Field("07:00-21:00", pattern=HOURS_PATTERN, description=HOURS_ALLOWED)
+    quiet_hours: list[Annotated[str, Field(pattern=HOURS_PATTERN)]] = Field(
+        default_factory=list,
+        description="periods within waking hours without inactivity checks (a nap), each " + HOURS_ALLOWED,
+    )
+    inactivity_s: float = Field(
+        4 * 3600.0,
+        ge=60,
+        le=86400,
+        description="seconds without any activity during waking hours before an inactivity alarm, 60-86400",
+    )
+    absent_after_s: float = Field(
+        1800.0,
+        ge=60,
+        le=86400,
+        description="seconds the wearable of a dementia-risk resident may be unseen before an alarm, 60-86400",
+    )
+    absence_watch_hours: str = Field(
+        "00:00-24:00", pattern=HOURS_PATTERN, description="when to watch for absence, " + HOURS_ALLOWED
+    )
+    vitals: VitalLimits = Field(default_factory=VitalLimits, description="[residents.vitals] alarm limits")
+    contacts: list[Contact] = Field(default_factory=list, description="[[residents.contacts]] who gets an SMS")
+
+
+class CareSection(_Section):
+    timezone: str = Field("Asia/Shanghai", description="IANA time zone of the station, for waking hours")
+    storm_window_s: float = Field(
+        120.0,
+        ge=0,
+        le=3600,
+        description="seconds in which repeated presses or falls of one resident make one alarm, 0-3600",
+    )
+    alarm_update_interval_s: float = Field(
+        30.0, ge=1, le=3600, description="least seconds between updates of a storming alarm's count, 1-3600"
+    )
+    ack_timeout_s: float = Field(
+        300.0,
+        ge=10,
+        le=86400,
+        description="seconds the platform has to acknowledge a delivered alarm before it is re-announced "
+        "and escalated by SMS, 10-86400",
+    )
+    max_reannouncements: int = Field(3, ge=0, le=100, description="re-announcements of an unacknowledged alarm")
+    low_battery_percent: int = Field(20, ge=1, le=90, description="battery percent at or below which to report")
+    button_test_days: float = Field(
+        7.0, gt=0, le=365, description="days after which an untested emergency button is reported (JGJ/T 484 §10.3)"
+    )
+    device_fault_after_s: float = Field(
+        7200.0,
+        ge=60,
+        le=7 * 86400,
+        description="seconds offline after which a device is reported faulty, to be replaced (JGJ/T 484: 2 h)",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Asia/Shanghai'") from exc
+        return value
+
+
+class SmsSection(_Section):
+    port: str = Field(min_length=1, description="serial port of the cellular modem, preferably /dev/serial/by-id/...")
+    baudrate: Literal[SERIAL_BAUDRATES] = Field(115200, description="serial speed")  # type: ignore[valid-type]
+    undelivered_after_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="seconds an alarm may wait for the uplink's PUBACK before it goes out by SMS, 1-3600",
+    )
+    per_recipient_per_hour: int = Field(
+        6, ge=1, le=60, description="most SMS to one number in any hour (a flapping link must not flood), 1-60"
+    )
+    send_timeout_s: float = Field(
+        60.0, ge=5, le=300, description="seconds to wait for the network to take one SMS, 5-300"
+    )
+    on_duty: list[Contact] = Field(
+        default_factory=list, description="[[sms.on_duty]] the station's on-duty numbers, told of every alarm"
+    )
+
+
 class BleSection(_Section):
     adapter: str = Field(
         "hci0",
@@ -373,6 +541,9 @@ class StationConfig(_Section):
     storage: StorageSection = Field(description="[storage] section")
     devices: list[Device] = Field(default_factory=list, description="[[devices]] entries")
     ble: BleSection = Field(default_factory=BleSection, description="[ble] section: the Bluetooth radio")
+    residents: list[ResidentSection] = Field(default_factory=list, description="[[residents]] entries")
+    care: CareSection = Field(default_factory=CareSection, description="[care] section: care rules")
+    sms: SmsSection | None = Field(None, description="[sms] section: the modem for SMS escalation; absent: no SMS")
 
     @field_validator("devices")
     @classmethod
@@ -426,9 +597,41 @@ def load_config(path: Path | str) -> StationConfig:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> StationConfig:
     try:
-        return StationConfig.model_validate(raw)
+        config = StationConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([f"{source}: {line}" for line in describe_errors(exc)]) from exc
+    problems = cross_check(config)
+    if problems:
+        raise ConfigError([f"{source}: {line}" for line in problems])
+    return config
+
+
+def cross_check(config: StationConfig) -> list[str]:
+    """What one section says about another: residents named by devices, quiet hours."""
+    problems: list[str] = []
+    known = [r.id for r in config.residents]
+    allowed = f"(allowed: resident ids from [[residents]]: {', '.join(known) or 'none defined'})"
+    seen: dict[str, int] = {}
+    for i, resident in enumerate(config.residents):
+        if resident.id in seen:
+            problems.append(f"residents[{i}].id: {resident.id!r} is already residents[{seen[resident.id]}].id")
+        seen.setdefault(resident.id, i)
+        minutes = [_minutes(h) for h in resident.quiet_hours]
+        for k in range(len(minutes)):
+            for j in range(k):
+                if minutes[k] & minutes[j]:
+                    problems.append(
+                        f"residents[{i}].quiet_hours[{k}]: {resident.quiet_hours[k]!r} overlaps "
+                        f"quiet_hours[{j}] {resident.quiet_hours[j]!r} (allowed: periods that do not overlap)"
+                    )
+    for i, device in enumerate(config.devices):
+        resident_id = getattr(device, "resident", None)
+        if resident_id is not None and resident_id not in seen:
+            problems.append(f"devices[{i}].resident: {resident_id!r} is not a resident {allowed}")
+        for zone, rid in getattr(device, "residents", {}).items():
+            if rid not in seen:
+                problems.append(f"devices[{i}].residents.{zone}: {rid!r} is not a resident {allowed}")
+    return problems
 
 
 def key_path(loc: Sequence[int | str]) -> str:

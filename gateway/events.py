@@ -56,6 +56,15 @@ class EventKind(StrEnum):
     VISIT = "visit"  # a caregiver's visit started or ended (with its duration)
     VITALS = "vitals"  # a health measurement: blood pressure, temperature, SpO2, weight, heart rate
     BLE_RADIO = "ble_radio"  # the Bluetooth scanner was restarted or the adapter reset after silence
+    INACTIVITY = "inactivity"  # a resident living alone showed no activity in waking hours
+    WEARER_ABSENT = "wearer_absent"  # the wearable of a resident at risk of wandering is unseen
+    VITALS_ALERT = "vitals_alert"  # a vital sign beyond the resident's limits
+    ALARM_REMINDER = "alarm_reminder"  # an alarm not acknowledged in time, announced again
+    ALARM_UPDATE = "alarm_update"  # an alarm's life: repeats counted, acknowledged, resolved
+    LOW_BATTERY = "low_battery"  # a device's battery at or below the configured percent
+    TEST_OVERDUE = "test_overdue"  # an emergency button not tested within the configured days
+    DEVICE_FAULT = "device_fault"  # a device offline longer than the replacement deadline
+    SMS = "sms"  # one SMS escalation attempt: sent, failed (modem error code) or held back
 
 
 PRIORITY_OF_KIND: dict[EventKind, Priority] = {
@@ -77,6 +86,15 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.VISIT: Priority.STATUS,
     EventKind.VITALS: Priority.TELEMETRY,
     EventKind.BLE_RADIO: Priority.STATUS,
+    EventKind.INACTIVITY: Priority.ALARM,
+    EventKind.WEARER_ABSENT: Priority.ALARM,
+    EventKind.VITALS_ALERT: Priority.ALARM,
+    EventKind.ALARM_REMINDER: Priority.ALARM,
+    EventKind.ALARM_UPDATE: Priority.STATUS,
+    EventKind.LOW_BATTERY: Priority.STATUS,
+    EventKind.TEST_OVERDUE: Priority.STATUS,
+    EventKind.DEVICE_FAULT: Priority.STATUS,
+    EventKind.SMS: Priority.STATUS,
 }
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -26,7 +26,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import sqlite_utils
+from pydantic import JsonValue
 
 from gateway.config import StorageSection
 from gateway.events import Event, Priority
@@ -61,6 +62,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload TEXT NOT NULL             -- the event as JSON, without station_id and priority (added on read)
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (priority, seq);
+CREATE TABLE IF NOT EXISTS care_state (  -- what the care rules must remember across restarts
+    key TEXT PRIMARY KEY,             -- e.g. 'alarm:<id>', 'activity:<resident>', 'test:<button>'
+    value TEXT NOT NULL               -- JSON
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS shed (
     device_id TEXT NOT NULL,
     priority INTEGER NOT NULL,
@@ -71,7 +76,9 @@ CREATE TABLE IF NOT EXISTS shed (
 
 
 _Item = tuple[int, int, str, int, Event]  # a row to insert: rank, created_ms, payload, bytes, the event
-_Append = tuple[tuple[Event, ...], "asyncio.Future[None]"]  # events of one append() call and its waiter
+# events of one append() call, the care state written with them, and the caller's waiter
+_Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "CareState | None"]
+CareState = Mapping[str, JsonValue | None]  # key -> JSON value; None deletes the key
 
 
 class OutboxUnavailable(Exception):
@@ -177,7 +184,7 @@ class Outbox:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
-        for _, future in self._urgent + self._pending:
+        for _, future, _ in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
         await self._run(self._close)
@@ -188,16 +195,19 @@ class Outbox:
 
     # --- the async API -----------------------------------------------------------------------
 
-    async def append(self, *events: Event) -> None:
-        """Commit the events; when this returns they are accepted (durable, see module doc).
+    async def append(self, *events: Event, state: CareState | None = None) -> None:
+        """Commit the events, and the care state that goes with them, in one transaction; when
+        this returns they are accepted (durable, see module doc).
 
+        Appends carrying an alarm or care state are committed in arrival order ahead of the
+        others, with full durability (so the state is never older on disk than in memory).
         Raises OutboxFull when the disk is full and nothing can be shed to make room.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if any(e.priority is Priority.ALARM for e in events):
-            self._urgent.append((events, future))
+        if state or any(e.priority is Priority.ALARM for e in events):
+            self._urgent.append((events, future, state))
         else:
-            self._pending.append((events, future))
+            self._pending.append((events, future, state))
         self._wakeup.set()
         await future
 
@@ -223,6 +233,10 @@ class Outbox:
         """Rows waiting per class."""
         return await self._run(lambda: dict(self._tally.rows))
 
+    async def load_state(self) -> dict[str, JsonValue]:
+        """The care state as last committed (see append)."""
+        return await self._run(self._read_state)
+
     async def snapshot(self) -> OutboxSnapshot:
         return await self._run(self._snapshot)
 
@@ -237,15 +251,18 @@ class Outbox:
             self._wakeup.clear()
             while self._urgent or self._pending:
                 group = self._next_group()
-                events = [e for batch, _ in group for e in batch]
+                events = [e for batch, _, _ in group for e in batch]
+                state: dict[str, JsonValue | None] = {}
+                for _, _, changes in group:
+                    state.update(changes or {})
                 try:
-                    await self._run(functools.partial(self._commit, events))
+                    await self._run(functools.partial(self._commit, events, state))
                 except Exception as exc:
-                    for _, future in group:
+                    for _, future, _ in group:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for _, future in group:
+                for _, future, _ in group:
                     if not future.done():
                         future.set_result(None)
                 for priority in {e.priority for e in events}:
@@ -379,9 +396,9 @@ class Outbox:
                 conn.execute("ROLLBACK")
             raise
 
-    def _commit(self, events: list[Event]) -> None:
+    def _commit(self, events: list[Event], state: CareState | None = None) -> None:
         """Insert a group of events, making room first; shed what cannot be kept."""
-        durable = any(e.priority is not Priority.TELEMETRY for e in events)
+        durable = bool(state) or any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
         items: list[_Item] = []
         for e in events:
@@ -400,6 +417,8 @@ class Outbox:
                         [item[:3] for item in keep],
                     )
                     self._record_shed(conn, shed)
+                    if state:
+                        _write_state(conn, state)
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", None) != SQLITE_FULL:
                     raise
@@ -564,6 +583,13 @@ class Outbox:
         for priority in Priority:
             self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
+    def _read_state(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = {}
+        for key, value in self.db.execute("SELECT key, value FROM care_state"):
+            with contextlib.suppress(ValueError):
+                out[key] = json.loads(value)
+        return out
+
     def _snapshot(self) -> OutboxSnapshot:
         row = self.db.execute("SELECT created_ms FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)").fetchone()
         return OutboxSnapshot(
@@ -574,6 +600,15 @@ class Outbox:
             max_bytes=self.storage.max_bytes,
             disk_full_errors=self.disk_full_errors,
         )
+
+
+def _write_state(conn: sqlite3.Connection, state: CareState) -> None:
+    gone = [(key,) for key, value in state.items() if value is None]
+    kept = [(key, json.dumps(value, ensure_ascii=False)) for key, value in state.items() if value is not None]
+    if gone:
+        conn.executemany("DELETE FROM care_state WHERE key = ?", gone)
+    if kept:
+        conn.executemany("INSERT OR REPLACE INTO care_state (key, value) VALUES (?, ?)", kept)
 
 
 def _last_seq(conn: sqlite3.Connection) -> int | None:

@@ -9,9 +9,12 @@ in progress? what was the last presence?) but do no I/O, so they are tested with
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
+import zoneinfo
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 
 from pydantic import JsonValue
@@ -30,6 +33,7 @@ from drivers.seeed_radar import (
 from gateway.config import (
     BadgeDevice,
     BleSection,
+    Contact,
     ContactIdReceiverDevice,
     Device,
     GpsDevice,
@@ -37,10 +41,13 @@ from gateway.config import (
     LocationSection,
     PendantDevice,
     RadarDevice,
+    ResidentSection,
     SerialDevice,
+    StationConfig,
     WristbandDevice,
+    in_hours,
 )
-from gateway.events import EventKind
+from gateway.events import Event, EventKind
 
 EventDraft = tuple[EventKind, dict[str, JsonValue]]
 
@@ -399,13 +406,16 @@ def rules_for(device: Device, location: StationLocation, ble: BleSection | None 
     if isinstance(device, GpsDevice):
         return GpsRules(location, device.fix_lost_after_s)
     presence_timeout = ble.presence_timeout_s if ble else 120.0
+    rules: DeviceRules
     if isinstance(device, PendantDevice):
-        return WearableRules(presence_timeout, device.wearer, device.trigger_window_s, device.trigger_ibeacon)
-    if isinstance(device, WristbandDevice):
-        return WearableRules(presence_timeout, device.wearer)
-    if isinstance(device, BadgeDevice):
-        return BadgeRules(device.caregiver, device.visit_min_s, device.visit_end_s)
-    return HealthRules(device.wearer)
+        rules = WearableRules(presence_timeout, device.wearer, device.trigger_window_s, device.trigger_ibeacon)
+    elif isinstance(device, WristbandDevice):
+        rules = WearableRules(presence_timeout, device.wearer)
+    elif isinstance(device, BadgeDevice):
+        rules = BadgeRules(device.caregiver, device.visit_min_s, device.visit_end_s)
+    else:
+        rules = HealthRules(device.wearer)
+    return Supervised(rules, device.supervision_s) if device.supervision_s else rules
 
 
 def codec_variant(device: SerialDevice) -> str:
@@ -415,3 +425,606 @@ def codec_variant(device: SerialDevice) -> str:
     if isinstance(device, RadarDevice):
         return device.model
     return "nmea"
+
+
+@dataclass
+class Supervised:
+    """A BLE device that must advertise within `window_s`: offline after silence, online again
+    with the next advertisement (the device's own rules still see every reading)."""
+
+    inner: DeviceRules
+    window_s: float
+    started: float = field(default_factory=time.monotonic)
+    last_seen: float | None = None
+    online: bool | None = None
+
+    def on_reading(self, reading: object, now: float) -> list[EventDraft]:
+        out: list[EventDraft] = []
+        if isinstance(reading, Seen):
+            if self.online is False and self.last_seen is not None:
+                reason = f"advertising again after {round(now - self.last_seen)} s"
+                out.append((EventKind.DEVICE_ONLINE, {"reason": reason}))
+            self.last_seen, self.online = now, True
+        return out + self.inner.on_reading(reading, now)
+
+    def on_tick(self, now: float) -> list[EventDraft]:
+        out = self.inner.on_tick(now)
+        last = self.last_seen if self.last_seen is not None else self.started
+        if self.online is not False and now - last > self.window_s:
+            self.online = False
+            reason = f"no advertisement for {round(now - last)} s (supervision window {self.window_s:.0f} s)"
+            out.append((EventKind.DEVICE_OFFLINE, {"reason": reason}))
+        return out
+
+
+# --- station-wide care rules: residents, the alarm lifecycle, device duties ---------------------
+
+OPENS_ALARM = frozenset(
+    {
+        EventKind.SOS,
+        EventKind.MEDICAL,
+        EventKind.PANIC,
+        EventKind.DURESS,
+        EventKind.FALL,
+        EventKind.INACTIVITY,
+        EventKind.WEARER_ABSENT,
+        EventKind.VITALS_ALERT,
+    }
+)
+STORM_FAMILY = {
+    EventKind.SOS: "button",
+    EventKind.MEDICAL: "button",
+    EventKind.PANIC: "button",
+    EventKind.DURESS: "button",
+    EventKind.FALL: "fall",
+}
+BUTTON_PRESSES = frozenset({EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS})
+WEARABLE_KINDS = ("ble_pendant", "ble_wristband")
+TEST_OVERDUE_REPEAT_S = 86400.0  # an overdue button is reported again each day until tested
+BATTERY_RECOVERED_MARGIN = 10  # percent above the limit before a low battery counts as replaced
+CARE_CHECK_S = 15.0  # how often time-based rules (inactivity, absence, tests, faults) look again
+SMS_WINDOW_S = 3600.0  # the per-recipient SMS limit counts sends in this window
+CLOSED_ALARMS_REMEMBERED = 200  # resolved alarms kept in memory so repeated commands get an answer
+
+Stamp = Callable[[str, EventKind, dict[str, JsonValue]], Event]  # (device id, kind, data) -> a new event
+
+
+@dataclass
+class Alarm:
+    """One alarm's life, kept in the outbox database so that it survives a restart."""
+
+    id: str  # the id of the event that raised it
+    kind: str
+    device_id: str
+    resident: str | None
+    storm_key: str | None
+    raised_at: float  # epoch seconds
+    last_at: float
+    count: int = 1
+    state: str = "raised"  # raised -> delivered -> acknowledged -> resolved
+    delivered_at: float | None = None
+    acked_at: float | None = None
+    acked_by: str | None = None
+    resolved_at: float | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+    announced_at: float | None = None  # delivery, or the last re-announcement
+    reannounced: int = 0
+    count_reported: int = 1
+    update_at: float = 0.0
+    sms_rounds: int = 0
+    sms_due: bool = False
+    detail: dict[str, JsonValue] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return self.state != "resolved"
+
+    @property
+    def acknowledged(self) -> bool:
+        return self.state in ("acknowledged", "resolved")
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class CareBook:
+    """The care rules of the whole station, fed with every event draft and the wall clock.
+
+    Pure logic: no I/O. Everything it must remember across a restart (open alarms, last
+    activity, last button test, ...) is kept as JSON values under string keys; the station
+    writes `take_changes()` in the same transaction as the events they go with.
+    """
+
+    def __init__(self, config: StationConfig, stamp: Stamp) -> None:
+        self.config = config
+        self.care = config.care
+        self.stamp = stamp
+        self.zone = zoneinfo.ZoneInfo(config.care.timezone)
+        self.residents = {r.id: r for r in config.residents}
+        self.devices = {d.id: d for d in config.devices}
+        self.state: dict[str, JsonValue] = {}
+        self.alarms: dict[str, Alarm] = {}
+        self._closed: dict[str, Alarm] = {}
+        self._changes: dict[str, JsonValue | None] = {}
+        self._next_check = 0.0
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def load(self, state: dict[str, JsonValue]) -> None:
+        """Take over what an earlier run left (the outbox's care_state table)."""
+        for key, value in state.items():
+            if key.startswith("alarm:") and isinstance(value, dict):
+                alarm = Alarm(**value)  # type: ignore[arg-type]
+                self.alarms[alarm.id] = alarm
+            else:
+                self.state[key] = value
+
+    def take_changes(self) -> dict[str, JsonValue | None]:
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def _set(self, key: str, value: JsonValue | None) -> None:
+        if value is None:
+            self.state.pop(key, None)
+        else:
+            self.state[key] = value
+        self._changes[key] = value
+
+    def _save(self, alarm: Alarm) -> None:
+        if alarm.open:
+            self.alarms[alarm.id] = alarm
+            self._changes[f"alarm:{alarm.id}"] = dataclasses.asdict(alarm)
+        else:
+            self.alarms.pop(alarm.id, None)
+            self._changes[f"alarm:{alarm.id}"] = None
+            self._closed[alarm.id] = alarm
+            while len(self._closed) > CLOSED_ALARMS_REMEMBERED:
+                self._closed.pop(next(iter(self._closed)))
+
+    # --- who is concerned ---------------------------------------------------------------------
+
+    def resident_of(self, device_id: str, data: dict[str, JsonValue]) -> str | None:
+        device = self.devices.get(device_id)
+        if device is None:
+            return None
+        if isinstance(device, ContactIdReceiverDevice):
+            number = data.get("zone", data.get("user"))
+            return device.residents.get(str(number)) if isinstance(number, int) else None
+        return getattr(device, "resident", None)
+
+    def _button_key(self, device_id: str, data: dict[str, JsonValue]) -> str | None:
+        device = self.devices.get(device_id)
+        if isinstance(device, ContactIdReceiverDevice):
+            number = data.get("zone", data.get("user"))
+            return f"{device_id}:{number}" if str(number) in device.residents else None
+        return device_id if isinstance(device, PendantDevice) else None
+
+    def buttons(self) -> list[str]:
+        """Every emergency button the station knows: pendants and the mapped zones of receivers."""
+        out = []
+        for device in self.config.devices:
+            if isinstance(device, PendantDevice):
+                out.append(device.id)
+            elif isinstance(device, ContactIdReceiverDevice):
+                out.extend(f"{device.id}:{zone}" for zone in device.residents)
+        return out
+
+    # --- events in ------------------------------------------------------------------------------
+
+    def triage(self, device_id: str, drafts: list[EventDraft], now: datetime) -> list[Event]:
+        """The events to commit for what a device reported: residents named, alarms opened or
+        folded into an open one, and what the readings mean for activity, battery and tests."""
+        t = now.timestamp()
+        out: list[Event] = []
+        for kind, data in drafts:
+            resident = self.resident_of(device_id, data)
+            if resident is not None:
+                data = {**data, "resident": resident}
+                self._note_activity(resident, kind, data, t, out, device_id)
+            self._note_device(device_id, kind, data, t, out)
+            if kind in STORM_FAMILY or kind in OPENS_ALARM:
+                self._alarm_report(device_id, kind, data, resident, t, out)
+            else:
+                out.append(self.stamp(device_id, kind, data))
+            if kind is EventKind.VITALS and resident is not None:
+                self._check_vitals(device_id, resident, data, t, out)
+        return out
+
+    def _note_activity(
+        self, resident: str, kind: EventKind, data: dict[str, JsonValue], t: float, out: list[Event], device_id: str
+    ) -> None:
+        summary = data.get("summary")
+        moving_s = summary.get("moving_s") if isinstance(summary, dict) else None
+        active = (
+            kind in (EventKind.TEST, EventKind.VITALS, EventKind.PANEL_EVENT)
+            or kind in BUTTON_PRESSES
+            or data.get("motion") == "moving"
+            or data.get("moving") is True
+            or (isinstance(moving_s, int) and moving_s > 0)
+        )
+        if active:
+            self._set(f"activity:{resident}", t)
+            for alarm in self._open_of(resident, EventKind.INACTIVITY):
+                out.append(self._close(alarm, t, "gateway", "activity", {"activity_kind": kind.value}))
+        device = self.devices.get(device_id)
+        if device is not None and device.kind in WEARABLE_KINDS:
+            if kind is EventKind.PRESENCE and data.get("state") == "away":
+                unseen = data.get("unseen_s")
+                self._set(f"seen:{resident}", t - (unseen if isinstance(unseen, int | float) else 0))
+            else:
+                self._set(f"seen:{resident}", t)
+                rssi = data.get("rssi")
+                if isinstance(rssi, int):
+                    self._set(f"seen_rssi:{resident}", rssi)
+                for alarm in self._open_of(resident, EventKind.WEARER_ABSENT):
+                    out.append(self._close(alarm, t, "gateway", "wearer_seen", {"device_id": device_id}))
+
+    def _note_device(
+        self, device_id: str, kind: EventKind, data: dict[str, JsonValue], t: float, out: list[Event]
+    ) -> None:
+        if kind is EventKind.DEVICE_OFFLINE and f"offline:{device_id}" not in self.state:
+            self._set(f"offline:{device_id}", t)
+        elif kind is EventKind.DEVICE_ONLINE:
+            self._set(f"offline:{device_id}", None)
+            self._set(f"fault:{device_id}", None)
+        button = self._button_key(device_id, data) if (kind is EventKind.TEST or kind in BUTTON_PRESSES) else None
+        if button is not None:
+            self._set(f"test:{button}", t)
+            self._set(f"overdue:{button}", None)
+        battery = data.get("battery") if kind is not EventKind.VITALS else data.get("percent")
+        if kind is EventKind.VITALS and data.get("measurement") != "battery":
+            battery = None
+        if isinstance(battery, int) and not isinstance(battery, bool):
+            low = f"battery_low:{device_id}"
+            if battery <= self.care.low_battery_percent and low not in self.state:
+                self._set(low, battery)
+                found: dict[str, JsonValue] = {"battery": battery, "limit": self.care.low_battery_percent}
+                resident = self.resident_of(device_id, data)
+                if resident:
+                    found["resident"] = resident
+                out.append(self.stamp(device_id, EventKind.LOW_BATTERY, found))
+            elif battery > self.care.low_battery_percent + BATTERY_RECOVERED_MARGIN and low in self.state:
+                self._set(low, None)
+
+    def _alarm_report(
+        self,
+        device_id: str,
+        kind: EventKind,
+        data: dict[str, JsonValue],
+        resident: str | None,
+        t: float,
+        out: list[Event],
+    ) -> None:
+        family = STORM_FAMILY.get(kind)
+        who = resident or f"{device_id}:{data.get('zone', data.get('user', ''))}"
+        storm_key = f"{who}/{family}" if family else None
+        qualifier = data.get("qualifier")
+        current = next((a for a in self.alarms.values() if storm_key and a.storm_key == storm_key), None)
+        if qualifier == "restore":
+            event = self.stamp(device_id, kind, {**data, **({"alarm_id": current.id} if current else {})})
+            out.append(event)
+            if current is not None:
+                out.append(self._close(current, t, device_id, "device_restore", {}))
+            return
+        if qualifier == "still_present" and current is not None:
+            current.detail = {**current.detail, "still_present": True}
+            current.last_at = t
+            self._save(current)
+            out.append(self.stamp(device_id, kind, {**data, "alarm_id": current.id}))
+            return
+        if current is not None and t - current.last_at <= self.care.storm_window_s:
+            current.count += 1
+            current.last_at = t
+            if t - current.update_at >= self.care.alarm_update_interval_s:
+                out.append(self._update(current, t, "repeated"))
+            self._save(current)
+            return
+        event = self.stamp(device_id, kind, data)
+        out.append(event)
+        detail = {k: v for k, v in data.items() if k in ("code_name", "zone", "user", "room", "qualifier", "severity")}
+        alarm = Alarm(
+            id=event.id,
+            kind=kind.value,
+            device_id=device_id,
+            resident=resident,
+            storm_key=storm_key,
+            raised_at=t,
+            last_at=t,
+            update_at=t,
+            detail=detail,
+        )
+        self._save(alarm)
+
+    def _update(self, alarm: Alarm, t: float, change: str, extra: dict[str, JsonValue] | None = None) -> Event:
+        alarm.update_at = t
+        alarm.count_reported = alarm.count
+        data: dict[str, JsonValue] = {
+            "alarm_id": alarm.id,
+            "alarm_kind": alarm.kind,
+            "change": change,
+            "state": alarm.state,
+            "count": alarm.count,
+            "first_at": _iso(alarm.raised_at),
+            "last_at": _iso(alarm.last_at),
+        }
+        if alarm.resident:
+            data["resident"] = alarm.resident
+        return self.stamp(alarm.device_id, EventKind.ALARM_UPDATE, {**data, **(extra or {})})
+
+    def _close(self, alarm: Alarm, t: float, by: str, resolution: str, extra: dict[str, JsonValue]) -> Event:
+        alarm.state, alarm.resolved_at, alarm.resolved_by, alarm.resolution = "resolved", t, by, resolution
+        self._save(alarm)
+        return self._update(alarm, t, "resolved", {"by": by, "resolution": resolution, **extra})
+
+    def _open_of(self, resident: str, kind: EventKind) -> list[Alarm]:
+        return [a for a in list(self.alarms.values()) if a.resident == resident and a.kind == kind.value]
+
+    # --- vital signs ------------------------------------------------------------------------------
+
+    def _check_vitals(
+        self, device_id: str, resident: str, data: dict[str, JsonValue], t: float, out: list[Event]
+    ) -> None:
+        limits = self.residents[resident].vitals
+        measurement = data.get("measurement")
+        continuous = measurement == "heart_rate" or data.get("continuous") is True
+        checks: list[tuple[str, JsonValue, float | None, float | None, float]] = []  # name, value, low, high, band
+        if measurement == "heart_rate" and data.get("contact") is not False:
+            checks.append(("heart_rate", data.get("bpm"), limits.heart_rate_min, limits.heart_rate_max, 5.0))
+        elif measurement == "spo2" and data.get("questionable") is not True:
+            checks.append(("spo2", data.get("spo2_percent"), limits.spo2_min, None, 2.0))
+        elif measurement == "temperature":
+            checks.append(("temperature", data.get("celsius"), limits.temperature_min, limits.temperature_max, 0.3))
+        elif measurement == "blood_pressure" and data.get("unit") == "mmHg":
+            checks.append(("systolic", data.get("systolic"), limits.systolic_min, limits.systolic_max, 10.0))
+        for name, value, low, high, band in checks:
+            if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+                continue  # "no value" or an invalid reading never alarms
+            key = f"vital:{resident}:{name}"
+            entry = self.state.get(key)
+            outside = (low is not None and value < low) or (high is not None and value > high)
+            back = (low is None or value >= low + band) and (high is None or value <= high - band)
+            if outside:
+                since = entry.get("since") if isinstance(entry, dict) else None
+                since = since if isinstance(since, float | int) else t
+                alarmed = isinstance(entry, dict) and entry.get("alarmed") is True
+                due = not continuous or t - since >= limits.min_duration_s
+                if due and not alarmed:
+                    found: dict[str, JsonValue] = {
+                        "vital": name,
+                        "value": value,
+                        "limit_low": low,
+                        "limit_high": high,
+                        "measurement": measurement,
+                        "out_of_range_s": round(t - since),
+                        "resident": resident,
+                    }
+                    self._alarm_report(device_id, EventKind.VITALS_ALERT, found, resident, t, out)
+                self._set(key, {"since": since, "alarmed": alarmed or due})
+            elif back and entry is not None:
+                self._set(key, None)
+                for alarm in self._open_of(resident, EventKind.VITALS_ALERT):
+                    if alarm.detail.get("vital") == name:
+                        out.append(self._close(alarm, t, "gateway", "back_within_limits", {"value": value}))
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def tick(self, now: datetime) -> list[Event]:
+        """What time alone decides: re-announcements every second; inactivity, absence, overdue
+        tests and faulty devices every CARE_CHECK_S."""
+        t = now.timestamp()
+        out: list[Event] = []
+        for alarm in list(self.alarms.values()):
+            self._maybe_reannounce(alarm, t, out)
+        if t >= self._next_check:
+            self._next_check = t + CARE_CHECK_S
+            for resident in self.config.residents:
+                if resident.lives_alone:
+                    self._check_inactivity(resident, t, out)
+                if resident.dementia_risk:
+                    self._check_absence(resident, t, out)
+            self._check_tests(t, out)
+            self._check_faults(t, out)
+        return out
+
+    def _maybe_reannounce(self, alarm: Alarm, t: float, out: list[Event]) -> None:
+        if alarm.state != "delivered" or alarm.announced_at is None:
+            return
+        if alarm.reannounced >= self.care.max_reannouncements:
+            return
+        if t - alarm.announced_at < self.care.ack_timeout_s:
+            return
+        alarm.reannounced += 1
+        alarm.announced_at = t
+        alarm.sms_due = True
+        self._save(alarm)
+        data: dict[str, JsonValue] = {
+            "alarm_id": alarm.id,
+            "alarm_kind": alarm.kind,
+            "reannouncement": alarm.reannounced,
+            "unacknowledged_s": round(t - (alarm.delivered_at or alarm.raised_at)),
+            "count": alarm.count,
+            "first_at": _iso(alarm.raised_at),
+            **alarm.detail,
+        }
+        if alarm.resident:
+            data["resident"] = alarm.resident
+        out.append(self.stamp(alarm.device_id, EventKind.ALARM_REMINDER, data))
+
+    def _local_minute(self, t: float) -> int:
+        local = datetime.fromtimestamp(t, self.zone)
+        return local.hour * 60 + local.minute
+
+    def watched_seconds(self, resident: ResidentSection, start: float, end: float) -> float:
+        """Seconds between start and end that fall in the resident's waking hours outside quiet
+        hours (minute resolution): sleep and naps do not count towards inactivity."""
+        total = 0.0
+        step = 60.0
+        at = start
+        limit = 3 * 86400 / step  # beyond 3 days the answer is "long enough" for any window
+        n = 0
+        while at < end and n < limit:
+            minute = self._local_minute(at)
+            if in_hours(resident.waking_hours, minute) and not any(in_hours(q, minute) for q in resident.quiet_hours):
+                total += min(step, end - at)
+            at += step
+            n += 1
+        return total
+
+    def _check_inactivity(self, resident: ResidentSection, t: float, out: list[Event]) -> None:
+        last = self.state.get(f"activity:{resident.id}")
+        if not isinstance(last, float | int):
+            self._set(f"activity:{resident.id}", t)  # supervision starts now
+            return
+        if self._open_of(resident.id, EventKind.INACTIVITY):
+            return
+        watched = self.watched_seconds(resident, float(last), t)
+        if watched >= resident.inactivity_s:
+            data: dict[str, JsonValue] = {
+                "resident": resident.id,
+                "last_activity_at": _iso(float(last)),
+                "inactive_waking_s": round(watched),
+                "window_s": round(resident.inactivity_s),
+            }
+            device = next((d.id for d in self.config.devices if getattr(d, "resident", None) == resident.id), "gateway")
+            self._alarm_report(device, EventKind.INACTIVITY, data, resident.id, t, out)
+
+    def _check_absence(self, resident: ResidentSection, t: float, out: list[Event]) -> None:
+        wearables = [
+            d for d in self.config.devices if d.kind in WEARABLE_KINDS and getattr(d, "resident", None) == resident.id
+        ]
+        if not wearables:
+            return
+        last = self.state.get(f"seen:{resident.id}")
+        if not isinstance(last, float | int):
+            self._set(f"seen:{resident.id}", t)
+            return
+        if self._open_of(resident.id, EventKind.WEARER_ABSENT):
+            return
+        if not in_hours(resident.absence_watch_hours, self._local_minute(t)):
+            return
+        if t - last >= resident.absent_after_s:
+            data: dict[str, JsonValue] = {
+                "resident": resident.id,
+                "last_seen_at": _iso(float(last)),
+                "unseen_s": round(t - last),
+                "last_place": self.config.station.name + (f", {resident.room}" if resident.room else ""),
+                "last_rssi": self.state.get(f"seen_rssi:{resident.id}"),
+            }
+            self._alarm_report(wearables[0].id, EventKind.WEARER_ABSENT, data, resident.id, t, out)
+
+    def _check_tests(self, t: float, out: list[Event]) -> None:
+        limit = self.care.button_test_days * 86400
+        for button in self.buttons():
+            last = self.state.get(f"test:{button}")
+            if not isinstance(last, float | int):
+                self._set(f"test:{button}", t)  # a new button: its first week starts now
+                continue
+            reported = self.state.get(f"overdue:{button}")
+            if t - last < limit or (isinstance(reported, float | int) and t - reported < TEST_OVERDUE_REPEAT_S):
+                continue
+            self._set(f"overdue:{button}", t)
+            device_id, _, zone = button.partition(":")
+            data: dict[str, JsonValue] = {
+                "button": button,
+                "last_test_at": _iso(float(last)),
+                "days_since_test": round((t - last) / 86400, 1),
+                "required_every_days": self.care.button_test_days,
+            }
+            if zone:
+                data["zone"] = int(zone)
+            resident = self.resident_of(device_id, {"zone": int(zone)} if zone else {})
+            if resident:
+                data["resident"] = resident
+            out.append(self.stamp(device_id, EventKind.TEST_OVERDUE, data))
+
+    def _check_faults(self, t: float, out: list[Event]) -> None:
+        for key, since in list(self.state.items()):
+            if not key.startswith("offline:") or not isinstance(since, float | int):
+                continue
+            device_id = key.removeprefix("offline:")
+            if f"fault:{device_id}" in self.state or t - since < self.care.device_fault_after_s:
+                continue
+            self._set(f"fault:{device_id}", t)
+            data: dict[str, JsonValue] = {
+                "offline_s": round(t - since),
+                "offline_since": _iso(float(since)),
+                "replace_within_s": round(self.care.device_fault_after_s),
+                "advice": "substitute the device or arrange manual checks (JGJ/T 484 §10.3)",
+            }
+            out.append(self.stamp(device_id, EventKind.DEVICE_FAULT, data))
+
+    # --- the platform's side of an alarm's life ------------------------------------------------
+
+    def delivered(self, event_id: str, now: datetime) -> None:
+        alarm = self.alarms.get(event_id)
+        if alarm is not None and alarm.state == "raised":
+            alarm.state, alarm.delivered_at, alarm.announced_at = "delivered", now.timestamp(), now.timestamp()
+            self._save(alarm)
+
+    def find(self, alarm_id: str) -> Alarm | None:
+        return self.alarms.get(alarm_id) or self._closed.get(alarm_id)
+
+    def acknowledge(self, alarm_id: str, by: str, now: datetime) -> tuple[str, list[Event]]:
+        """A person took the alarm: stop re-announcing and escalating it. Returns its state."""
+        alarm = self.find(alarm_id)
+        if alarm is None:
+            raise KeyError(alarm_id)
+        if alarm.acknowledged:
+            return alarm.state, []
+        t = now.timestamp()
+        alarm.state, alarm.acked_at, alarm.acked_by = "acknowledged", t, by
+        alarm.sms_due = False
+        self._save(alarm)
+        return alarm.state, [self._update(alarm, t, "acknowledged", {"by": by})]
+
+    def resolve(self, alarm_id: str, by: str, resolution: str, now: datetime) -> tuple[str, list[Event]]:
+        alarm = self.find(alarm_id)
+        if alarm is None:
+            raise KeyError(alarm_id)
+        if not alarm.open:
+            return alarm.state, []
+        return "resolved", [self._close(alarm, now.timestamp(), by, resolution, {})]
+
+    # --- escalation bookkeeping (gateway/escalation.py sends) ---------------------------------
+
+    def due_escalations(self, now: datetime, undelivered_after_s: float) -> list[Alarm]:
+        """Alarms to send by SMS now: undelivered for too long (once), or just re-announced."""
+        t = now.timestamp()
+        due = []
+        for alarm in list(self.alarms.values()):
+            if alarm.acknowledged:
+                continue
+            late = alarm.state == "raised" and alarm.sms_rounds == 0 and t - alarm.raised_at >= undelivered_after_s
+            if late or alarm.sms_due:
+                alarm.sms_rounds += 1
+                alarm.sms_due = False
+                self._save(alarm)
+                due.append(alarm)
+        return due
+
+    def recipients(self, alarm: Alarm, on_duty: Sequence[Contact]) -> list[Contact]:
+        """The resident's contacts, then the station's on-duty numbers; each number once."""
+        contacts = list(self.residents[alarm.resident].contacts) if alarm.resident in self.residents else []
+        out: dict[str, Contact] = {}
+        for contact in [*contacts, *on_duty]:
+            out.setdefault(contact.international, contact)
+        return list(out.values())
+
+    def sms_allowed(self, number: str, now: datetime, per_hour: int) -> bool:
+        sent = self.state.get(f"sms:{number}")
+        recent = (
+            [s for s in sent if isinstance(s, float | int) and now.timestamp() - s < SMS_WINDOW_S]
+            if isinstance(sent, list)
+            else []
+        )
+        return len(recent) < per_hour
+
+    def sms_sent(self, number: str, now: datetime) -> None:
+        t = now.timestamp()
+        sent = self.state.get(f"sms:{number}")
+        recent = (
+            [s for s in sent if isinstance(s, float | int) and t - s < SMS_WINDOW_S] if isinstance(sent, list) else []
+        )
+        self._set(f"sms:{number}", [*recent, t])

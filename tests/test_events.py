@@ -68,7 +68,17 @@ def test_every_kind_has_a_priority_and_alarms_rank_first() -> None:
     assert set(PRIORITY_OF_KIND) == set(EventKind)
     assert sorted(Priority, key=lambda p: p.rank) == [Priority.ALARM, Priority.STATUS, Priority.TELEMETRY]
     alarms = {k for k, p in PRIORITY_OF_KIND.items() if p is Priority.ALARM}
-    assert alarms == {EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS, EventKind.FALL}
+    assert alarms == {
+        EventKind.SOS,
+        EventKind.MEDICAL,
+        EventKind.PANIC,
+        EventKind.DURESS,
+        EventKind.FALL,
+        EventKind.INACTIVITY,
+        EventKind.WEARER_ABSENT,
+        EventKind.VITALS_ALERT,
+        EventKind.ALARM_REMINDER,
+    }
 
 
 def test_events_are_immutable() -> None:
