@@ -20,15 +20,17 @@ from gateway import __version__
 from gateway.ble_link import BleLink
 from gateway.clock import Clock
 from gateway.config import BLE_KINDS, SERIAL_KINDS, StationConfig
+from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
-from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
+from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
-from gateway.uplink import Uplink
+from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, Uplink
 
 log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
+CARE_TICK_S = 1.0  # how often the care rules look at the time
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 
 
@@ -75,6 +77,8 @@ class Station:
         self._uplink: Uplink | None = None
         self.location = StationLocation(config.station.location)
         self.ble: BleLink | None = None
+        self.care = CareBook(config, self.make_event)
+        self.escalator: Escalator | None = None
 
     @property
     def outbox(self) -> Outbox:
@@ -84,8 +88,15 @@ class Station:
 
     async def accept(self, event: Event) -> None:
         """Commit the event (durable when this returns)."""
-        await self.outbox.append(event)
-        self._log_alarm(event)
+        await self.commit([event])
+
+    async def commit(self, events: list[Event]) -> None:
+        """Commit events together with what the care rules must remember (one transaction)."""
+        changes = self.care.take_changes()
+        if events or changes:
+            await self.outbox.append(*events, state=changes)
+        for event in events:
+            self._log_alarm(event)
 
     def _log_alarm(self, event: Event) -> None:
         if event.priority is Priority.ALARM:
@@ -101,17 +112,45 @@ class Station:
         return new_event(self.clock, self.config.station.id, device_id, kind, data)
 
     async def on_events(self, device_id: str, drafts: list[EventDraft]) -> None:
-        """Stamp and commit what a device's rules made of its readings (one commit for all)."""
-        events = [self.make_event(device_id, kind, data) for kind, data in drafts]
-        await self.outbox.append(*events)
-        for event in events:
-            self._log_alarm(event)
+        """Pass what a device's rules made of its readings through the care rules, and commit
+        the result (one commit for all; a press folded into an open alarm commits its count)."""
+        await self.commit(self.care.triage(device_id, drafts, self.clock.now()))
 
     async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
         kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
-        await self.accept(self.make_event(device_id, kind, {"reason": reason}))
+        await self.on_events(device_id, [(kind, {"reason": reason})])
         if self._uplink:
             self._uplink.request_status()
+
+    async def on_delivered(self, alarm_ids: list[str]) -> None:
+        """The broker has the alarms (PUBACK): the platform now has to acknowledge them."""
+        now = self.clock.now()
+        for alarm_id in alarm_ids:
+            self.care.delivered(alarm_id, now)
+        await self.commit([])
+
+    async def on_command(self, command: object) -> dict[str, Any]:
+        """ack and resolve from the platform (validated by the uplink); raises CommandRefused."""
+        if not isinstance(command, AckCommand | ResolveCommand):
+            raise CommandRefused("not a station command")
+        now = self.clock.now()
+        try:
+            if isinstance(command, AckCommand):
+                state, events = self.care.acknowledge(command.alarm_id, command.by, now)
+            else:
+                state, events = self.care.resolve(command.alarm_id, command.by, command.resolution, now)
+        except KeyError:
+            raise CommandRefused(
+                f"alarm {command.alarm_id} is not open on this station (unknown, or resolved long ago)"
+            ) from None
+        await self.commit(events)
+        return {"alarm_id": command.alarm_id, "state": state}
+
+    async def _care_tick(self) -> None:
+        """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
+        while True:
+            await asyncio.sleep(CARE_TICK_S)
+            await self.commit(self.care.tick(self.clock.now()))
 
     def status_snapshot(self) -> dict[str, Any]:
         """The station part of the retained status message (the uplink adds the backlog)."""
@@ -134,12 +173,18 @@ class Station:
                 for link in self.links
             },
             **({"ble": dict(self.ble.stats)} if self.ble else {}),
+            "alarms_open": [
+                {"alarm_id": a.id, "kind": a.kind, "state": a.state, "resident": a.resident, "count": a.count}
+                for a in self.care.alarms.values()
+            ],
+            **({"sms": {"modem": self.escalator.modem_state, **self.escalator.stats}} if self.escalator else {}),
         }
 
     async def run(self) -> None:
         cfg = self.config
         async with Outbox(cfg.storage, cfg.station.id) as outbox:
             self._outbox = outbox
+            self.care.load(await outbox.load_state())
             backlog = await outbox.counts()
             log.info(
                 "station %s starting (care-gateway %s); outbox %s holds %d events waiting",
@@ -158,7 +203,9 @@ class Station:
                     "salvaged_events": outbox.salvage.salvaged,
                 }
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
-            self._uplink = Uplink(cfg, outbox, self.status_snapshot)
+            self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.on_command)
+            if cfg.sms is not None:
+                self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.commit)
             self.links = [
                 SerialLink(
                     device,
@@ -190,6 +237,9 @@ class Station:
                         keep_running(f"device {link.device.id}", link.run), name=f"serial-{link.device.id}"
                     )
                 tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
+                tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
+                if self.escalator is not None:
+                    tasks.create_task(keep_running("SMS escalation", self.escalator.run), name="sms")
                 sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
 
     async def _supervise(self) -> None:

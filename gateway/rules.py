@@ -701,7 +701,8 @@ class CareBook:
         who = resident or f"{device_id}:{data.get('zone', data.get('user', ''))}"
         storm_key = f"{who}/{family}" if family else None
         qualifier = data.get("qualifier")
-        current = next((a for a in self.alarms.values() if storm_key and a.storm_key == storm_key), None)
+        matching = [a for a in self.alarms.values() if storm_key and a.storm_key == storm_key]
+        current = matching[-1] if matching else None  # the newest open alarm of this resident and kind
         if qualifier == "restore":
             event = self.stamp(device_id, kind, {**data, **({"alarm_id": current.id} if current else {})})
             out.append(event)

@@ -58,6 +58,11 @@ def explain_port_error(port: str, exc: BaseException) -> str:
     return f"{port}: {exc}; check the cable and the device's power"
 
 
+async def open_port(port: str, baudrate: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a port 8N1 for another owner of a conversation (the SMS modem); raises PORT_ERRORS."""
+    return await serial_asyncio_fast.open_serial_connection(url=port, baudrate=baudrate, exclusive=True)
+
+
 class SerialLink:
     """One configured serial device, for as long as the daemon runs."""
 

@@ -26,14 +26,16 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from gateway.config import StationConfig
-from gateway.events import Priority
+from gateway.config import StationConfig, key_path
+from gateway.events import ULID_PATTERN, Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
 log = logging.getLogger("care_gateway.uplink")
@@ -57,6 +59,53 @@ TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/s
 DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
 
 StatusSource = Callable[[], dict[str, Any]]
+DeliveredSink = Callable[[list[str]], Awaitable[None]]  # ids of alarms the broker acknowledged
+MAX_COMMAND_BYTES = 4096  # a downlink command is a few hundred bytes; more is refused unread
+
+
+class CommandRefused(Exception):
+    """A well-formed command that cannot be carried out; the message is the reply's error."""
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1, max_length=64, description="correlation id, returned in the reply")
+
+
+class AckCommand(_Command):
+    """A person has taken the alarm: stop re-announcing and escalating it."""
+
+    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
+    by: str = Field(min_length=1, max_length=100, description="who took it")
+    note: str | None = Field(None, max_length=500)
+
+
+class ResolveCommand(_Command):
+    """The alarm is over (the person was visited, or it was a false alarm)."""
+
+    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
+    by: str = Field(min_length=1, max_length=100, description="who resolved it")
+    resolution: Literal["handled", "false_alarm", "test", "other"] = "handled"
+    note: str | None = Field(None, max_length=500)
+
+
+class PingCommand(_Command):
+    """Is the station there? Answered at once with its time."""
+
+
+class StatusCommand(_Command):
+    """Publish the retained status message now."""
+
+
+Command = AckCommand | ResolveCommand | PingCommand | StatusCommand
+COMMANDS: dict[str, type[_Command]] = {
+    "ack": AckCommand,
+    "resolve": ResolveCommand,
+    "ping": PingCommand,
+    "status": StatusCommand,
+}
+CommandHandler = Callable[[_Command], Awaitable[dict[str, Any]]]  # raises CommandRefused
 
 
 class Topics:
@@ -101,8 +150,17 @@ class ByteBudget:
 
 
 class Uplink:
-    def __init__(self, config: StationConfig, outbox: Outbox, status_source: StatusSource) -> None:
+    def __init__(
+        self,
+        config: StationConfig,
+        outbox: Outbox,
+        status_source: StatusSource,
+        on_delivered: DeliveredSink | None = None,
+        commands: CommandHandler | None = None,
+    ) -> None:
         self._config = config
+        self._on_delivered = on_delivered
+        self._commands = commands
         self._outbox = outbox
         self._status_source = status_source
         self.link = config.uplink.link
@@ -232,14 +290,49 @@ class Uplink:
             await self._command(client, message)
 
     async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        name = str(message.topic).rsplit("/", 1)[-1]
-        log.info("downlink command %r received", name)
-        if name == "status":
-            self._status_due.set()
-            reply = {"command": name, "ok": True}
-        else:
-            reply = {"command": name, "ok": False, "error": "unknown command (known: status)"}
-        await client.publish(self.topics.command_replies, json.dumps(reply), qos=1)
+        """Validate, carry out and answer one downlink command; nothing in it can stop the daemon."""
+        reply = await self.answer(str(message.topic).rsplit("/", 1)[-1], message.payload)
+        await client.publish(self.topics.command_replies, json.dumps(reply, ensure_ascii=False), qos=1)
+
+    async def answer(self, name: str, payload: Any) -> dict[str, Any]:
+        """The reply to a command: `{"id", "command", "ok", "result" | "error"}`."""
+        reply: dict[str, Any] = {"id": None, "command": name, "ok": False}
+        try:
+            raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+            if len(raw) > MAX_COMMAND_BYTES:
+                raise CommandRefused(f"payload of {len(raw)} bytes is over the {MAX_COMMAND_BYTES}-byte limit")
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError as exc:
+                raise CommandRefused(f"payload is not JSON: {exc}") from exc
+            if isinstance(body, dict) and isinstance(body.get("id"), str):
+                reply["id"] = body["id"][:64]
+            model = COMMANDS.get(name)
+            if model is None:
+                raise CommandRefused(f"unknown command {name[:40]!r} (known: {', '.join(COMMANDS)})")
+            try:
+                command = model.model_validate(body)
+            except ValidationError as exc:
+                problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
+                raise CommandRefused(f"invalid {name} command: {problems}") from exc
+            if isinstance(command, StatusCommand):
+                self._status_due.set()
+                result: dict[str, Any] = {"status": "publishing"}
+            elif isinstance(command, PingCommand):
+                result = {"pong": True, "station_id": self._config.station.id, "ts": _now_iso()}
+            elif self._commands is None:
+                raise CommandRefused(f"{name} is not handled by this station")
+            else:
+                result = await self._commands(command)
+            reply.update(ok=True, result=result)
+            log.info("downlink command %s (id %s) carried out: %s", name, reply["id"], result)
+        except CommandRefused as exc:
+            reply["error"] = str(exc)
+            log.warning("downlink command %r (id %s) refused: %s", name[:40], reply["id"], exc)
+        except Exception as exc:  # a bug in a handler must not take the uplink down
+            reply["error"] = f"internal error: {exc!r}"
+            log.exception("downlink command %r (id %s) failed", name[:40], reply["id"])
+        return reply
 
     async def _alarm_lane(self, client: aiomqtt.Client, flushed: asyncio.Event) -> None:
         """Each alarm alone, the moment it is committed; never behind status or telemetry."""
@@ -258,6 +351,8 @@ class Uplink:
             acked = [row for row, result in zip(rows, results, strict=True) if result is None]
             await self._outbox.ack(acked)
             self.published[Priority.ALARM] += len(acked)
+            if self._on_delivered and acked:
+                await self._on_delivered([_event_id(row.payload) for row in acked])
             for row in acked:
                 log.info("alarm delivered to the platform: %s", _brief(row.payload))
             failures = [r for r in results if isinstance(r, BaseException)]
@@ -403,6 +498,14 @@ def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
         if total > max_bytes and i > 0:
             return rows[:i]
     return rows
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _event_id(payload: str) -> str:
+    return str(json.loads(payload)["id"])
 
 
 def _brief(payload: str) -> str:
