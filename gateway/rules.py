@@ -480,6 +480,7 @@ STORM_FAMILY = {
 }
 BUTTON_PRESSES = frozenset({EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS})
 WEARABLE_KINDS = ("ble_pendant", "ble_wristband")
+ALARM_DETAIL_KEYS = ("code_name", "zone", "user", "room", "qualifier", "severity", "vital", "value", "last_seen_at")
 TEST_OVERDUE_REPEAT_S = 86400.0  # an overdue button is reported again each day until tested
 BATTERY_RECOVERED_MARGIN = 10  # percent above the limit before a low battery counts as replaced
 CARE_CHECK_S = 15.0  # how often time-based rules (inactivity, absence, tests, faults) look again
@@ -620,14 +621,16 @@ class CareBook:
         out: list[Event] = []
         for kind, data in drafts:
             resident = self.resident_of(device_id, data)
+            derived: list[Event] = []  # what the report means, sent after the report itself
             if resident is not None:
                 data = {**data, "resident": resident}
-                self._note_activity(resident, kind, data, t, out, device_id)
-            self._note_device(device_id, kind, data, t, out)
+                self._note_activity(resident, kind, data, t, derived, device_id)
+            self._note_device(device_id, kind, data, t, derived)
             if kind in STORM_FAMILY or kind in OPENS_ALARM:
                 self._alarm_report(device_id, kind, data, resident, t, out)
             else:
                 out.append(self.stamp(device_id, kind, data))
+            out += derived
             if kind is EventKind.VITALS and resident is not None:
                 self._check_vitals(device_id, resident, data, t, out)
         return out
@@ -724,7 +727,7 @@ class CareBook:
             return
         event = self.stamp(device_id, kind, data)
         out.append(event)
-        detail = {k: v for k, v in data.items() if k in ("code_name", "zone", "user", "room", "qualifier", "severity")}
+        detail = {k: v for k, v in data.items() if k in ALARM_DETAIL_KEYS}
         alarm = Alarm(
             id=event.id,
             kind=kind.value,
@@ -803,8 +806,8 @@ class CareBook:
                     }
                     self._alarm_report(device_id, EventKind.VITALS_ALERT, found, resident, t, out)
                 self._set(key, {"since": since, "alarmed": alarmed or due})
-            elif back and entry is not None:
-                self._set(key, None)
+            elif entry is not None and (back or not (isinstance(entry, dict) and entry.get("alarmed") is True)):
+                self._set(key, None)  # within limits: the duration starts again; an alarm clears past the band
                 for alarm in self._open_of(resident, EventKind.VITALS_ALERT):
                     if alarm.detail.get("vital") == name:
                         out.append(self._close(alarm, t, "gateway", "back_within_limits", {"value": value}))

@@ -12,6 +12,7 @@ It can be told to fail: no SIM, no network, a `+CMS ERROR` for the next sends, s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -174,10 +175,8 @@ class ModemSim(PtyDevice):
             self._write_now(data)
 
     def _write_now(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._master, data)
-        except OSError:
-            pass
 
     def _reply(self, *lines: str) -> None:
         self._write("".join(f"\r\n{line}\r\n" for line in lines))

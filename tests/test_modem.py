@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +21,7 @@ from simulators.modem import PduError, decode_submit
 
 # shared/protocols.md §5.2, worked example (recomputed there): 18 characters, one part.
 SPEC_TEXT = "紧急呼叫：3号楼201室按下求助按钮"
-SPEC_PDU = (
-    "0011000D91683108108300F00008A7247D276025547C53EBFF1A003353F7697C0032003000315BA463094E0B6C4252A9630994AE"
-)
+SPEC_PDU = "0011000D91683108108300F00008A7247D276025547C53EBFF1A003353F7697C0032003000315BA463094E0B6C4252A9630994AE"
 # The published SIM900A cross-check (AT+CMGS=39).
 SIM900A_PDU = "0011000D91683170471209F20008AA18566872695F528FD86210529FFF0C611F8C224F7F7528FF01"
 
@@ -81,12 +80,8 @@ def test_any_text_round_trips_through_the_simulator_decoder(text: str, ref: int)
 
 def test_decoder_rejects_a_wrong_udl() -> None:
     bad = SPEC_PDU[:30] + "25" + SPEC_PDU[32:]  # UDL 0x25 instead of 0x24
-    try:
+    with pytest.raises(PduError, match="UDL"):
         decode_submit(bad)
-    except PduError as exc:
-        assert "UDL" in str(exc)
-    else:
-        raise AssertionError("a wrong UDL was accepted")
 
 
 MODEM_BYTES = b"\r\nRDY\r\n\r\n+CPIN: READY\r\n\r\nOK\r\n\r\n+CSQ: 18,99\r\n\r\nOK\r\n\r\n> \r\n+CMGS: 12\r\n\r\nOK\r\n"
@@ -138,6 +133,6 @@ def test_information_lines() -> None:
     assert parse_csq("+CSQ: 31,0") == (-51, 0)
     assert parse_csq("+CSQ: 99,99") == (None, None)
     assert parse_registration("+CREG: 0,1") == 1
-    assert parse_registration("+CEREG: 2,5,\"1A2B\",\"01A2B3C4\",7") == 5
+    assert parse_registration('+CEREG: 2,5,"1A2B","01A2B3C4",7') == 5
     assert parse_registration("+CSQ: 1,1") is None
     assert parse_cmgs("+CMGS: 12") == 12

@@ -1,0 +1,301 @@
+"""Care rules of the whole station (CareBook), with a fake clock and no I/O."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import JsonValue
+
+from gateway.clock import Clock
+from gateway.config import StationConfig, parse_config
+from gateway.events import Event, EventKind, new_event
+from gateway.rules import CareBook, Seen, Supervised, WearableRules
+
+START = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: waking hours
+SOS: tuple[EventKind, dict[str, JsonValue]] = (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "new"})
+
+
+def config(**care: Any) -> StationConfig:
+    raw: dict[str, Any] = {
+        "station": {"id": "st-1", "name": "草原站"},
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": "/tmp/unused.db"},
+        "care": {"storm_window_s": 120, "alarm_update_interval_s": 30, "ack_timeout_s": 300, **care},
+        "residents": [
+            {
+                "id": "wang",
+                "name": "王秀英",
+                "room": "3号楼201室",
+                "lives_alone": True,
+                "dementia_risk": True,
+                "waking_hours": "07:00-21:00",
+                "quiet_hours": ["12:00-14:00"],
+                "inactivity_s": 3600,
+                "absent_after_s": 1800,
+                "vitals": {"heart_rate_max": 120, "min_duration_s": 60},
+                "contacts": [{"name": "王小明", "phone": "13800138000", "role": "family"}],
+            }
+        ],
+        "devices": [
+            {"id": "rx", "kind": "contact_id_receiver", "port": "/dev/null", "residents": {"3": "wang"}},
+            {"id": "radar", "kind": "mmwave_radar", "port": "/dev/null2", "model": "mr60fda1", "resident": "wang"},
+            {"id": "band", "kind": "ble_wristband", "address": "AA:BB:CC:DD:EE:01", "resident": "wang"},
+            {
+                "id": "hr",
+                "kind": "ble_health",
+                "address": "AA:BB:CC:DD:EE:02",
+                "profile": "heart_rate",
+                "resident": "wang",
+            },
+        ],
+    }
+    return parse_config(raw)
+
+
+class Book:
+    """A CareBook with a clock the test moves, and everything it asked to persist."""
+
+    def __init__(self, cfg: StationConfig | None = None, state: dict[str, JsonValue] | None = None) -> None:
+        self.cfg = cfg or config()
+        self.now = START
+        clock = Clock("always")
+        self.book = CareBook(self.cfg, lambda device, kind, data: new_event(clock, "st-1", device, kind, data))
+        self.book.load(state or {})
+        self.saved: dict[str, JsonValue] = dict(state or {})
+
+    def _persist(self) -> None:
+        for key, value in self.book.take_changes().items():
+            if value is None:
+                self.saved.pop(key, None)
+            else:
+                self.saved[key] = value
+
+    def feed(self, device: str, *drafts: tuple[EventKind, dict[str, JsonValue]]) -> list[Event]:
+        out = self.book.triage(device, list(drafts), self.now)
+        self._persist()
+        return out
+
+    def wait(self, seconds: float) -> list[Event]:
+        """Move the clock in steps of one second, ticking as the station does."""
+        out: list[Event] = []
+        end = self.now + timedelta(seconds=seconds)
+        while self.now < end:
+            self.now = min(end, self.now + timedelta(seconds=1))
+            out += self.book.tick(self.now)
+        self._persist()
+        return out
+
+    def jump(self, seconds: float) -> list[Event]:
+        """Move the clock at once, then tick (for hours and days)."""
+        self.now += timedelta(seconds=seconds)
+        out = self.book.tick(self.now)
+        self._persist()
+        return out
+
+    def restarted(self) -> Book:
+        """A new CareBook that starts from what this one persisted (a daemon restart)."""
+        again = Book(self.cfg, self.saved)
+        again.now = self.now
+        return again
+
+
+def kinds(events: list[Event]) -> list[str]:
+    return [e.kind.value for e in events]
+
+
+def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
+    b = Book()
+    first = b.feed("rx", SOS)
+    assert kinds(first) == ["sos"]
+    assert first[0].data["resident"] == "wang"
+    later: list[Event] = []
+    for _ in range(9):
+        b.now += timedelta(seconds=5)
+        later += b.feed("rx", SOS)
+    assert kinds(later) == ["alarm_update"]  # one count update per 30 s, not nine alarms
+    [alarm] = b.book.alarms.values()
+    assert (alarm.id, alarm.count) == (first[0].id, 10)
+    b.now += timedelta(seconds=121)  # past the storm window: a new alarm
+    assert kinds(b.feed("rx", SOS)) == ["sos"]
+    assert len(b.book.alarms) == 2
+
+
+def test_alarm_life_delivered_reannounced_acknowledged_resolved_across_a_restart() -> None:
+    b = Book()
+    [sos] = b.feed("rx", SOS)
+    b.book.delivered(sos.id, b.now)
+    assert b.wait(299) == []
+    [reminder] = b.wait(2)
+    assert reminder.kind is EventKind.ALARM_REMINDER
+    assert (reminder.data["alarm_id"], reminder.data["reannouncement"]) == (sos.id, 1)
+    assert [a.id for a in b.book.due_escalations(b.now, 60)] == [sos.id]  # a re-announcement is escalated
+    b._persist()
+
+    b = b.restarted()  # the daemon restarts in the middle of the alarm's life
+    assert b.book.alarms[sos.id].reannounced == 1
+    assert kinds(b.wait(301)) == ["alarm_reminder"]
+    state, events = b.book.acknowledge(sos.id, "张医生", b.now)
+    assert state == "acknowledged"
+    assert events[0].data["change"] == "acknowledged"
+    assert events[0].data["by"] == "张医生"
+    assert b.wait(900) == []  # no more re-announcements once acknowledged
+    assert b.book.due_escalations(b.now, 60) == []
+    assert b.book.acknowledge(sos.id, "张医生", b.now) == ("acknowledged", [])  # idempotent
+    state, events = b.book.resolve(sos.id, "张医生", "handled", b.now)
+    assert state == "resolved"
+    assert events[0].data["change"] == "resolved"
+    b._persist()
+    assert not any(key.startswith("alarm:") for key in b.saved)
+
+
+def test_an_undelivered_alarm_is_escalated_once_after_the_delay() -> None:
+    b = Book()
+    [sos] = b.feed("rx", SOS)
+    assert b.book.due_escalations(b.now + timedelta(seconds=59), 60) == []
+    assert [a.id for a in b.book.due_escalations(b.now + timedelta(seconds=60), 60)] == [sos.id]
+    assert b.book.due_escalations(b.now + timedelta(seconds=120), 60) == []
+
+
+def test_a_device_restore_resolves_the_fall() -> None:
+    b = Book()
+    [fall] = b.feed("radar", (EventKind.FALL, {"qualifier": "new"}))
+    still = b.feed("radar", (EventKind.FALL, {"qualifier": "still_present"}))
+    assert kinds(still) == ["fall"]
+    assert still[0].data["alarm_id"] == fall.id
+    restore = b.feed("radar", (EventKind.FALL, {"qualifier": "restore"}))
+    assert kinds(restore) == ["fall", "alarm_update"]
+    assert restore[1].data["resolution"] == "device_restore"
+    assert b.book.alarms == {}
+
+
+def inactive(b: Book, seconds: float) -> list[Event]:
+    return [e for e in b.jump(seconds) if e.kind is EventKind.INACTIVITY]
+
+
+def test_inactivity_of_a_resident_living_alone_counts_waking_hours_only() -> None:
+    b = Book()
+    b.jump(0)  # supervision starts at 09:00
+    assert inactive(b, 3599) == []
+    [alarm] = inactive(b, 15)  # one hour without activity in waking hours
+    assert alarm.kind is EventKind.INACTIVITY
+    assert alarm.data["last_activity_at"] == "2026-11-23T01:00:00Z"
+    cleared = b.feed("radar", (EventKind.ACTIVITY, {"presence": True, "motion": "moving"}))
+    assert kinds(cleared) == ["activity", "alarm_update"]
+    assert cleared[1].data["resolution"] == "activity"
+
+    b = Book()
+    b.now = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)  # 11:30: the nap (12:00-14:00) does not count
+    b.feed("radar", (EventKind.ACTIVITY, {"motion": "moving"}))
+    assert inactive(b, 3 * 3600 - 60) == []  # 14:29: only 59 watched minutes
+    assert kinds(inactive(b, 120)) == ["inactivity"]
+
+    b = Book()
+    b.now = datetime(2026, 11, 23, 12, 30, tzinfo=UTC)  # 20:30, then the night
+    b.feed("radar", (EventKind.ACTIVITY, {"motion": "moving"}))
+    assert inactive(b, 10 * 3600) == []  # 06:30 next morning: 30 watched minutes
+    assert inactive(b, 1200) == []  # 06:50
+    assert kinds(inactive(b, 3000)) == ["inactivity"]  # 07:40: 30 + 40 minutes
+
+
+def test_presence_alone_is_not_activity() -> None:
+    b = Book()
+    inactive(b, 0)
+    b.now += timedelta(seconds=1800)
+    b.feed("radar", (EventKind.ACTIVITY, {"presence": True, "motion": "still"}))  # lying still is not activity
+    assert kinds(inactive(b, 1815)) == ["inactivity"]
+
+
+def test_wearer_absent_with_last_place_and_time_then_seen_again() -> None:
+    b = Book()
+    b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -70}))
+    b.now += timedelta(seconds=600)
+    b.feed("band", (EventKind.PRESENCE, {"state": "away", "unseen_s": 120}))  # last seen 120 s ago
+    out = b.jump(1800 - 120 - 15)
+    assert "wearer_absent" not in kinds(out)
+    [absent] = [e for e in b.jump(20) if e.kind is EventKind.WEARER_ABSENT]
+    assert absent.data["last_seen_at"] == "2026-11-23T01:08:00Z"
+    assert absent.data["last_place"] == "草原站, 3号楼201室"
+    assert absent.data["last_rssi"] == -70
+    back = b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -60}))
+    assert kinds(back) == ["presence", "alarm_update"]
+    assert back[1].data["resolution"] == "wearer_seen"
+
+
+def heart(bpm: int | None, contact: bool | None = True) -> tuple[EventKind, dict[str, JsonValue]]:
+    return (EventKind.VITALS, {"measurement": "heart_rate", "bpm": bpm, "contact": contact})
+
+
+def test_continuous_vitals_need_the_minimum_duration_and_clear_with_hysteresis() -> None:
+    b = Book()
+    assert kinds(b.feed("hr", heart(130))) == ["vitals"]
+    b.now += timedelta(seconds=30)
+    assert kinds(b.feed("hr", heart(118))) == ["vitals"]  # back in range: the clock restarts
+    b.now += timedelta(seconds=1)
+    b.feed("hr", heart(131))
+    b.now += timedelta(seconds=59)
+    assert kinds(b.feed("hr", heart(135))) == ["vitals"]
+    b.now += timedelta(seconds=2)
+    out = b.feed("hr", heart(140))
+    assert kinds(out) == ["vitals", "vitals_alert"]
+    assert (out[1].data["vital"], out[1].data["value"], out[1].data["limit_high"]) == ("heart_rate", 140, 120)
+    b.now += timedelta(seconds=10)
+    assert kinds(b.feed("hr", heart(141))) == ["vitals"]  # still out: no second alarm
+    assert kinds(b.feed("hr", heart(117))) == ["vitals"]  # inside the limit, within the 5 bpm band
+    assert kinds(b.feed("hr", heart(110))) == ["vitals", "alarm_update"]  # clear of the band: resolved
+    assert b.book.alarms == {}
+
+
+def test_invalid_or_missing_vitals_never_alarm_and_spot_measurements_alarm_at_once() -> None:
+    b = Book()
+    for _ in range(5):
+        b.now += timedelta(seconds=60)
+        assert kinds(b.feed("hr", heart(None))) == ["vitals"]
+        assert kinds(b.feed("hr", heart(200, contact=False))) == ["vitals"]  # sensor not on the skin
+    spot = (EventKind.VITALS, {"measurement": "spo2", "spo2_percent": 85.0, "questionable": False, "continuous": False})
+    assert kinds(b.feed("hr", spot)) == ["vitals", "vitals_alert"]
+    doubtful = (EventKind.VITALS, {"measurement": "temperature", "celsius": None})
+    assert kinds(b.feed("hr", doubtful)) == ["vitals"]
+
+
+def test_low_battery_is_reported_once_until_replaced() -> None:
+    b = Book()
+    low = b.feed("band", (EventKind.ACTIVITY, {"moving": True, "battery": 19}))
+    assert kinds(low) == ["activity", "low_battery"]
+    assert low[1].data == {"battery": 19, "limit": 20, "resident": "wang"}
+    assert kinds(b.feed("band", (EventKind.ACTIVITY, {"moving": False, "battery": 18}))) == ["activity"]
+    b.feed("band", (EventKind.ACTIVITY, {"moving": True, "battery": 95}))  # new battery
+    assert kinds(b.feed("band", (EventKind.ACTIVITY, {"moving": False, "battery": 15}))) == ["activity", "low_battery"]
+
+
+def test_weekly_button_test_and_device_fault_after_two_hours() -> None:
+    b = Book(config(button_test_days=7))
+    b.jump(0)  # the button's first week starts
+    assert "test_overdue" not in kinds(b.jump(7 * 86400 - 60))
+    [overdue] = [e for e in b.jump(120) if e.kind is EventKind.TEST_OVERDUE]
+    assert (overdue.device_id, overdue.data["button"], overdue.data["zone"]) == ("rx", "rx:3", 3)
+    assert overdue.data["resident"] == "wang"
+    assert "test_overdue" not in kinds(b.jump(3600))  # reported again a day later, not every tick
+    assert "test_overdue" in kinds(b.jump(86400))
+    b.feed("rx", (EventKind.TEST, {"code": 601, "zone": 3}))
+    assert "test_overdue" not in kinds(b.jump(86400))
+
+    b.feed("radar", (EventKind.DEVICE_OFFLINE, {"reason": "unplugged"}))
+    assert "device_fault" not in kinds(b.jump(7200 - 30))
+    [fault] = [e for e in b.jump(45) if e.kind is EventKind.DEVICE_FAULT]
+    assert fault.device_id == "radar"
+    assert fault.data["offline_s"] == 7215
+    assert "device_fault" not in kinds(b.jump(7200))
+    b.feed("radar", (EventKind.DEVICE_ONLINE, {"reason": "back"}))
+    b.feed("radar", (EventKind.DEVICE_OFFLINE, {"reason": "again"}))
+    assert "device_fault" in kinds(b.jump(7300))
+
+
+def test_supervision_of_a_ble_device_reports_offline_and_online() -> None:
+    rules = Supervised(WearableRules(presence_timeout_s=1000), window_s=300, started=0.0)
+    assert rules.on_reading(Seen(-60), 10.0)[-1][0] is EventKind.PRESENCE
+    assert [d[0] for d in rules.on_tick(300.0)] == []
+    assert [d[0] for d in rules.on_tick(311.0)] == [EventKind.DEVICE_OFFLINE]
+    assert rules.on_tick(400.0) == []
+    back = rules.on_reading(Seen(-61), 500.0)
+    assert back[0] == (EventKind.DEVICE_ONLINE, {"reason": "advertising again after 490 s"})
