@@ -228,3 +228,17 @@ CMS_ERROR_NAMES = {
     332: "network timeout",
     500: "unknown error",
 }
+CME_NETWORK_CAUSES = frozenset({30, 31})  # no network service, network timeout
+CME_ERROR_NAMES = {  # 27.007 §9.2: equipment and SIM errors
+    3: "operation not allowed",
+    4: "operation not supported",
+    10: "SIM not inserted",
+    11: "SIM PIN required",
+    12: "SIM PUK required",
+    13: "SIM failure",
+    14: "SIM busy",
+    15: "SIM wrong",
+    30: "no network service",
+    31: "network timeout",
+    100: "unknown",
+}

@@ -29,6 +29,8 @@ from pydantic import JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
 from drivers.modem import (
+    CME_ERROR_NAMES,
+    CME_NETWORK_CAUSES,
     CMS_ERROR_NAMES,
     CTRL_Z,
     ESC,
@@ -175,7 +177,8 @@ class Modem:
                     stat = parse_registration(text) if stat not in REGISTERED else stat
         if stat not in REGISTERED:
             name = REGISTRATION.get(stat, "no answer") if stat is not None else "no answer"
-            raise ModemError(f"not registered on a network ({name}; signal {dbm} dBm)", network=True)
+            signal = f"{dbm} dBm" if dbm is not None else "unknown"
+            raise ModemError(f"not registered on a network ({name}; signal {signal})", network=True)
         await self.command("AT+CMGF=0")
         return ModemState(dbm, REGISTERED[stat])
 
@@ -202,8 +205,11 @@ class Modem:
 
 
 def _error(command: str, final: ModemLine) -> ModemError:
-    name = CMS_ERROR_NAMES.get(final.code, "") if final.kind == "cms_error" and final.code is not None else ""
-    network = final.kind == "cms_error" and final.code in NETWORK_CAUSES
+    names = CMS_ERROR_NAMES if final.kind == "cms_error" else CME_ERROR_NAMES
+    name = names.get(final.code, "") if final.code is not None else ""
+    network = (final.kind == "cms_error" and final.code in NETWORK_CAUSES) or (
+        final.kind == "cme_error" and final.code in CME_NETWORK_CAUSES
+    )
     detail = f"{final.text}" + (f" ({name})" if name else "")
     return ModemError(f"{command}: {detail}", final.code, network)
 

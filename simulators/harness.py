@@ -27,11 +27,12 @@ def station_toml(
     storage_extra: str = "",
     station_extra: str = "",
     extra_devices: str = "",
+    receiver_extra: str = "",
 ) -> str:
     """A station file for simulated devices on a loopback broker (or link proxy)."""
     devices = "".join(
         f'\n[[devices]]\nid = "{device_id}"\nkind = "contact_id_receiver"\nport = "{port}"\nbaudrate = 9600\n'
-        f"silence_timeout_s = {silence_timeout_s}\n"
+        f"silence_timeout_s = {silence_timeout_s}\n{receiver_extra}\n"
         for device_id, port in receiver_ports.items()
     )
     return (

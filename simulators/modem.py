@@ -202,7 +202,7 @@ class ModemSim(PtyDevice):
             self._reply("+CSQ: 18,99" if self.faults.registered else "+CSQ: 99,99", "OK")
         elif upper in ("AT+CREG?", "AT+CEREG?"):
             name = upper[3:-1]
-            self._reply(f"{name}: 0,{1 if self.faults.registered else 2}", "OK")
+            self._reply(f"+{name}: 0,{1 if self.faults.registered else 2}", "OK")
         elif upper.startswith("AT+CMGS="):
             try:
                 n = int(upper.removeprefix("AT+CMGS="))

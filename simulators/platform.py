@@ -30,7 +30,9 @@ class PlatformSink:
         self.arrived_at: dict[str, float] = {}  # id -> time.monotonic() of first arrival
         self.duplicates = 0
         self.status: dict[str, Any] | None = None
+        self.replies: dict[str | None, dict[str, Any]] = {}  # correlation id -> the station's reply
         self.subscribed = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
         self._arrived = asyncio.Condition()
 
     async def run(self) -> None:
@@ -41,16 +43,29 @@ class PlatformSink:
                     self.host, self.port, identifier=f"platform-sink-{self.station_id}", clean_session=False
                 ) as client:
                     await client.subscribe(topic, qos=1)
+                    self._client = client
                     self.subscribed.set()
                     async for message in client.messages:
                         await self._record(str(message.topic), bytes(message.payload))
             except aiomqtt.MqttError:
+                self._client = None
                 self.subscribed.clear()
                 await asyncio.sleep(RECONNECT_S)
 
+    async def command(self, name: str, body: dict[str, Any] | bytes) -> None:
+        """Publish a downlink command (a dict as JSON; bytes as they are, for hostile tests)."""
+        assert self._client is not None, "not connected"
+        payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False)
+        await self._client.publish(f"{self.prefix}/{self.station_id}/cmd/{name}", payload, qos=1)
+
     async def _record(self, topic: str, payload: bytes) -> None:
         base = f"{self.prefix}/{self.station_id}"
+        if topic.startswith(f"{base}/cmd/"):
+            return  # our own commands, echoed by the broker
         body = json.loads(payload)
+        if topic == f"{base}/cmd-reply":
+            self.replies[body.get("id")] = body
+            return
         if topic == f"{base}/status":
             self.status = body
             return
