@@ -1,4 +1,4 @@
-"""`python -m simulators button-receiver | platform`."""
+"""`python -m simulators button-receiver | radar | wearables | gps | modem | platform | flaky-link`."""
 
 from __future__ import annotations
 
@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         "--schedule", default="", help='repeating steps "COMMAND:SECONDS,...", e.g. "up:20,blackhole:30,cut:10"'
     )
 
+    modem = sub.add_parser("modem", help="a cellular modem on a pty: AT commands and SMS in PDU mode, decoded")
+    modem.add_argument("--record", type=Path, default=None, help="append each received SMS here (JSON lines)")
+    modem.add_argument("--fail", choices=["no-sim", "no-network", "slow"], default=None, help="misbehave")
+
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         if args.command == "button-receiver":
@@ -68,6 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             from simulators import gps as gps_sim
 
             asyncio.run(gps_sim.play(args.scenario))
+            return 0
+        if args.command == "modem":
+            from simulators import modem as modem_sim
+
+            asyncio.run(modem_sim.run(args.record, args.fail))
             return 0
         if args.command == "flaky-link":
             return asyncio.run(_flaky_link(args))

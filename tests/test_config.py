@@ -134,3 +134,59 @@ def test_run_with_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
     assert run.returncode == 78
     assert "Traceback" not in run.stderr
     assert "uplink.port: Input should be greater than or equal to 1 (got 0)" in run.stderr
+
+
+RESIDENTS = """
+[[residents]]
+id = "wang"
+name = "王秀英"
+quiet_hours = ["12:00-14:00", "13:30-15:00", "22:00-06:00", "05:00-05:30"]
+[[residents.contacts]]
+name = "王小明"
+phone = "12345"
+role = "family"
+[[residents.contacts]]
+name = "李医生"
+phone = "+8613900139000"
+role = "priest"
+[residents.vitals]
+spo2_min = 120
+[care]
+timezone = "Mars/Olympus"
+"""
+
+
+def test_residents_contacts_and_care_are_checked_with_key_paths(tmp_path: Path) -> None:
+    text = GOOD.replace("baudrate = 9600", 'baudrate = 9600\nresidents = { "3" = "wang", "4" = "li" }')
+    text += '[[devices]]\nid = "band"\nkind = "ble_wristband"\naddress = "AA:BB:CC:DD:EE:FF"\nresident = "zhao"\n'
+    found = problems(tmp_path, text + RESIDENTS)
+    assert found == [
+        "residents[0].vitals.spo2_min: Input should be less than or equal to 100 (got 120) (allowed: SpO2 percent "
+        "below which to alarm)",
+        "residents[0].contacts[0].phone: '12345' is not allowed (allowed: an international number such as "
+        "+8613800138000, or an 11-digit mainland mobile number)",
+        "residents[0].contacts[1].role: 'priest' is not allowed (allowed: 'family', 'village_doctor', 'on_duty', "
+        "'neighbour' or 'volunteer')",
+        "care.timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as 'Asia/Shanghai' (got 'Mars/Olympus')",
+    ]
+    fixed = (
+        RESIDENTS.replace('"12345"', '"13800138000"')
+        .replace('"priest"', '"village_doctor"')
+        .replace("spo2_min = 120", "spo2_min = 90")
+        .replace("Mars/Olympus", "Asia/Shanghai")
+    )
+    assert problems(tmp_path, text + fixed) == [
+        "residents[0].quiet_hours[1]: '13:30-15:00' overlaps quiet_hours[0] '12:00-14:00' (allowed: periods that "
+        "do not overlap)",
+        "residents[0].quiet_hours[3]: '05:00-05:30' overlaps quiet_hours[2] '22:00-06:00' (allowed: periods that "
+        "do not overlap)",
+        "devices[0].residents.4: 'li' is not a resident (allowed: resident ids from [[residents]]: wang)",
+        "devices[1].resident: 'zhao' is not a resident (allowed: resident ids from [[residents]]: wang)",
+    ]
+    path = tmp_path / "ok.toml"
+    path.write_text(
+        text.replace('"4" = "li"', '"4" = "wang"').replace('"zhao"', '"wang"')
+        + fixed.replace('"13:30-15:00", ', "").replace('"05:00-05:30"', '"06:00-06:30"')
+    )
+    config = load_config(path)
+    assert config.residents[0].contacts[0].international == "+8613800138000"
