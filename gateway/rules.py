@@ -526,6 +526,10 @@ class Alarm:
         return self.state in ("acknowledged", "resolved")
 
 
+def _zone(data: dict[str, JsonValue]) -> JsonValue:
+    return data.get("zone", data.get("user"))
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -707,6 +711,8 @@ class CareBook:
         matching = [a for a in self.alarms.values() if storm_key and a.storm_key == storm_key]
         current = matching[-1] if matching else None  # the newest open alarm of this resident and kind
         if qualifier == "restore":
+            if current is not None and (current.device_id, _zone(current.detail)) != (device_id, _zone(data)):
+                current = None  # another of the resident's buttons: it does not end this alarm
             event = self.stamp(device_id, kind, {**data, **({"alarm_id": current.id} if current else {})})
             out.append(event)
             if current is not None:
@@ -821,6 +827,9 @@ class CareBook:
         out: list[Event] = []
         for alarm in list(self.alarms.values()):
             self._maybe_reannounce(alarm, t, out)
+            if alarm.count > alarm.count_reported and t - alarm.update_at >= self.care.alarm_update_interval_s:
+                out.append(self._update(alarm, t, "repeated"))  # the last presses of a storm are counted too
+                self._save(alarm)
         if t >= self._next_check:
             self._next_check = t + CARE_CHECK_S
             for resident in self.config.residents:

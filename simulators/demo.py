@@ -5,6 +5,8 @@ mosquitto (the city broker) <- platform sink
   link proxy (cut for a while to show store-and-forward)
       ^
   care-gateway (a real child process)  <- pty <- Sur-Gard button receiver simulator
+                                       <- pty <- fall radar simulator
+                                       -> pty -> cellular modem simulator (SMS while the link is cut)
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 from simulators.broker import Mosquitto
-from simulators.button_receiver import HEARTBEAT, SCENARIO, ButtonReceiverSim
+from simulators.button_receiver import HEARTBEAT, SCENARIO, ButtonReceiverSim, surgard_report
 from simulators.harness import GatewayProcess, station_toml
 from simulators.link import LinkProxy
+from simulators.modem import ModemSim
 from simulators.platform import PlatformSink
 from simulators.radar import RadarSim, fall_then_still
 
@@ -30,6 +33,24 @@ PRESS_INTERVAL_S = 0.4
 DEMO_LAT, DEMO_LON = 43.9333, 116.0667  # the station's configured location, attached to alarms
 FALL_ALARMS_EXPECTED = 6  # two falls: each "new", "still_present" (not moved since) and "restore"
 DRAIN_TIMEOUT_S = 60.0
+CARE = """
+[[residents]]
+id = "wang-guihua"
+name = "王桂花"
+room = "3组12号"
+[[residents.contacts]]
+name = "王建国"
+phone = "13800138000"
+role = "family"
+
+[sms]
+port = "{modem}"
+undelivered_after_s = 2
+[[sms.on_duty]]
+name = "站点值班"
+phone = "+8613600136000"
+role = "on_duty"
+"""
 
 
 def _say(text: str) -> None:
@@ -47,10 +68,11 @@ def _backlog(db: Path) -> int:
 
 async def _press_for(sim: ButtonReceiverSim, seconds: float, counter: Counter[str]) -> None:
     deadline = time.monotonic() + seconds
-    n = 0
     while time.monotonic() < deadline:
-        frame, _what = SCENARIO[n % len(SCENARIO)]
-        n += 1
+        # the scenario goes on where the last phase stopped: a press is always followed by its
+        # restore (a second press of an unrestored button would be folded into its alarm)
+        frame, _what = SCENARIO[counter["position"] % len(SCENARIO)]
+        counter["position"] += 1
         result = await sim.send(frame)
         if frame != HEARTBEAT:
             counter["acked" if result.acked else "unacked"] += 1
@@ -64,6 +86,8 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
         sim = ButtonReceiverSim()
         radar = RadarSim("mr60fda1")
         radar.start()
+        modem = ModemSim()
+        modem.start()
         counter: Counter[str] = Counter()
         with Mosquitto(folder / "broker") as broker:
             sink = PlatformSink(broker.host, broker.port, STATION_ID, out_path=folder / "platform.jsonl")
@@ -78,10 +102,12 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                         broker_port=link.port,
                         db_path=db,
                         receiver_ports={"button-rx-1": sim.path},
+                        receiver_extra='residents = { "5" = "wang-guihua" }',  # her pendant is zone 5
                         station_extra=f"location = {{ lat = {DEMO_LAT}, lon = {DEMO_LON} }}",
                         extra_devices=(
                             f'\n[[devices]]\nid = "radar-bedroom"\nkind = "mmwave_radar"\nmodel = "mr60fda1"\n'
                             f'port = "{radar.path}"\nlabel = "bedroom"\nheartbeat_interval_s = 5\n'
+                            + CARE.format(modem=modem.path)
                         ),
                     )
                 )
@@ -101,6 +127,7 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                     sink_task.cancel()
                     sim.close()
                     radar.close()
+                    modem.close()
         if not started:
             print("the gateway did not open the receiver port; see its log above")
             return 1
@@ -116,13 +143,24 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
             "by_kind": dict(Counter(e["kind"] for e in sink.events.values())),
             "duplicates_dropped_by_platform": sink.duplicates,
             "fall_alarms_received": sum(1 for e in sink.events.values() if e["kind"] == "fall"),
+            "sms_received_by_the_modem": len(modem.messages),
+            "sms_records_on_the_platform": dict(
+                Counter(str(e["data"]["result"]) for e in sink.events.values() if e["kind"] == "sms")
+            ),
             "lost": lost,
             "gateway_exit_code": code,
         }
         _say("summary")
         print(json.dumps(summary, indent=2), flush=True)
         falls = summary["fall_alarms_received"]
-        ok = lost == 0 and counter["unacked"] == 0 and code == 0 and falls == FALL_ALARMS_EXPECTED
+        ok = (
+            lost == 0
+            and counter["unacked"] == 0
+            and code == 0
+            and falls == FALL_ALARMS_EXPECTED
+            and len(modem.messages) > 0
+            and not modem.rejected_pdus
+        )
         print("OK: nothing accepted was lost" if ok else "FAILED: see above", flush=True)
         return 0 if ok else 1
 
@@ -145,6 +183,7 @@ async def _scenario(
 
     _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending, someone falls again")
     link.cut()
+    await _unanswered_press(sim, counter)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_press_for(sim, outage_s, counter))
         tasks.create_task(_fall_and_recovery(radar, outage_s / 3))
@@ -156,6 +195,13 @@ async def _scenario(
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline and (_backlog(db) != 0 or _reports(sink) < counter["acked"]):  # noqa: ASYNC110 - polls another process's database
         await asyncio.sleep(0.2)
+
+
+async def _unanswered_press(sim: ButtonReceiverSim, counter: Counter[str]) -> None:
+    """Wang Guihua presses her pendant (zone 5) and nobody cancels it: with the link down, the
+    station sends the alarm by SMS to her son and the on-duty number after 2 s."""
+    result = await sim.send(surgard_report(qualifier="E", code=101, zone=5))
+    counter["acked" if result.acked else "unacked"] += 1
 
 
 async def _fall_and_recovery(radar: RadarSim, delay_s: float) -> None:

@@ -116,6 +116,10 @@ def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
     assert kinds(later) == ["alarm_update"]  # one count update per 30 s, not nine alarms
     [alarm] = b.book.alarms.values()
     assert (alarm.id, alarm.count) == (first[0].id, 10)
+    assert later[0].data["count"] == 7  # the update went out with the 7th press (30 s after the first)
+    [final] = b.wait(30)  # the last three presses are counted once the interval has passed
+    assert (final.kind, final.data["count"], final.data["change"]) == (EventKind.ALARM_UPDATE, 10, "repeated")
+    assert b.wait(60) == []
     b.now += timedelta(seconds=121)  # past the storm window: a new alarm
     assert kinds(b.feed("rx", SOS)) == ["sos"]
     assert len(b.book.alarms) == 2
@@ -299,3 +303,18 @@ def test_supervision_of_a_ble_device_reports_offline_and_online() -> None:
     assert rules.on_tick(400.0) == []
     back = rules.on_reading(Seen(-61), 500.0)
     assert back[0] == (EventKind.DEVICE_ONLINE, {"reason": "advertising again after 490 s"})
+
+
+def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
+    cfg = config()
+    raw = cfg.model_dump(mode="json")
+    raw["devices"][0]["residents"] = {"3": "wang", "4": "wang"}
+    b = Book(parse_config(raw))
+    [sos] = b.feed("rx", SOS)
+    other = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "restore"}))
+    assert kinds(other) == ["sos"]
+    assert "alarm_id" not in other[0].data
+    assert sos.id in b.book.alarms
+    own = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
+    assert kinds(own) == ["sos", "alarm_update"]
+    assert b.book.alarms == {}
