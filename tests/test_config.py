@@ -167,7 +167,8 @@ def test_residents_contacts_and_care_are_checked_with_key_paths(tmp_path: Path) 
         "+8613800138000, or an 11-digit mainland mobile number)",
         "residents[0].contacts[1].role: 'priest' is not allowed (allowed: 'family', 'village_doctor', 'on_duty', "
         "'neighbour' or 'volunteer')",
-        "care.timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as 'Asia/Shanghai' (got 'Mars/Olympus')",
+        "care.timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as 'Asia/Shanghai' "
+        "(got 'Mars/Olympus')",
     ]
     fixed = (
         RESIDENTS.replace('"12345"', '"13800138000"')
