@@ -269,7 +269,7 @@ async def test_a_flapping_link_cannot_flood_a_family() -> None:
 async def test_a_slow_modem_is_waited_for() -> None:
     modem = ModemSim()
     modem.start()
-    modem.faults.reply_delay_s = 0.5
+    modem.faults.reply_delay_s = 0.2
     bench = Bench(modem)
     await bench.alarm()
     assert [r["result"] for r in bench.results()] == ["sent"]

@@ -225,3 +225,14 @@ async def test_closing_when_the_writer_is_woken_at_that_moment_does_not_hang(tmp
     assert done == {closing}, "closing the outbox hung"
     assert outbox._writer is not None
     assert outbox._writer.cancelled()
+
+
+async def test_care_state_commits_with_the_events_and_survives_a_reopen(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        assert await outbox.load_state() == {}
+        await outbox.append(make(EventKind.SOS, zone=3), state={"alarm:x": {"count": 1}, "activity:wang": 1.5})
+        await outbox.append(state={"alarm:x": {"count": 2}, "test:rx:3": 7.0})  # state alone
+        await outbox.append(state={"activity:wang": None})  # None deletes the key
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        assert await outbox.load_state() == {"alarm:x": {"count": 2}, "test:rx:3": 7.0}
+        assert await outbox.counts() == {Priority.ALARM: 1, Priority.STATUS: 0, Priority.TELEMETRY: 0}
