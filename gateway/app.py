@@ -114,7 +114,13 @@ class Station:
     async def on_events(self, device_id: str, drafts: list[EventDraft]) -> None:
         """Pass what a device's rules made of its readings through the care rules, and commit
         the result (one commit for all; a press folded into an open alarm commits its count)."""
-        await self.commit(self.care.triage(device_id, drafts, self.clock.now()))
+        try:
+            events = self.care.triage(device_id, drafts, self.clock.now())
+        except Exception:  # a bug in a care rule must not cost the report itself
+            log.exception("care rules failed on %d event(s) from %s; storing them as they came", len(drafts), device_id)
+            self.care.take_changes()  # whatever the failed rule half-did is not written
+            events = [self.make_event(device_id, kind, data) for kind, data in drafts]
+        await self.commit(events)
 
     async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
         kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE

@@ -705,7 +705,7 @@ class CareBook:
         out: list[Event],
     ) -> None:
         family = STORM_FAMILY.get(kind)
-        who = resident or f"{device_id}:{data.get('zone', data.get('user', ''))}"
+        who = resident or f"{device_id}:{data.get('account', '')}:{_zone(data)}"  # one button of one panel
         storm_key = f"{who}/{family}" if family else None
         qualifier = data.get("qualifier")
         matching = [a for a in self.alarms.values() if storm_key and a.storm_key == storm_key]

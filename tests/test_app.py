@@ -47,3 +47,25 @@ def test_unusable_outbox_folder_exits_69_with_advice(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
     assert f"cannot open the outbox {blocker / 'outbox.db'}" in run.stderr
     assert f"check that {blocker} exists, is writable by the service user" in run.stderr
+
+
+async def test_a_failing_care_rule_still_stores_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.config import parse_config
+    from gateway.events import EventKind, Priority
+    from gateway.outbox import Outbox
+
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "h"}, "storage": {"path": str(tmp_path / "o.db")}}
+    station = app.Station(parse_config(raw))
+
+    def broken(*_: object) -> list[object]:
+        raise ZeroDivisionError("a bug in a rule")
+
+    monkeypatch.setattr(station.care, "triage", broken)
+    async with Outbox(station.config.storage, "st") as outbox:
+        station._outbox = outbox
+        await station.on_events("rx", [(EventKind.SOS, {"zone": 3})])
+        [row] = await outbox.rows_after(Priority.ALARM, 0, 10)
+    assert '"kind":"sos"' in row.payload
+    assert "care rules failed on 1 event(s) from rx; storing them as they came" in caplog.text
