@@ -50,7 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             logging.error("configuration: %s", line)
         return EXIT_CONFIG
     try:
-        asyncio.run(run_station(config))
+        asyncio.run(run_station(config, Path(args.config)))
     except OutboxUnavailable as exc:
         logging.critical("%s", exc)
         return EXIT_UNAVAILABLE

@@ -7,19 +7,21 @@ serial shell writes a device's ACK only after `accept()` has returned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BleLink
 from gateway.clock import Clock
-from gateway.config import BLE_KINDS, SERIAL_KINDS, StationConfig
+from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
@@ -249,14 +251,26 @@ class Station:
                 sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
 
     async def _supervise(self) -> None:
-        """Log the backlog while it is non-empty; ping the systemd watchdog while the loop runs."""
+        """Log the backlog while it is non-empty; feed the systemd watchdog while the event loop
+        runs and the uplink makes progress (a hung forwarding loop gets the service restarted)."""
         ping = watchdog_interval_s()
         tick = min(ping or BACKLOG_LOG_INTERVAL_S, BACKLOG_LOG_INTERVAL_S)
         last_log = time.monotonic()  # the uplink logs the backlog when it connects
+        starving = False
         while True:
-            if ping:
-                sd_notify("WATCHDOG=1")
             now = time.monotonic()
+            if ping:
+                stalled = self._uplink.stalled_s(now) if self._uplink else None
+                if stalled is None:
+                    sd_notify("WATCHDOG=1")
+                    starving = False
+                elif not starving:
+                    starving = True
+                    log.error(
+                        "the uplink has made no progress for %.0f s; no longer feeding the systemd watchdog, "
+                        "which will restart the service",
+                        stalled,
+                    )
             if now - last_log >= BACKLOG_LOG_INTERVAL_S:
                 last_log = now
                 counts = await self.outbox.counts()
@@ -276,16 +290,58 @@ class Station:
             await asyncio.sleep(tick)
 
 
-async def run_station(config: StationConfig) -> None:
-    """Run until SIGTERM or SIGINT, then stop cleanly (offline status, WAL checkpoint)."""
+async def run_station(config: StationConfig, config_path: Path | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then stop cleanly (offline status, WAL checkpoint).
+
+    SIGHUP re-reads `config_path`: a file with errors is refused (each error logged) and the
+    running configuration stays; a good one replaces it (the station restarts in-process,
+    the outbox and its backlog carry over).
+    """
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
+    stop, reload = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
-    station = Station(config)
+        loop.add_signal_handler(sig, stop.set)
+    if config_path is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload.set)
+    while True:
+        station = Station(config)
+        running = asyncio.create_task(station.run(), name="station")
+        while True:
+            signals = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
+            done, _ = await asyncio.wait([running, *signals], return_when=asyncio.FIRST_COMPLETED)
+            for waiter in signals:
+                waiter.cancel()
+            if running in done:
+                running.result()  # raises what stopped the station (OutboxUnavailable ...)
+                return
+            if stop.is_set():
+                sd_notify("STOPPING=1")
+                await _cancel(running)
+                log.info("station %s stopped", config.station.id)
+                return
+            reload.clear()
+            new = _reread(config_path)
+            if new is not None:
+                break
+        sd_notify("RELOADING=1")
+        log.info("configuration %s reloaded: restarting the station with it", config_path)
+        await _cancel(running)
+        config = new
+
+
+def _reread(path: Path | None) -> StationConfig | None:
+    """The new configuration, or None (with its errors logged) if it cannot be used."""
+    assert path is not None
     try:
-        await station.run()
-    except asyncio.CancelledError:
-        sd_notify("STOPPING=1")
-        log.info("station %s stopped", config.station.id)
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.problems:
+            log.error("configuration: %s", line)
+        log.error("SIGHUP: %s has errors; the new configuration is refused, the running one stays", path)
+        return None
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -57,6 +57,7 @@ SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the of
 PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
 TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
 DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
+STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog is starved
 
 StatusSource = Callable[[], dict[str, Any]]
 DeliveredSink = Callable[[list[str]], Awaitable[None]]  # ids of alarms the broker acknowledged
@@ -176,6 +177,21 @@ class Uplink:
         self._bulk_in_flight = 0
         self.connected = False
         self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
+        self.progress_at = time.monotonic()  # the forwarding loop's last sign of life (watchdog)
+
+    def stalled_s(self, now: float) -> float | None:
+        """Seconds without progress, if longer than any healthy wait can last; else None.
+
+        A healthy uplink shows progress at least every IDLE_POLL_S while connected, and at
+        every connection attempt (backoff at most reconnect_max_s, then connect_timeout_s).
+        """
+        up = self._config.uplink
+        limit = up.reconnect_max_s + RETRY_JITTER_S + up.connect_timeout_s + up.publish_timeout_s + up.keepalive_s
+        silent = now - self.progress_at
+        return silent if silent > limit + STALL_MARGIN_S else None
+
+    def _alive(self) -> None:
+        self.progress_at = time.monotonic()
 
     def request_status(self) -> None:
         """Publish the status message soon (a device came or went)."""
@@ -230,6 +246,7 @@ class Uplink:
             before_sleep=self._log_retry,
         )
         async for attempt in retrying:
+            self._alive()
             with attempt:
                 client = aiomqtt.Client(
                     up.host,
@@ -259,6 +276,7 @@ class Uplink:
                 await client.__aenter__()
                 client.timeout = up.publish_timeout_s  # from now on: how long to wait for a PUBACK
         self.connected = True
+        self._alive()
         counts = await self._outbox.counts()
         log.info(
             "uplink up: connected to %s:%d as %s (%s link); backlog %s",
@@ -338,6 +356,7 @@ class Uplink:
         """Each alarm alone, the moment it is committed; never behind status or telemetry."""
         cursor = 0
         while True:
+            self._alive()
             rows = await self._outbox.rows_after(Priority.ALARM, cursor, ALARM_SLOTS)
             if not rows:
                 flushed.set()  # every alarm waiting at connect time is acknowledged: the bulk lane may start

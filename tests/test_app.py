@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway import app
+from simulators.broker import Mosquitto
 from simulators.harness import station_toml
 
 
@@ -69,3 +70,49 @@ async def test_a_failing_care_rule_still_stores_the_report(
         [row] = await outbox.rows_after(Priority.ALARM, 0, 10)
     assert '"kind":"sos"' in row.payload
     assert "care rules failed on 1 event(s) from rx; storing them as they came" in caplog.text
+
+
+def test_the_watchdog_is_starved_only_when_the_uplink_is_stuck_longer_than_any_healthy_wait() -> None:
+    import time
+
+    from gateway.config import parse_config
+    from gateway.uplink import Uplink
+
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "h"}, "storage": {"path": "/tmp/x.db"}}
+    config = parse_config(raw)
+    uplink = Uplink(config, None, dict)  # type: ignore[arg-type]  # no I/O is needed to judge progress
+    now = time.monotonic()
+    longest_healthy_wait = 60 + 1 + 10 + 10 + 30  # backoff, jitter, CONNACK, PUBACK, keepalive
+    uplink.progress_at = now - longest_healthy_wait
+    assert uplink.stalled_s(now) is None
+    uplink.progress_at = now - longest_healthy_wait - 31
+    assert uplink.stalled_s(now) == pytest.approx(longest_healthy_wait + 31)
+
+
+async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, broker: Mosquitto) -> None:
+    import signal
+
+    from simulators.button_receiver import surgard_report
+    from tests.conftest import events_of, running_station, wait_until
+
+    async with running_station(tmp_path, broker) as station:
+        gw = station.gateway
+        assert gw.proc is not None
+        good = station.config_path.read_text()
+        station.config_path.write_text(good.replace("keepalive_s = 5", "keepalive_s = 1"))  # below the minimum
+        mark = len(gw.lines)
+        gw.proc.send_signal(signal.SIGHUP)
+        assert await gw.wait_for_line("the new configuration is refused, the running one stays", after=mark)
+        assert any("uplink.keepalive_s: Input should be greater than or equal to 2" in line for line in gw.lines[mark:])
+        assert (await station.receiver.send(surgard_report(code=101, zone=7))).acked  # still running as before
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
+
+        station.config_path.write_text(good.replace('name = "Simulated care station"', 'name = "Renamed station"'))
+        mark = len(gw.lines)
+        gw.proc.send_signal(signal.SIGHUP)
+        assert await gw.wait_for_line("reloaded: restarting the station with it", after=mark)
+        assert await gw.wait_for_line("device button-rx-1 online", after=mark)
+        assert (await station.receiver.send(surgard_report(code=101, zone=8))).acked
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 2)
+        assert await wait_until(lambda: (station.sink.status or {}).get("name") == "Renamed station")
+        assert gw.proc.returncode is None
