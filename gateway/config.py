@@ -7,6 +7,7 @@ what `care-gateway check-config` prints next to a wrong value.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import tomllib
 import zoneinfo
@@ -96,7 +97,19 @@ class UplinkSection(_Section):
         description="MQTT client id, 1-128 characters; default 'care-gw-<station id>'",
     )
     username: str | None = Field(None, description="MQTT user name, if the broker requires one")
-    password: str | None = Field(None, description="MQTT password, if the broker requires one")
+    password: str | None = Field(
+        None, description="MQTT password; better kept in secrets_file, readable by the service only"
+    )
+    secrets_file: Path | None = Field(
+        None,
+        description="a TOML file with username and password for the broker, not readable by other users "
+        "(chmod 640, owner root, group care-gateway)",
+    )
+    allow_plaintext: bool = Field(
+        False,
+        description="true to allow MQTT without TLS to a host other than this machine (the link then carries "
+        "alarms and names in clear); without it such a file is refused",
+    )
     keepalive_s: int = Field(
         30,
         ge=2,
@@ -606,9 +619,61 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> StationConfig
     return config
 
 
+LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+SECRET_MODE_FORBIDDEN = 0o027  # group write, any access by others
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class BrokerSecrets:
+    username: str | None
+    password: str | None
+
+
+def read_secrets(path: Path) -> BrokerSecrets:
+    """The broker's user name and password from `path`; raise ValueError saying what is wrong."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+    if mode & SECRET_MODE_FORBIDDEN:
+        raise ValueError(
+            f"{path} is readable or writable by other users (mode {mode:04o}); run: chmod 640 {path} "
+            f"(owner root, group care-gateway)"
+        )
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: TOML syntax error: {exc}") from exc
+    unknown = set(raw) - {"username", "password"}
+    if unknown or not all(isinstance(v, str) for v in raw.values()):
+        raise ValueError(f'{path}: only username = "..." and password = "..." are allowed')
+    return BrokerSecrets(raw.get("username"), raw.get("password"))
+
+
 def cross_check(config: StationConfig) -> list[str]:
-    """What one section says about another: residents named by devices, quiet hours."""
+    """What one section says about another: plaintext links, secrets, residents, quiet hours."""
     problems: list[str] = []
+    up = config.uplink
+    if up.tls is None and not up.allow_plaintext and not is_loopback(up.host):
+        problems.append(
+            f"uplink: plaintext MQTT to {up.host} is refused (allowed: an [uplink.tls] section with ca_file, "
+            "usually port 8883; or allow_plaintext = true where the link itself is private)"
+        )
+    if up.secrets_file is not None:
+        try:
+            read_secrets(up.secrets_file)
+        except ValueError as exc:
+            problems.append(f"uplink.secrets_file: {exc}")
     known = [r.id for r in config.residents]
     allowed = f"(allowed: resident ids from [[residents]]: {', '.join(known) or 'none defined'})"
     seen: dict[str, int] = {}

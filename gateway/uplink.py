@@ -24,17 +24,20 @@ import contextlib
 import json
 import logging
 import math
+import ssl
 import time
 import zlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from gateway.config import StationConfig, key_path
+from gateway.config import StationConfig, key_path, read_secrets
 from gateway.events import ULID_PATTERN, Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
@@ -57,6 +60,7 @@ SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the of
 PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
 TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
 DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
+TLS_EXPIRY_WARNING_DAYS = 30  # a certificate expiring sooner is logged at start and flagged in the status
 STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog is starved
 
 StatusSource = Callable[[], dict[str, Any]]
@@ -178,6 +182,21 @@ class Uplink:
         self.connected = False
         self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
         self.progress_at = time.monotonic()  # the forwarding loop's last sign of life (watchdog)
+        up = config.uplink
+        secrets = read_secrets(up.secrets_file) if up.secrets_file else None  # checked by the config already
+        self._username = (secrets.username if secrets else None) or up.username
+        self._password = (secrets.password if secrets else None) or up.password
+        candidates = [("ca_file", up.tls.ca_file), ("cert_file", up.tls.cert_file)] if up.tls else []
+        self._certificates = {name: path for name, path in candidates if path is not None}
+        for report in self.tls_report().values():
+            if report["days_left"] is not None and report["days_left"] < TLS_EXPIRY_WARNING_DAYS:
+                log.warning(
+                    "uplink: the certificate %s expires in %d days (%s); renew it before then or the station "
+                    "can no longer connect",
+                    report["path"],
+                    report["days_left"],
+                    report["not_after"],
+                )
 
     def stalled_s(self, now: float) -> float | None:
         """Seconds without progress, if longer than any healthy wait can last; else None.
@@ -253,8 +272,8 @@ class Uplink:
                     up.port,
                     identifier=self._config.client_id,
                     logger=paho_log,
-                    username=up.username,
-                    password=up.password,
+                    username=self._username,
+                    password=self._password,
                     # paho pings after one keepalive without traffic and drops the link after a
                     # second: half the configured value catches a silent black hole within it
                     keepalive=max(1, math.ceil(up.keepalive_s / 2)),
@@ -293,10 +312,11 @@ class Uplink:
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
         log.warning(
-            "uplink down: cannot connect to %s:%d (%r); attempt %d, next try in %.1f s",
+            "uplink down: cannot connect to %s:%d (%r)%s; attempt %d, next try in %.1f s",
             up.host,
             up.port,
             exc,
+            _advice(exc),
             state.attempt_number,
             wait,
         )
@@ -469,7 +489,22 @@ class Uplink:
         snap = await self._outbox.snapshot()
         body = self._status_source()
         body.update(state=state, link_profile=self._config.uplink.link_profile, **self.backlog_report(snap))
+        body["tls"] = self.tls_report() if self._config.uplink.tls else None
         return json.dumps(body)
+
+    def tls_report(self) -> dict[str, dict[str, Any]]:
+        """When the CA and the station's certificate expire, for the status message."""
+        out = {}
+        for name, path in self._certificates.items():
+            not_after = certificate_not_after(path)
+            days = None if not_after is None else (not_after - datetime.now(UTC)).days
+            out[name] = {
+                "path": str(path),
+                "not_after": not_after.isoformat().replace("+00:00", "Z") if not_after else None,
+                "days_left": days,
+                "expires_soon": days is not None and days < TLS_EXPIRY_WARNING_DAYS,
+            }
+        return out
 
     def backlog_report(self, snap: OutboxSnapshot) -> dict[str, Any]:
         """Backlog, its age, an estimated drain time and what was shed: for the status message."""
@@ -517,6 +552,28 @@ def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
         if total > max_bytes and i > 0:
             return rows[:i]
     return rows
+
+
+def certificate_not_after(path: Path) -> datetime | None:
+    """The expiry of a PEM certificate, or None if the file cannot be read as one."""
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes()).not_valid_after_utc
+    except (OSError, ValueError):
+        return None
+
+
+def _advice(exc: BaseException | None) -> str:
+    """What the technician should check, for the failures whose cause is on this side."""
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError):
+        return f": {exc.filename} is missing; check [uplink.tls] in the station file"
+    if isinstance(exc, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return ": the broker's certificate is not signed by [uplink.tls] ca_file, or not issued for this host name"
+    if isinstance(exc, ssl.SSLError) or "SSL" in text:
+        return ": TLS failed; check the broker's port (8883?) and this station's cert_file and key_file"
+    if "Not authorized" in text or "Bad user name or password" in text:
+        return ": the broker refused this station's user name or password (uplink.secrets_file)"
+    return ""
 
 
 def _now_iso() -> str:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from simulators.harness import die_with_parent
@@ -17,6 +18,18 @@ START_TIMEOUT_S = 10.0
 
 class BrokerUnavailable(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class TlsListener:
+    """A second listener with TLS: the broker's certificate, and whether (and how) clients
+    must identify themselves: a certificate from the CA, and a user name and password."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = True
+    users: dict[str, str] = field(default_factory=dict)
 
 
 def mosquitto_path() -> str:
@@ -39,7 +52,7 @@ class Mosquitto:
     session (clean_session=False) keeps its queued messages across a `stop()`/`start()`.
     """
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, tls: TlsListener | None = None) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -47,10 +60,25 @@ class Mosquitto:
         self._proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         self.conf = folder / "mosquitto.conf"
+        self.tls_port = free_port() if tls else None
+        tls_lines = ""
+        if tls is not None:
+            password_file = folder / "passwords"
+            password_file.write_text("")
+            for user, password in tls.users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(password_file), user, password], check=True)
+            tls_lines = (
+                f"listener {self.tls_port} 127.0.0.1\n"
+                f"cafile {tls.ca_file}\ncertfile {tls.cert_file}\nkeyfile {tls.key_file}\n"
+                f"require_certificate {'true' if tls.require_certificate else 'false'}\n"
+                f"allow_anonymous {'false' if tls.users else 'true'}\n"
+                + (f"password_file {password_file}\n" if tls.users else "")
+            )
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            # started as root (CI, containers) mosquitto would drop to user "mosquitto" and lose
+            # access to this test's files; as any other user this line has no effect
+            "user root\n" + ("per_listener_settings true\n" if tls else "") + f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n" + tls_lines + "persistence true\n"
             f"persistence_location {folder}/\n"
             "autosave_interval 0\n"
             "max_queued_messages 0\n"  # 0 = no limit: the platform's queue must not drop
