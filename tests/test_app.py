@@ -57,7 +57,11 @@ async def test_a_failing_care_rule_still_stores_the_report(
     from gateway.events import EventKind, Priority
     from gateway.outbox import Outbox
 
-    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "h"}, "storage": {"path": str(tmp_path / "o.db")}}
+    raw = {
+        "station": {"id": "st", "name": "s"},
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": str(tmp_path / "o.db")},
+    }
     station = app.Station(parse_config(raw))
 
     def broken(*_: object) -> list[object]:
@@ -78,7 +82,7 @@ def test_the_watchdog_is_starved_only_when_the_uplink_is_stuck_longer_than_any_h
     from gateway.config import parse_config
     from gateway.uplink import Uplink
 
-    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "h"}, "storage": {"path": "/tmp/x.db"}}
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}, "storage": {"path": "/tmp/x.db"}}
     config = parse_config(raw)
     uplink = Uplink(config, None, dict)  # type: ignore[arg-type]  # no I/O is needed to judge progress
     now = time.monotonic()
