@@ -84,6 +84,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway import doctor
+
+    return doctor.run(args.config)
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from gateway.events import event_json_schema
 
@@ -114,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     status = sub.add_parser("status", help="print what waits in the outbox (JSON)")
     status.add_argument("--config", required=True, type=Path)
     status.set_defaults(func=_cmd_status)
+
+    doctor = sub.add_parser(
+        "doctor", help="check the station: config, storage, ports, Bluetooth, clock, TLS, broker, modem"
+    )
+    doctor.add_argument("--config", required=True, type=Path)
+    doctor.set_defaults(func=_cmd_doctor)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of an event")
     schema.set_defaults(func=_cmd_schema)

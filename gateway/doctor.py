@@ -1,0 +1,254 @@
+"""`care-gateway doctor`: what a technician on site should check, and how to fix it.
+
+Each check prints one line, `OK`, `WARN` or `FAIL`, with what was found and, when something is
+wrong, what to do. It reads the station file and the machine; it may run beside the daemon
+(it opens no serial port the daemon holds, and connects to the broker under its own client id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import sqlite3
+import ssl
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+
+from gateway.clock import Clock
+from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config, read_secrets
+from gateway.escalation import Modem, ModemError
+from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after
+
+BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK
+BY_ID = Path("/dev/serial/by-id")  # stable names of USB serial adapters
+MIN_FREE_FRACTION = 0.10  # warn when the outbox's disk has less free space than this
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str  # "OK", "WARN" or "FAIL"
+    subject: str
+    message: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.level:<4} {self.subject}: {self.message}" + (f"\n     -> {self.fix}" if self.fix else "")
+
+
+def ok(subject: str, message: str) -> Finding:
+    return Finding("OK", subject, message)
+
+
+def warn(subject: str, message: str, fix: str = "") -> Finding:
+    return Finding("WARN", subject, message, fix)
+
+
+def fail(subject: str, message: str, fix: str = "") -> Finding:
+    return Finding("FAIL", subject, message, fix)
+
+
+async def examine(path: Path) -> list[Finding]:
+    """Every check, in the order a technician would go through them."""
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return [fail("config", problem, f"edit {path}; 'care-gateway check-config {path}'") for problem in exc.problems]
+    findings = [ok("config", f"{path} is valid: station {config.station.id}, {len(config.devices)} devices")]
+    findings += list(_storage(config))
+    findings += [_serial_port(f"device {d.id}", d.port) for d in config.devices if isinstance(d, SERIAL_KINDS)]
+    findings += list(_bluetooth(config))
+    findings += list(_clock(config))
+    findings += list(_certificates(config))
+    findings.append(await _broker(config))
+    if config.sms is not None:
+        findings += await _modem(config)
+    return findings
+
+
+def _storage(config: StationConfig) -> Iterator[Finding]:
+    db = config.storage.path
+    folder = db.parent
+    if not folder.is_dir():
+        yield fail("storage", f"{folder} does not exist", f"create it: mkdir -p {folder} (the unit's StateDirectory)")
+        return
+    if not os.access(folder, os.W_OK):
+        yield fail("storage", f"{folder} is not writable by this user", "run as the service user, or chown the folder")
+    usage = shutil.disk_usage(folder)
+    free_mb = usage.free // (1024 * 1024)
+    if usage.free < config.storage.max_bytes or usage.free < usage.total * MIN_FREE_FRACTION:
+        yield warn(
+            "storage",
+            f"{free_mb} MiB free on {folder}, less than the outbox may use ({config.storage.max_bytes // 2**20} MiB)",
+            "free space (journalctl --vacuum-size=50M, old logs) or lower [storage] max_bytes",
+        )
+    else:
+        yield ok("storage", f"{free_mb} MiB free on {folder}")
+    if db.exists():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+                waiting = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as exc:
+            yield fail("outbox", f"{db} cannot be read: {exc}", "the daemon moves a corrupt file aside at start")
+            return
+        if verdict == "ok":
+            yield ok("outbox", f"{db}: intact, {waiting} events waiting")
+        else:
+            yield fail("outbox", f"{db}: {verdict}", "restart the service: it moves the file aside and salvages it")
+
+
+def _serial_port(subject: str, port: str) -> Finding:
+    path = Path(port)
+    if not path.exists():
+        by_id = (
+            sorted(p.name for p in Path("/dev/serial/by-id").glob("*")) if Path("/dev/serial/by-id").is_dir() else []
+        )
+        seen = f"; plugged in now: {', '.join(by_id)}" if by_id else "; no USB serial device is plugged in"
+        return fail(subject, f"{port} does not exist{seen}", "check the cable, then copy its /dev/serial/by-id name")
+    target = path.resolve()
+    if not stat.S_ISCHR(target.stat().st_mode):
+        return fail(subject, f"{port} -> {target} is not a serial device", "point the port at a /dev/tty* device")
+    if not os.access(target, os.R_OK | os.W_OK):
+        return fail(
+            subject,
+            f"{port} -> {target}: this user may not open it",
+            "add the service user to the dialout group: usermod -aG dialout care-gateway",
+        )
+    return ok(subject, f"{port} -> {target}, readable and writable")
+
+
+def _bluetooth(config: StationConfig) -> Iterator[Finding]:
+    devices = [d for d in config.devices if isinstance(d, BLE_KINDS)]
+    if not devices:
+        return
+    socket_path = config.ble.simulated_socket
+    if socket_path is not None:
+        if Path(socket_path).exists():
+            yield ok("bluetooth", f"simulated radio at {socket_path}")
+        else:
+            yield fail("bluetooth", f"no simulated radio at {socket_path}", "start: python -m simulators wearables")
+        return
+    adapter = Path("/sys/class/bluetooth") / config.ble.adapter
+    if adapter.exists():
+        yield ok("bluetooth", f"adapter {config.ble.adapter} present for {len(devices)} devices")
+    else:
+        yield fail(
+            "bluetooth",
+            f"adapter {config.ble.adapter} not found",
+            "check 'bluetoothctl list' and 'rfkill list'; a USB dongle may need replugging",
+        )
+
+
+def _clock(config: StationConfig) -> Iterator[Finding]:
+    clock = Clock(config.station.trust_clock)
+    if clock.trusted():
+        yield ok("clock", f"synchronised ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+    else:
+        yield warn(
+            "clock",
+            f"not synchronised; it says {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; events are flagged clock_trusted=false",
+            "check NTP: timedatectl status; systemctl status systemd-timesyncd",
+        )
+
+
+def _certificates(config: StationConfig) -> Iterator[Finding]:
+    tls = config.uplink.tls
+    if tls is None:
+        return
+    for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+        if path is None:
+            continue
+        if not path.exists():
+            yield fail(f"tls {name}", f"{path} is missing", "copy it from the platform operator")
+            continue
+        if name == "key_file":
+            if path.stat().st_mode & 0o077:
+                yield warn(f"tls {name}", f"{path} can be read by other users", f"chmod 600 {path}")
+            continue
+        not_after = certificate_not_after(path)
+        if not_after is None:
+            yield fail(f"tls {name}", f"{path} is not a PEM certificate", "ask the platform operator for a new one")
+            continue
+        days = (not_after - datetime.now(UTC)).days
+        if days < 0:
+            yield fail(f"tls {name}", f"{path} expired on {not_after:%Y-%m-%d}", "install a renewed certificate")
+        elif days < TLS_EXPIRY_WARNING_DAYS:
+            yield warn(f"tls {name}", f"{path} expires in {days} days ({not_after:%Y-%m-%d})", "renew it now")
+        else:
+            yield ok(f"tls {name}", f"{path} valid until {not_after:%Y-%m-%d}")
+
+
+async def _broker(config: StationConfig) -> Finding:
+    up = config.uplink
+    where = f"{up.host}:{up.port}"
+    try:
+        socket.getaddrinfo(up.host, up.port)
+    except OSError as exc:
+        return fail("broker", f"{up.host} cannot be resolved ({exc})", "check DNS and the uplink (ping, modem)")
+    secrets = read_secrets(up.secrets_file) if up.secrets_file else None
+    tls = (
+        aiomqtt.TLSParameters(
+            ca_certs=str(up.tls.ca_file),
+            certfile=str(up.tls.cert_file) if up.tls.cert_file else None,
+            keyfile=str(up.tls.key_file) if up.tls.key_file else None,
+        )
+        if up.tls
+        else None
+    )
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            async with aiomqtt.Client(
+                up.host,
+                up.port,
+                identifier=f"{config.client_id}-doctor",  # not the daemon's id: it must not be kicked off
+                username=(secrets.username if secrets else None) or up.username,
+                password=(secrets.password if secrets else None) or up.password,
+                tls_params=tls,
+                timeout=BROKER_TIMEOUT_S,
+            ):
+                pass
+    except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
+        return fail("broker", f"cannot connect to {where}: {exc!r}", _broker_fix(exc))
+    return ok("broker", f"{where} accepted an MQTT connection" + (" over TLS" if up.tls else ""))
+
+
+def _broker_fix(exc: BaseException) -> str:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return "the broker's certificate does not match [uplink.tls] ca_file or the host name"
+    if "Not authorized" in text or "user name or password" in text:
+        return "the broker refused the user name or password ([uplink] secrets_file)"
+    if isinstance(exc, TimeoutError) or "timed out" in text:
+        return "no answer: check the uplink (cellular signal, router), the port and the broker's firewall"
+    return "check the uplink, the host and port in [uplink], and that the broker runs"
+
+
+async def _modem(config: StationConfig) -> list[Finding]:
+    assert config.sms is not None
+    port = _serial_port("sms modem", config.sms.port)
+    if port.level != "OK":
+        return [port]
+    try:
+        async with Modem(config.sms) as modem:
+            state = await modem.bring_up()
+    except ModemError as exc:
+        return [port, fail("sms modem", str(exc), "check the SIM card, the antenna and the network coverage")]
+    signal = f"{state.signal_dbm} dBm" if state.signal_dbm is not None else "unknown"
+    return [port, ok("sms modem", f"SIM ready, {state.registration} network, signal {signal}")]
+
+
+def run(path: Path) -> int:
+    findings = asyncio.run(examine(path))
+    for finding in findings:
+        print(finding.line(), flush=True)
+    failed = sum(f.level == "FAIL" for f in findings)
+    warned = sum(f.level == "WARN" for f in findings)
+    print(f"{failed} problem(s) to fix, {warned} warning(s)" if failed or warned else "everything checked is fine")
+    return 1 if failed else 0

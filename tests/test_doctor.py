@@ -1,0 +1,72 @@
+"""`care-gateway doctor` against a simulated station: a pty receiver, a modem, a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from simulators.broker import Mosquitto, free_port
+from simulators.button_receiver import ButtonReceiverSim
+from simulators.harness import station_toml
+from simulators.modem import ModemSim
+
+
+async def doctor(config: Path) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "doctor", "--config", str(config), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)  # the loop keeps serving the modem meanwhile
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_a_healthy_station_then_a_broken_one(tmp_path: Path, broker: Mosquitto) -> None:
+    receiver, modem = ButtonReceiverSim(), ModemSim()
+    modem.start()
+    sms = f'\n[sms]\nport = "{modem.path}"\n'
+    config = tmp_path / "station.toml"
+    config.write_text(
+        station_toml(
+            station_id="st",
+            broker_port=broker.port,
+            db_path=tmp_path / "outbox.db",
+            receiver_ports={"button-rx-1": receiver.path},
+            extra_devices=sms,
+        )
+    )
+    code, out = await doctor(config)
+    assert code == 0, out
+    for expected in (
+        f"OK   config: {config} is valid: station st, 1 devices",
+        f"OK   device button-rx-1: {receiver.path} -> {receiver.path}, readable and writable",
+        f"OK   broker: 127.0.0.1:{broker.port} accepted an MQTT connection",
+        "OK   sms modem: SIM ready, home network, signal -77 dBm",
+    ):
+        assert expected in out, out
+
+    modem.faults.registered = False
+    dead_port = free_port()
+    config.write_text(
+        config.read_text()
+        .replace(receiver.path, "/dev/serial/by-id/usb-missing-receiver")
+        .replace(f"port = {broker.port}", f"port = {dead_port}")
+    )
+    code, out = await doctor(config)
+    assert code == 1
+    assert "FAIL device button-rx-1: /dev/serial/by-id/usb-missing-receiver does not exist" in out
+    assert "-> check the cable, then copy its /dev/serial/by-id name" in out
+    assert f"FAIL broker: cannot connect to 127.0.0.1:{dead_port}" in out
+    assert "FAIL sms modem: not registered on a network (searching; signal unknown)" in out
+    assert "problem(s) to fix" in out
+    receiver.close()
+    modem.close()
+
+
+async def test_a_bad_station_file_is_reported_line_by_line(tmp_path: Path) -> None:
+    config = tmp_path / "station.toml"
+    config.write_text('[station]\nid = "Bad Id"\nname = "x"\n')
+    code, out = await doctor(config)
+    assert code == 1
+    assert "FAIL config: " in out
+    assert "station.id: 'Bad Id' is not allowed" in out
