@@ -90,6 +90,33 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.run(args.config)
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    """BLE devices in range and what the gateway can decode from them, to help fill the config."""
+    from gateway.ble_link import scan
+    from gateway.config import BLE_KINDS
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return EXIT_CONFIG
+    known = [d for d in config.devices if isinstance(d, BLE_KINDS)]
+    found = asyncio.run(scan(config.ble, known, args.seconds))
+    if args.json:
+        print(json.dumps([{**vars(d), "decoded": sorted(d.decoded)} for d in found], indent=2))
+        return 0
+    for d in found:
+        where = f"configured as {d.configured_as}" if d.configured_as else "not in the station file"
+        print(f"{d.address}  {d.rssi:>4} dBm  {d.adverts:>4} adverts  {d.name or '-':<16} {where}")
+        for item in sorted(d.decoded):
+            print(f"    {item}")
+    missing = {d.id for d in known} - {d.configured_as for d in found}
+    print(f"{len(found)} device(s) heard in {args.seconds:.0f} s on {config.ble.adapter}")
+    if missing:
+        print(f"configured but not heard: {', '.join(sorted(missing))}")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from gateway.events import event_json_schema
 
@@ -126,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     doctor.add_argument("--config", required=True, type=Path)
     doctor.set_defaults(func=_cmd_doctor)
+
+    scan = sub.add_parser("scan", help="list Bluetooth devices in range and what the gateway decodes from them")
+    scan.add_argument("--config", required=True, type=Path, help="station file ([ble] adapter, devices)")
+    scan.add_argument("--seconds", type=float, default=10.0, help="how long to listen")
+    scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    scan.set_defaults(func=_cmd_scan)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of an event")
     schema.set_defaults(func=_cmd_schema)

@@ -13,7 +13,8 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
@@ -30,7 +31,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from drivers.adverts import AdvertError, IBeacon, decode_advertisement
+from drivers.adverts import AdvertError, BTHomePacket, IBeacon, decode_advertisement
 from drivers.gatt import GattError, decode_characteristic, uuid16
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
@@ -64,6 +65,94 @@ KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BT
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
 
 
+def bind_keys(devices: Sequence[BleDevice]) -> dict[str, bytes]:
+    """device id -> BTHome key, for the encrypted pendants and wristbands."""
+    return {d.id: bytes.fromhex(d.bind_key) for d in devices if isinstance(d, KEYED) and d.bind_key}
+
+
+def make_scanner(ble: BleSection, callback: Callable[[BLEDevice, AdvertisementData], None]) -> BleakScanner:
+    """A scanner on the configured adapter (BlueZ, or the simulated radio), duplicates kept."""
+    socket_path = ble.simulated_socket
+    if socket_path is not None:
+        from simulators.ble_backend import SimulatedScanner
+
+        return BleakScanner(
+            callback, scanning_mode=ble.scanning_mode, backend=SimulatedScanner, socket_path=socket_path
+        )
+    bluez: dict[str, Any] = {"adapter": ble.adapter, "filters": {"DuplicateData": True}}
+    if ble.scanning_mode == "passive":
+        bluez["or_patterns"] = PASSIVE_PATTERNS
+    return BleakScanner(callback, scanning_mode=ble.scanning_mode, bluez=bluez)  # type: ignore[arg-type]
+
+
+HEALTH_SERVICES = {  # advertised service UUIDs -> the [devices] profile to configure
+    uuid16(0x1810): "blood_pressure",
+    uuid16(0x1809): "thermometer",
+    uuid16(0x1822): "oximeter",
+    uuid16(0x181D): "scale",
+    uuid16(0x180D): "heart_rate",
+}
+
+
+@dataclass
+class SeenDevice:
+    """One device heard by `care-gateway scan`, and what the gateway can make of it."""
+
+    address: str
+    name: str | None
+    rssi: int
+    adverts: int = 0
+    decoded: set[str] = field(default_factory=set)
+    configured_as: str | None = None
+
+
+def describe(reading: object) -> str:
+    if isinstance(reading, BTHomePacket):
+        values = ", ".join(f"{k} {v}" for k, v in sorted(reading.values.items()))
+        kind = "trigger-based " if reading.trigger_based else ""
+        return f"BTHome v2 {kind}{'(encrypted) ' if reading.encrypted else ''}[{values}]".replace(" []", "")
+    if isinstance(reading, IBeacon):
+        return f"iBeacon uuid {reading.uuid} major {reading.major} minor {reading.minor}"
+    if isinstance(reading, AdvertError):
+        return f"undecodable: {reading.reason}"
+    return type(reading).__name__
+
+
+async def scan(ble: BleSection, devices: Sequence[BleDevice], seconds: float) -> list[SeenDevice]:
+    """Listen for `seconds`; every device heard, strongest first, with its decodable content."""
+    by_address = {d.address.upper(): d for d in devices if d.address}
+    keys = bind_keys(devices)
+    seen: dict[str, SeenDevice] = {}
+
+    def heard(device: BLEDevice, adv: AdvertisementData) -> None:
+        entry = seen.setdefault(device.address.upper(), SeenDevice(device.address.upper(), adv.local_name, adv.rssi))
+        entry.adverts += 1
+        entry.rssi = max(entry.rssi, adv.rssi)
+        entry.name = entry.name or adv.local_name
+        readings = decode_advertisement(
+            device.address,
+            adv.manufacturer_data,
+            adv.service_data,
+            keys.get(by_address[entry.address].id) if entry.address in by_address else None,
+        )
+        entry.decoded.update(describe(r) for r in readings)
+        entry.decoded.update(
+            f'GATT health service: profile = "{HEALTH_SERVICES[u]}"' for u in adv.service_uuids if u in HEALTH_SERVICES
+        )
+        configured = by_address.get(entry.address)
+        if configured is None:
+            beacons = [r for r in readings if isinstance(r, IBeacon)]
+            configured = next(
+                (d for d in devices for b in beacons if d.ibeacon and ibeacon_matches(b, d.ibeacon)), None
+            )
+        if configured is not None:
+            entry.configured_as = configured.id
+
+    async with make_scanner(ble, heard):
+        await asyncio.sleep(seconds)
+    return sorted(seen.values(), key=lambda d: -d.rssi)
+
+
 class BleLink:
     """Every configured BLE device, through one scanner, for as long as the daemon runs."""
 
@@ -76,7 +165,7 @@ class BleLink:
         self._on_events = on_events
         self._by_address = {d.address.upper(): d for d in devices if d.address}
         self._by_beacon = [d for d in devices if d.ibeacon]
-        self._keys = {d.id: bytes.fromhex(d.bind_key) for d in devices if isinstance(d, KEYED) and d.bind_key}
+        self._keys = bind_keys(devices)
         self._queue: collections.deque[tuple[BleDevice, BLEDevice, AdvertisementData, float]] = collections.deque(
             maxlen=QUEUE_LIMIT
         )
@@ -92,9 +181,9 @@ class BleLink:
         socket_path = self.ble.simulated_socket
         if socket_path is None:
             return {}
-        from simulators.ble_backend import SimulatedClient, SimulatedScanner
+        from simulators.ble_backend import SimulatedClient
 
-        return {"scanner": SimulatedScanner, "client": SimulatedClient, "socket_path": socket_path}
+        return {"client": SimulatedClient, "socket_path": socket_path}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -105,17 +194,7 @@ class BleLink:
     # --- scanning and its self-healing ---------------------------------------------------------
 
     def _scanner(self) -> BleakScanner:
-        if "scanner" in self._backend:
-            return BleakScanner(
-                self._on_advertisement,
-                scanning_mode=self.ble.scanning_mode,
-                backend=self._backend["scanner"],
-                socket_path=self._backend["socket_path"],
-            )
-        bluez: dict[str, Any] = {"adapter": self.ble.adapter, "filters": {"DuplicateData": True}}
-        if self.ble.scanning_mode == "passive":
-            bluez["or_patterns"] = PASSIVE_PATTERNS
-        return BleakScanner(self._on_advertisement, scanning_mode=self.ble.scanning_mode, bluez=bluez)  # type: ignore[arg-type]
+        return make_scanner(self.ble, self._on_advertisement)
 
     async def _scan_forever(self) -> None:
         failures = 0

@@ -138,3 +138,41 @@ async def test_a_silent_radio_is_restarted_then_reset(tmp_path: Path, broker: Mo
                 assert await wait_until(lambda: events_of(station, "presence", "band-wang"))  # heard again
             finally:
                 beats.cancel()
+
+
+async def test_scan_lists_devices_in_range_with_what_it_decodes(tmp_path: Path) -> None:
+    import sys
+
+    from simulators.harness import station_toml
+
+    socket = tmp_path / "ble.sock"
+    config = tmp_path / "station.toml"
+    config.write_text(
+        station_toml(station_id="st", broker_port=1883, db_path=tmp_path / "o.db", receiver_ports={}) + ble_toml(socket)
+    )
+    async with w.SimulatedRadio(socket) as radio:
+
+        async def advertise() -> None:
+            for n in range(1000):
+                w.wristband_beat(radio, n % 256, moving=True)
+                w.badge_beat(radio)
+                radio.advertise("C0:FF:EE:00:00:77", name="stranger", svc={w.BTHOME_UUID: w.bthome_service_data(
+                    packet_id=n % 256, battery=50, presence=True)})  # fmt: skip
+                await asyncio.sleep(0.05)
+
+        beacon = asyncio.create_task(advertise())
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "scan", "--config", str(config), "--seconds", "1.5",
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out = (await asyncio.wait_for(proc.communicate(), 30))[0].decode()
+        beacon.cancel()
+    assert proc.returncode == 0, out
+    assert f"{w.WRISTBAND.upper()}" in out
+    assert "configured as band-wang" in out
+    assert "configured as badge-li" in out
+    assert "C0:FF:EE:00:00:77" in out
+    assert "stranger         not in the station file" in out
+    assert "BTHome v2 [battery 50, presence True]" in out
+    assert f"iBeacon uuid {w.BADGE_UUID.lower()} major 1 minor 7" in out
+    assert "configured but not heard: bp, oxi, pendant-enc, pendant-wang" in out
