@@ -9,7 +9,10 @@ import logging
 import os
 import sqlite3
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, load_config
@@ -57,30 +60,120 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_FRESH_S = 5.0  # the daemon rewrites status.json every second; older means it is not running
+PRIORITY_NAMES = {0: "alarm", 1: "status", 2: "telemetry"}
+
+
+def _outbox_waiting(path: Path) -> dict[str, Any]:
+    """What waits in the outbox, read directly (works whether or not the daemon runs)."""
+    if not path.exists():
+        return {"outbox": str(path), "exists": False}
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+        rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
+        oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
+    return {
+        "outbox": str(path),
+        "waiting": {name: rows.get(rank, 0) for rank, name in PRIORITY_NAMES.items()},
+        "oldest_created_ms": oldest,
+    }
+
+
+def _live_status(path: Path) -> dict[str, Any] | None:
+    """The running daemon's status.json, or None if there is none or it is stale."""
+    try:
+        body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return body if time.time() - float(body.get("written_at", 0)) < STATUS_FRESH_S else None
+
+
+def _ago(iso: str | None) -> str:
+    if not iso:
+        return "never"
+    seconds = time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def render_status(live: dict[str, Any] | None, waiting: dict[str, Any]) -> str:
+    """The daemon's state as a technician reads it."""
+    lines = []
+    if live is None:
+        lines.append("the daemon is not running (no fresh status.json beside the outbox)")
+        counts = waiting.get("waiting", {})
+        lines.append("outbox: " + ", ".join(f"{n} {name}" for name, n in counts.items()) + " waiting")
+        return "\n".join(lines)
+    clock = "synchronised" if live.get("clock_trusted") else "NOT synchronised"
+    lines.append(
+        f"station {live['station_id']} ({live['name']}): care-gateway {live['version']}, "
+        f"up {live['uptime_s']} s, clock {clock}"
+    )
+    link = live.get("link", {})
+    lines.append(f"link: {link.get('state')} since {link.get('since')} ({link.get('connects_since_start')} connects)")
+    for change in link.get("history", [])[-3:]:
+        lines.append(f"    {change['at']} {change['state']}: {change['reason']}")
+    backlog = live.get("backlog", {})
+    drain = live.get("estimated_drain_s")
+    lines.append(
+        "backlog: "
+        + ", ".join(f"{n} {name}" for name, n in backlog.items())
+        + (f"; oldest {live['oldest_unsent_s']:.0f} s" if live.get("oldest_unsent_s") else "")
+        + (f"; drains in about {drain:.0f} s" if drain else "")
+    )
+    for device_id, device in {**live.get("devices", {}), **live.get("ble_devices", {})}.items():
+        state = device.get("state", "")
+        battery = f", battery {device['battery']} %" if device.get("battery") is not None else ""
+        lines.append(
+            f"device {device_id} ({device['kind']}) {state} last seen {_ago(device.get('last_seen'))}{battery}"
+        )
+    for alarm in live.get("alarms_open", []):
+        who = f" of {alarm['resident']}" if alarm.get("resident") else ""
+        lines.append(
+            f"OPEN ALARM {alarm['kind']}{who} from {alarm['device_id']}: {alarm['state']} ({alarm['alarm_id']})"
+        )
+    return "\n".join(lines)
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
-    """What is waiting in the outbox, read offline (works while the daemon runs)."""
+    """The running daemon's state (status.json) and what waits in the outbox."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return EXIT_CONFIG
-    path = config.storage.path
-    if not path.exists():
-        print(json.dumps({"outbox": str(path), "exists": False}))
+    status_file = config.storage.path.with_name("status.json")
+    if args.json:
+        live = _live_status(status_file)
+        body = {"daemon": "running" if live else "not running", "status": live, **_outbox_waiting(config.storage.path)}
+        print(json.dumps(body, ensure_ascii=False))
         return 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-        rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
-        oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
-    names = {0: "alarm", 1: "status", 2: "telemetry"}
-    print(
-        json.dumps(
-            {
-                "outbox": str(path),
-                "waiting": {names[k]: rows.get(k, 0) for k in names},
-                "oldest_created_ms": oldest,
-            }
+    if not args.watch:
+        print(render_status(_live_status(status_file), _outbox_waiting(config.storage.path)))
+        return 0
+    return _watch(status_file, args.timeout)
+
+
+def _watch(status_file: Path, timeout: float) -> int:
+    """One line a second while the backlog drains: how many wait, how fast they go, when done."""
+    deadline = time.monotonic() + timeout
+    previous: tuple[float, int] | None = None
+    while time.monotonic() < deadline:
+        live = _live_status(status_file)
+        if live is None:
+            print("the daemon is not running", flush=True)
+            return 1
+        total = sum(live.get("backlog", {}).values())
+        now = time.monotonic()
+        if total == 0:
+            print("backlog drained: nothing waits", flush=True)
+            return 0
+        rate = (previous[1] - total) / (now - previous[0]) if previous and now > previous[0] else 0.0
+        left = f", about {total / rate:.0f} s left" if rate > 0 else ""
+        print(
+            f"backlog {total} events, link {live.get('link', {}).get('state')}, {rate:.0f} events/s{left}", flush=True
         )
-    )
+        previous = (now, total)
+        time.sleep(1.0)
+    print("still draining; stopped watching", flush=True)
     return 0
 
 
@@ -144,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+", type=Path)
     check.set_defaults(func=_cmd_check_config)
 
-    status = sub.add_parser("status", help="print what waits in the outbox (JSON)")
+    status = sub.add_parser("status", help="the running daemon's state: link, backlog, devices, open alarms")
     status.add_argument("--config", required=True, type=Path)
+    status.add_argument("--json", action="store_true", help="print JSON (the daemon's status and the outbox)")
+    status.add_argument("--watch", action="store_true", help="one line a second until the backlog has drained")
+    status.add_argument("--timeout", type=float, default=3600.0, help="stop watching after this many seconds")
     status.set_defaults(func=_cmd_status)
 
     doctor = sub.add_parser(

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,8 @@ log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
 CARE_TICK_S = 1.0  # how often the care rules look at the time
+STATUS_FILE = "status.json"  # written beside the outbox for `care-gateway status`
+STATUS_FILE_INTERVAL_S = 1.0
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 
 
@@ -154,6 +159,16 @@ class Station:
         await self.commit(events)
         return {"alarm_id": command.alarm_id, "state": state}
 
+    async def _status_file_loop(self) -> None:
+        """Keep status.json fresh; a stale file tells `care-gateway status` the daemon is gone."""
+        while True:
+            try:
+                await self.write_status_file()
+            except OSError as exc:
+                log.warning("cannot write %s beside the outbox: %s", STATUS_FILE, exc)
+                await asyncio.sleep(60)
+            await asyncio.sleep(STATUS_FILE_INTERVAL_S)
+
     async def _care_tick(self) -> None:
         """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
         while True:
@@ -161,7 +176,7 @@ class Station:
             await self.commit(self.care.tick(self.clock.now()))
 
     def status_snapshot(self) -> dict[str, Any]:
-        """The station part of the retained status message (the uplink adds the backlog)."""
+        """The station part of the status (the uplink adds link, backlog and TLS)."""
         return {
             "station_id": self.config.station.id,
             "name": self.config.station.name,
@@ -174,19 +189,71 @@ class Station:
                 link.device.id: {
                     "kind": link.device.kind,
                     "state": {True: "online", False: "offline", None: "starting"}[link.online],
+                    "last_seen": _iso_or_none(link.last_seen),
                     "frames_ok": link.codec.stats.frames_ok,
                     "frames_rejected": link.codec.stats.frames_rejected,
                     "bytes_rejected": link.codec.stats.bytes_rejected,
                 }
                 for link in self.links
             },
-            **({"ble": dict(self.ble.stats)} if self.ble else {}),
+            **({"ble": dict(self.ble.stats), "ble_devices": self._ble_devices()} if self.ble else {}),
+            "residents": {
+                r.id: {
+                    "name": r.name,
+                    "room": r.room,
+                    "last_activity": _iso_or_none(self.care.state.get(f"activity:{r.id}")),
+                    "open_alarms": sum(1 for a in self.care.alarms.values() if a.resident == r.id),
+                }
+                for r in self.config.residents
+            },
             "alarms_open": [
-                {"alarm_id": a.id, "kind": a.kind, "state": a.state, "resident": a.resident, "count": a.count}
+                {
+                    "alarm_id": a.id,
+                    "kind": a.kind,
+                    "state": a.state,
+                    "resident": a.resident,
+                    "device_id": a.device_id,
+                    "count": a.count,
+                    "raised_at": _iso_or_none(a.raised_at),
+                }
                 for a in self.care.alarms.values()
             ],
+            "storage_use": self._storage_use(),
             **({"sms": {"modem": self.escalator.modem_state, **self.escalator.stats}} if self.escalator else {}),
         }
+
+    def _ble_devices(self) -> dict[str, Any]:
+        assert self.ble is not None
+        out = {}
+        for device in self.ble.devices:
+            seen = self.ble.seen.get(device.id)
+            rules = self.ble.rules[device.id]
+            battery = getattr(getattr(rules, "inner", rules), "battery", None)  # (inside a Supervised)
+            out[device.id] = {
+                "kind": device.kind,
+                "resident": device.resident,
+                "last_seen": _iso_or_none(seen[0] if seen else None),
+                "rssi": seen[1] if seen else None,
+                "battery": battery,
+            }
+        return out
+
+    def _storage_use(self) -> dict[str, Any]:
+        path = self.config.storage.path
+        on_disk = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+        free = shutil.disk_usage(path.parent).free
+        return {"outbox_file_bytes": on_disk, "disk_free_bytes": free}
+
+    async def write_status_file(self) -> None:
+        """The status as JSON beside the outbox, for `care-gateway status` (atomic replace)."""
+        if self._uplink is None:
+            return
+        body = {"state": "online" if self._uplink.connected else "offline", **await self._uplink.status_body()}
+        body["written_at"] = time.time()
+        target = self.config.storage.path.with_name(STATUS_FILE)
+        temporary = target.with_suffix(".tmp")
+        temporary.write_text(json.dumps(body, ensure_ascii=False))
+        os.replace(temporary, target)
 
     async def run(self) -> None:
         cfg = self.config
@@ -246,6 +313,7 @@ class Station:
                     )
                 tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
                 tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
+                tasks.create_task(keep_running("the status file", self._status_file_loop), name="status-file")
                 if self.escalator is not None:
                     tasks.create_task(keep_running("SMS escalation", self.escalator.run), name="sms")
                 sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
@@ -288,6 +356,12 @@ class Station:
                         uplink,
                     )
             await asyncio.sleep(tick)
+
+
+def _iso_or_none(epoch: object) -> str | None:
+    if not isinstance(epoch, int | float):
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 async def run_station(config: StationConfig, config_path: Path | None = None) -> None:

@@ -166,6 +166,7 @@ class BleLink:
         self._by_address = {d.address.upper(): d for d in devices if d.address}
         self._by_beacon = [d for d in devices if d.ibeacon]
         self._keys = bind_keys(devices)
+        self.seen: dict[str, tuple[float, int]] = {}  # device id -> (wall time, RSSI) of its last advertisement
         self._queue: collections.deque[tuple[BleDevice, BLEDevice, AdvertisementData, float]] = collections.deque(
             maxlen=QUEUE_LIMIT
         )
@@ -303,6 +304,7 @@ class BleLink:
         self, configured: BleDevice, device: BLEDevice, adv: AdvertisementData, seen_at: float, tasks: asyncio.TaskGroup
     ) -> None:
         rules = self.rules[configured.id]
+        self.seen[configured.id] = (time.time(), adv.rssi)
         drafts = rules.on_reading(Seen(adv.rssi), seen_at)
         for reading in decode_advertisement(
             device.address, adv.manufacturer_data, adv.service_data, self._keys.get(configured.id)

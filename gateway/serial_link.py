@@ -75,6 +75,7 @@ class SerialLink:
         self._on_events = on_events
         self._on_state = on_state
         self.online: bool | None = None  # None until the first open attempt has finished
+        self.last_seen: float | None = None  # wall time of the last good frame (status, status page)
         self._last_reject_log = -REJECT_LOG_INTERVAL_S
         self._unlogged_rejects = 0
         self._logged_bytes = 0
@@ -174,6 +175,8 @@ class SerialLink:
             if not data:
                 raise EOFError("the port reported end of file (device unplugged?)")
             units = self.codec.feed(data)
+            if any(unit.error is None for unit in units):
+                self.last_seen = time.time()
             self._report_rejects(units)
             if self.online is False and any(unit.error is None for unit in units):
                 await self._set_state(True, f"{self.device.port}: the device answers again")

@@ -61,6 +61,7 @@ PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; o
 TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
 DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
 TLS_EXPIRY_WARNING_DAYS = 30  # a certificate expiring sooner is logged at start and flagged in the status
+LINK_HISTORY = 20  # link changes kept for the status message
 STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog is starved
 
 StatusSource = Callable[[], dict[str, Any]]
@@ -182,6 +183,9 @@ class Uplink:
         self.connected = False
         self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
         self.progress_at = time.monotonic()  # the forwarding loop's last sign of life (watchdog)
+        self.link_since = time.time()  # when the link last went up or down
+        self.connects = 0
+        self.link_history: collections.deque[dict[str, Any]] = collections.deque(maxlen=LINK_HISTORY)
         up = config.uplink
         secrets = read_secrets(up.secrets_file) if up.secrets_file else None  # checked by the config already
         self._username = (secrets.username if secrets else None) or up.username
@@ -208,6 +212,29 @@ class Uplink:
         limit = up.reconnect_max_s + RETRY_JITTER_S + up.connect_timeout_s + up.publish_timeout_s + up.keepalive_s
         silent = now - self.progress_at
         return silent if silent > limit + STALL_MARGIN_S else None
+
+    def _link_changed(self, state: str, reason: str) -> None:
+        self.link_since = time.time()
+        self.link_history.append({"at": _iso(self.link_since), "state": state, "reason": reason[:200]})
+
+    def link_report(self) -> dict[str, Any]:
+        """The link's state, since when, how often it came up, and its last changes."""
+        return {
+            "state": "up" if self.connected else "down",
+            "since": _iso(self.link_since),
+            "connects_since_start": self.connects,
+            "history": list(self.link_history),
+        }
+
+    async def status_body(self) -> dict[str, Any]:
+        """The whole status: station, link, backlog, TLS (the MQTT status message, the status
+        file that `care-gateway status` reads, and the local status page)."""
+        snap = await self._outbox.snapshot()
+        body = self._status_source()
+        body.update(link_profile=self._config.uplink.link_profile, **self.backlog_report(snap))
+        body["link"] = self.link_report()
+        body["tls"] = self.tls_report() if self._config.uplink.tls else None
+        return body
 
     def _alive(self) -> None:
         self.progress_at = time.monotonic()
@@ -252,6 +279,7 @@ class Uplink:
                 )
             self._bulk_in_flight = 0
             reason = "; ".join(repr(e) for e in group.exceptions)
+            self._link_changed("down", reason)
             backlog = sum((await self._outbox.counts()).values())
             log.warning("uplink down: %s; %d events kept in the outbox; reconnecting", reason, backlog)
 
@@ -296,6 +324,8 @@ class Uplink:
                 client.timeout = up.publish_timeout_s  # from now on: how long to wait for a PUBACK
         self.connected = True
         self._alive()
+        self.connects += 1
+        self._link_changed("up", f"connected to {up.host}:{up.port}")
         counts = await self._outbox.counts()
         log.info(
             "uplink up: connected to %s:%d as %s (%s link); backlog %s",
@@ -486,11 +516,7 @@ class Uplink:
         return min(measured, budget) if budget else measured
 
     async def _status_payload(self, state: str) -> str:
-        snap = await self._outbox.snapshot()
-        body = self._status_source()
-        body.update(state=state, link_profile=self._config.uplink.link_profile, **self.backlog_report(snap))
-        body["tls"] = self.tls_report() if self._config.uplink.tls else None
-        return json.dumps(body)
+        return json.dumps({"state": state, **await self.status_body()}, ensure_ascii=False)
 
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""
@@ -574,6 +600,10 @@ def _advice(exc: BaseException | None) -> str:
     if "Not authorized" in text or "Bad user name or password" in text:
         return ": the broker refused this station's user name or password (uplink.secrets_file)"
     return ""
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _now_iso() -> str:
