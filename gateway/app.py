@@ -30,6 +30,7 @@ from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_eve
 from gateway.outbox import Outbox
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
+from gateway.status_page import StatusPage
 from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, Uplink
 
 log = logging.getLogger("care_gateway")
@@ -86,6 +87,7 @@ class Station:
         self.ble: BleLink | None = None
         self.care = CareBook(config, self.make_event)
         self.escalator: Escalator | None = None
+        self.status_page: StatusPage | None = None
 
     @property
     def outbox(self) -> Outbox:
@@ -244,11 +246,16 @@ class Station:
         free = shutil.disk_usage(path.parent).free
         return {"outbox_file_bytes": on_disk, "disk_free_bytes": free}
 
+    async def full_status(self) -> dict[str, Any]:
+        """Station, link, backlog: for the status file and the status page."""
+        assert self._uplink is not None
+        return {"state": "online" if self._uplink.connected else "offline", **await self._uplink.status_body()}
+
     async def write_status_file(self) -> None:
         """The status as JSON beside the outbox, for `care-gateway status` (atomic replace)."""
         if self._uplink is None:
             return
-        body = {"state": "online" if self._uplink.connected else "offline", **await self._uplink.status_body()}
+        body = await self.full_status()
         body["written_at"] = time.time()
         target = self.config.storage.path.with_name(STATUS_FILE)
         temporary = target.with_suffix(".tmp")
@@ -281,6 +288,8 @@ class Station:
             self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.on_command)
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.commit)
+            if cfg.status_page is not None:
+                self.status_page = StatusPage(cfg.status_page, self.full_status)
             self.links = [
                 SerialLink(
                     device,
@@ -314,6 +323,8 @@ class Station:
                 tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
                 tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
                 tasks.create_task(keep_running("the status file", self._status_file_loop), name="status-file")
+                if self.status_page is not None:
+                    tasks.create_task(keep_running("the status page", self.status_page.run), name="status-page")
                 if self.escalator is not None:
                     tasks.create_task(keep_running("SMS escalation", self.escalator.run), name="sms")
                 sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")

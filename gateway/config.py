@@ -548,6 +548,23 @@ class BleSection(_Section):
         return self.adapter.removeprefix("simulated:") if self.adapter.startswith("simulated:") else None
 
 
+class StatusPageSection(_Section):
+    bind: str = Field(
+        "0.0.0.0",
+        description="IP address to listen on: 0.0.0.0 for the station's LAN, 127.0.0.1 for this machine only",
+    )
+    port: int = Field(8080, ge=0, le=65535, description="TCP port, 1-65535 (0: any free port, for tests)")
+
+    @field_validator("bind")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an IP address") from exc
+        return value
+
+
 class StationConfig(_Section):
     station: StationSection = Field(description="[station] section")
     uplink: UplinkSection = Field(description="[uplink] section")
@@ -557,6 +574,9 @@ class StationConfig(_Section):
     residents: list[ResidentSection] = Field(default_factory=list, description="[[residents]] entries")
     care: CareSection = Field(default_factory=CareSection, description="[care] section: care rules")
     sms: SmsSection | None = Field(None, description="[sms] section: the modem for SMS escalation; absent: no SMS")
+    status_page: StatusPageSection | None = Field(
+        None, description="[status_page] section: a read-only page on the LAN; absent: off"
+    )
 
     @field_validator("devices")
     @classmethod

@@ -1,0 +1,156 @@
+"""The station's status page on the local network: for a technician or a carer with a phone.
+
+Off unless the station file has a `[status_page]` section. A deliberately small HTTP/1.1
+server on asyncio (one request per connection, bounded request size and time, GET only):
+`/` is an HTML page that refreshes itself, `/status.json` the same data as JSON. It shows the
+station, the link, the backlog, the open alarms, the devices and the residents with last-seen
+and battery; it changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.config import StatusPageSection
+
+log = logging.getLogger("care_gateway.status_page")
+
+REQUEST_LIMIT_BYTES = 8192  # a request line and headers; anything longer is refused
+REQUEST_TIMEOUT_S = 5.0
+REFRESH_S = 5  # the page reloads itself this often
+
+StatusBody = Callable[[], Awaitable[dict[str, Any]]]
+
+KIND_NAMES = {  # what a carer reads for each alarm kind
+    "sos": "紧急求助 SOS",
+    "medical": "医疗求助 medical",
+    "panic": "紧急报警 panic",
+    "duress": "胁迫报警 duress",
+    "fall": "跌倒 fall",
+    "inactivity": "长时间无活动 inactivity",
+    "wearer_absent": "佩戴者未出现 wearer absent",
+    "vitals_alert": "生命体征异常 vital signs",
+}
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:0;padding:12px;background:#f4f5f7;color:#222;font-size:16px}
+h1{font-size:1.3em;margin:0 0 4px} h2{font-size:1.05em;margin:18px 0 6px}
+section{background:#fff;border-radius:8px;padding:10px 12px;margin-bottom:10px}
+table{width:100%;border-collapse:collapse;table-layout:fixed}
+td,th{text-align:left;padding:4px 6px;border-bottom:1px solid #eee;overflow-wrap:anywhere;vertical-align:top}
+.alarm{background:#fde2e1;border-left:6px solid #c62828} .ok{color:#2e7d32} .bad{color:#c62828;font-weight:bold}
+.muted{color:#666;font-size:.9em}
+"""
+
+
+def _e(value: object) -> str:
+    return html.escape("—" if value is None else str(value))
+
+
+def render_page(status: dict[str, Any]) -> str:
+    """The status as one HTML page, readable on a phone."""
+    link = status.get("link", {})
+    link_class = "ok" if link.get("state") == "up" else "bad"
+    backlog = status.get("backlog", {})
+    alarms = status.get("alarms_open", [])
+    residents = status.get("residents", {})
+    devices = {**status.get("devices", {}), **status.get("ble_devices", {})}
+    parts = [
+        "<!doctype html><html lang='zh'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<meta http-equiv='refresh' content='{REFRESH_S}'>",
+        f"<title>{_e(status.get('name'))} – care-gateway</title><style>{STYLE}</style></head><body>",
+        f"<h1 id='station'>{_e(status.get('name'))}</h1>",
+        f"<div class='muted'>{_e(status.get('station_id'))} · care-gateway {_e(status.get('version'))} · "
+        f"{_e(status.get('ts'))}{'' if status.get('clock_trusted') else ' · 时钟未同步 clock not synchronised'}</div>",
+        "<section id='link'><h2>上行链路 Link</h2>",
+        f"<div class='{link_class}'>{_e(link.get('state'))} since {_e(link.get('since'))}</div>",
+        f"<div>待发送 backlog: {_e(backlog.get('alarm', 0))} alarm · {_e(backlog.get('status', 0))} status · "
+        f"{_e(backlog.get('telemetry', 0))} telemetry"
+        + (f" · oldest {_e(status.get('oldest_unsent_s'))} s" if status.get("oldest_unsent_s") else "")
+        + "</div></section>",
+        f"<section id='alarms' class='{'alarm' if alarms else ''}'><h2>未处理报警 Open alarms ({len(alarms)})</h2>",
+    ]
+    if alarms:
+        parts.append("<table><tr><th>报警</th><th>老人 resident</th><th>设备 device</th><th>状态 state</th></tr>")
+        for alarm in alarms:
+            who = residents.get(alarm.get("resident") or "", {}).get("name") or alarm.get("resident")
+            parts.append(
+                f"<tr><td>{_e(KIND_NAMES.get(alarm.get('kind', ''), alarm.get('kind')))}</td><td>{_e(who)}</td>"
+                f"<td>{_e(alarm.get('device_id'))}</td><td>{_e(alarm.get('state'))}"
+                f"<div class='muted'>{_e(alarm.get('raised_at'))}</div></td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append("<div class='ok'>无 none</div>")
+    parts.append("</section><section id='residents'><h2>老人 Residents</h2><table>")
+    parts.append("<tr><th>姓名 name</th><th>房间 room</th><th>最近活动 last activity</th></tr>")
+    for rid, resident in residents.items():
+        parts.append(
+            f"<tr id='resident-{_e(rid)}'><td>{_e(resident.get('name'))}</td><td>{_e(resident.get('room'))}</td>"
+            f"<td>{_e(resident.get('last_activity'))}</td></tr>"
+        )
+    parts.append("</table></section><section id='devices'><h2>设备 Devices</h2><table>")
+    parts.append("<tr><th>设备 device</th><th>状态 state</th><th>最近 last seen</th><th>电量 battery</th></tr>")
+    for device_id, device in devices.items():
+        state = device.get("state") or ("seen" if device.get("last_seen") else "not seen")
+        state_class = "bad" if state in ("offline", "not seen") else "ok"
+        battery = f"{device['battery']} %" if device.get("battery") is not None else None
+        parts.append(
+            f"<tr id='device-{_e(device_id)}'><td>{_e(device_id)}<div class='muted'>{_e(device.get('kind'))}</div>"
+            f"</td><td class='{state_class}'>{_e(state)}</td><td>{_e(device.get('last_seen'))}</td>"
+            f"<td>{_e(battery)}</td></tr>"
+        )
+    parts.append("</table></section></body></html>")
+    return "".join(parts)
+
+
+class StatusPage:
+    def __init__(self, section: StatusPageSection, status: StatusBody) -> None:
+        self.section = section
+        self.status = status
+        self.port: int | None = None  # the bound port (the configured one, or a free one for 0)
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._serve, self.section.bind, self.section.port)
+        self.port = server.sockets[0].getsockname()[1]
+        log.info("status page on http://%s:%d/", self.section.bind, self.port)
+        async with server:
+            await server.serve_forever()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            status, content_type, body = await self._answer(head)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            status, content_type, body = "400 Bad Request", "text/plain", b"bad request\n"
+        except Exception:  # the page must never take the station down
+            log.exception("status page: a request failed")
+            status, content_type, body = "500 Internal Server Error", "text/plain", b"error\n"
+        with contextlib.suppress(ConnectionError):
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
+                + body
+            )
+            await writer.drain()
+        writer.close()
+
+    async def _answer(self, head: bytes) -> tuple[str, str, bytes]:
+        if len(head) > REQUEST_LIMIT_BYTES:
+            return "431 Request Header Fields Too Large", "text/plain", b"too large\n"
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path in ("/", "/index.html"):
+            return "200 OK", "text/html; charset=utf-8", render_page(await self.status()).encode()
+        if path == "/status.json":
+            return "200 OK", "application/json", json.dumps(await self.status(), ensure_ascii=False).encode()
+        return "404 Not Found", "text/plain", b"not found\n"
