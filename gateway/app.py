@@ -37,6 +37,8 @@ log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
 CARE_TICK_S = 1.0  # how often the care rules look at the time
+CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
+CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE = "status.json"  # written beside the outbox for `care-gateway status`
 STATUS_FILE_INTERVAL_S = 1.0
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
@@ -171,6 +173,34 @@ class Station:
                 await asyncio.sleep(60)
             await asyncio.sleep(STATUS_FILE_INTERVAL_S)
 
+    async def _watch_clock(self) -> None:
+        """Report the clock's first synchronisation in this run (re-basing the events this boot
+        accepted before it) and every jump of the wall clock against the monotonic clock."""
+        offset = self.clock.now().timestamp() - self.clock.monotonic()  # wall minus monotonic
+        untrusted_offset = offset  # what this run's unsynchronised timestamps were based on
+        trusted = self.clock.trusted()
+        while True:
+            await asyncio.sleep(CLOCK_CHECK_S)
+            now_offset = self.clock.now().timestamp() - self.clock.monotonic()
+            jump = now_offset - offset
+            now_trusted = self.clock.trusted()
+            if now_trusted and not trusted:
+                rebased = await self.outbox.rebase(round(now_offset * 1000))
+                correction = now_offset - untrusted_offset
+                log.warning(
+                    "clock synchronised (%+.1f s from the time this run started with); %d waiting events of this boot "
+                    "re-based to the true time",
+                    correction,
+                    rebased,
+                )
+                data = {"change": "synchronised", "boot_id": self.clock.boot_id, "correction_s": round(correction, 3)}
+                await self.accept(self.make_event("gateway", EventKind.CLOCK, {**data, "rebased_events": rebased}))
+            elif abs(jump) >= CLOCK_JUMP_S:
+                log.warning("the wall clock jumped %+.1f s (clock %s)", jump, "trusted" if now_trusted else "untrusted")
+                data = {"change": "jump", "jump_s": round(jump, 3), "clock_trusted": now_trusted}
+                await self.accept(self.make_event("gateway", EventKind.CLOCK, {**data, "boot_id": self.clock.boot_id}))
+            offset, trusted = now_offset, now_trusted
+
     async def _care_tick(self) -> None:
         """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
         while True:
@@ -264,7 +294,7 @@ class Station:
 
     async def run(self) -> None:
         cfg = self.config
-        async with Outbox(cfg.storage, cfg.station.id) as outbox:
+        async with Outbox(cfg.storage, cfg.station.id, self.clock.boot_id) as outbox:
             self._outbox = outbox
             self.care.load(await outbox.load_state())
             backlog = await outbox.counts()
@@ -322,6 +352,7 @@ class Station:
                     )
                 tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
                 tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
+                tasks.create_task(keep_running("the clock watch", self._watch_clock), name="clock")
                 tasks.create_task(keep_running("the status file", self._status_file_loop), name="status-file")
                 if self.status_page is not None:
                     tasks.create_task(keep_running("the status page", self.status_page.run), name="status-page")

@@ -47,7 +47,7 @@ def _kernel_says_synchronised() -> bool:
     return bool(libc.adjtimex(buf) not in (-1, TIME_ERROR))
 
 
-def _read_boot_id() -> str:
+def read_boot_id() -> str:
     try:
         return BOOT_ID_PATH.read_text().strip()
     except OSError:
@@ -61,7 +61,7 @@ class Clock:
         self._trust = trust
         self._trusted_seen = trust == "always"
         self._next_check = 0.0
-        self.boot_id = _read_boot_id()
+        self.boot_id = read_boot_id()
 
     def now(self) -> datetime:
         return datetime.now(UTC)

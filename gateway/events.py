@@ -70,6 +70,7 @@ class EventKind(StrEnum):
     TEST_OVERDUE = "test_overdue"  # an emergency button not tested within the configured days
     DEVICE_FAULT = "device_fault"  # a device offline longer than the replacement deadline
     SMS = "sms"  # one SMS escalation attempt: sent, failed (modem error code) or held back
+    CLOCK = "clock"  # the wall clock was synchronised (waiting events re-based) or jumped
 
 
 PRIORITY_OF_KIND: dict[EventKind, Priority] = {
@@ -100,6 +101,7 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.TEST_OVERDUE: Priority.STATUS,
     EventKind.DEVICE_FAULT: Priority.STATUS,
     EventKind.SMS: Priority.STATUS,
+    EventKind.CLOCK: Priority.STATUS,
 }
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"

@@ -36,6 +36,7 @@ from typing import TypeVar
 import sqlite_utils
 from pydantic import JsonValue
 
+from gateway.clock import read_boot_id
 from gateway.config import StorageSection
 from gateway.events import Event, Priority
 
@@ -51,7 +52,7 @@ RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
 SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
 SQLITE_FULL = 13
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: boot and mono_ms columns (clock re-basing)
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
 
 SCHEMA = """
@@ -59,7 +60,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- acceptance order; never reused (the uplink reads after a cursor)
     priority INTEGER NOT NULL,        -- Priority.rank: 0 alarm, 1 status, 2 telemetry
     created_ms INTEGER NOT NULL,      -- wall clock at acceptance, for ages and retention
-    payload TEXT NOT NULL             -- the event as JSON, without station_id and priority (added on read)
+    payload TEXT NOT NULL,            -- the event as JSON, without station_id and priority (added on read)
+    boot INTEGER,                     -- the boot the event was accepted in (boot_key of /proc boot_id)
+    mono_ms INTEGER                   -- monotonic clock at acceptance, ms: re-bases an unsynchronised ts
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (priority, seq);
 CREATE TABLE IF NOT EXISTS care_state (  -- what the care rules must remember across restarts
@@ -152,8 +155,9 @@ def stored_form(event: Event) -> str:
 class Outbox:
     """Durable, priority-ordered, bounded queue of events waiting for the broker's PUBACK."""
 
-    def __init__(self, storage: StorageSection, station_id: str) -> None:
+    def __init__(self, storage: StorageSection, station_id: str, boot_id: str | None = None) -> None:
         self.storage = storage
+        self.boot = boot_key(boot_id or read_boot_id())
         self.path = storage.path
         self._station_prefix = '{"station_id":' + json.dumps(station_id) + ',"priority":"'
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
@@ -232,6 +236,12 @@ class Outbox:
     async def counts(self) -> dict[Priority, int]:
         """Rows waiting per class."""
         return await self._run(lambda: dict(self._tally.rows))
+
+    async def rebase(self, offset_ms: int) -> int:
+        """The clock is now good: give this boot's unsynchronised events their true time
+        (monotonic time at acceptance + `offset_ms`, the now-trusted wall minus monotonic).
+        Each keeps its old time as data.ts_unsynced. Returns how many were re-based."""
+        return await self._run(lambda: self._rebase(offset_ms))
 
     async def load_state(self) -> dict[str, JsonValue]:
         """The care state as last committed (see append)."""
@@ -318,6 +328,10 @@ class Outbox:
         except OSError as exc:
             raise OutboxUnavailable(self._advice(exc)) from exc
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+        for column in ("boot", "mono_ms"):  # a version 1 database: rows without them are never re-based
+            if column not in columns:
+                db.execute(f"ALTER TABLE outbox ADD COLUMN {column} INTEGER")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db = db
         if self.salvage:
@@ -412,9 +426,10 @@ class Outbox:
             try:
                 with self._transaction() as conn:
                     keep = self._make_room(conn, items, tally, shed)
+                    mono_ms = int(time.monotonic() * 1000)  # the events were stamped a few ms ago at most
                     conn.executemany(
-                        "INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)",
-                        [item[:3] for item in keep],
+                        "INSERT INTO outbox (priority, created_ms, payload, boot, mono_ms) VALUES (?, ?, ?, ?, ?)",
+                        [(*item[:3], self.boot, mono_ms) for item in keep],
                     )
                     self._record_shed(conn, shed)
                     if state:
@@ -583,6 +598,18 @@ class Outbox:
         for priority in Priority:
             self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
+    def _rebase(self, offset_ms: int) -> int:
+        with self._transaction() as conn:
+            changed = conn.execute(
+                "UPDATE outbox SET created_ms = mono_ms + ?1, payload = json_set(payload, "
+                "'$.data.ts_unsynced', json_extract(payload, '$.ts'), "
+                "'$.ts', strftime('%Y-%m-%dT%H:%M:%fZ', (mono_ms + ?1) / 1000.0, 'unixepoch'), "
+                "'$.clock_trusted', json('true')) "
+                "WHERE boot = ?2 AND mono_ms IS NOT NULL AND json_extract(payload, '$.clock_trusted') = 0",
+                (offset_ms, self.boot),
+            ).rowcount
+        return int(changed)
+
     def _read_state(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = {}
         for key, value in self.db.execute("SELECT key, value FROM care_state"):
@@ -600,6 +627,14 @@ class Outbox:
             max_bytes=self.storage.max_bytes,
             disk_full_errors=self.disk_full_errors,
         )
+
+
+def boot_key(boot_id: str) -> int:
+    """A boot id (a UUID) as a small integer for the boot column: its first 32 bits."""
+    try:
+        return int(boot_id.replace("-", "")[:8], 16)
+    except ValueError:
+        return abs(hash(boot_id)) % (1 << 31)
 
 
 def _write_state(conn: sqlite3.Connection, state: CareState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,81 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         assert await wait_until(lambda: len(events_of(station, "sos")) == 2)
         assert await wait_until(lambda: (station.sink.status or {}).get("name") == "Renamed station")
         assert gw.proc.returncode is None
+
+
+class ShiftedClock:
+    """A station clock that is `shift_s` off and trusted or not, as the test says."""
+
+    def __init__(self) -> None:
+        from gateway.clock import Clock
+
+        self._real = Clock("always")
+        self.boot_id = self._real.boot_id
+        self.shift_s = 0.0
+        self.synchronised = False
+
+    def now(self) -> Any:
+        from datetime import timedelta
+
+        return self._real.now() + timedelta(seconds=self.shift_s)
+
+    def monotonic(self) -> float:
+        return self._real.monotonic()
+
+    def trusted(self) -> bool:
+        return self.synchronised
+
+
+async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_jumps_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import json
+    from datetime import UTC, datetime
+
+    from gateway.config import parse_config
+    from gateway.events import EventKind, Priority
+    from gateway.outbox import Outbox
+
+    monkeypatch.setattr(app, "CLOCK_CHECK_S", 0.1)
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}}
+    config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
+    clock = ShiftedClock()
+    clock.shift_s = -86400.0  # booted without a clock battery: a day behind
+    station = app.Station(config, clock=clock)  # type: ignore[arg-type]
+
+    async def watch_for(seconds: float) -> None:
+        task = asyncio.create_task(station._watch_clock())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    async with Outbox(config.storage, "st", clock.boot_id) as outbox:
+        station._outbox = outbox
+        await station.on_events("rx", [(EventKind.TEST, {"zone": 1}), (EventKind.TEST, {"zone": 2})])
+        [early, _] = await outbox.rows_after(Priority.STATUS, 0, 10)
+        assert json.loads(early.payload)["clock_trusted"] is False
+
+        watcher = asyncio.create_task(watch_for(0.5))
+        await asyncio.sleep(0.15)
+        clock.shift_s, clock.synchronised = 0.0, True  # NTP steps the clock and reports it synchronised
+        await watcher
+
+        rows = await outbox.rows_after(Priority.STATUS, 0, 10)
+        [rebased, _, synced] = [json.loads(r.payload) for r in rows]
+        assert rebased["clock_trusted"] is True
+        assert rebased["data"]["ts_unsynced"] == json.loads(early.payload)["ts"]
+        true_ts = datetime.fromisoformat(rebased["ts"].replace("Z", "+00:00"))
+        assert abs((datetime.now(UTC) - true_ts).total_seconds()) < 5
+        assert synced["kind"] == "clock"
+        assert synced["data"]["change"] == "synchronised"
+        assert synced["data"]["rebased_events"] == 2
+        assert synced["data"]["correction_s"] == pytest.approx(86400, abs=1)
+
+        watcher = asyncio.create_task(watch_for(0.5))
+        await asyncio.sleep(0.15)
+        clock.shift_s = 30.0  # someone sets the clock by hand
+        await watcher
+        rows = await outbox.rows_after(Priority.STATUS, 0, 10)
+        jump = json.loads(rows[-1].payload)
+        assert (jump["kind"], jump["data"]["change"]) == ("clock", "jump")
+        assert jump["data"]["jump_s"] == pytest.approx(30, abs=1)
