@@ -31,7 +31,7 @@ from gateway.outbox import Outbox
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
-from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, Uplink
+from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, TimeCommand, Uplink
 
 log = logging.getLogger("care_gateway")
 
@@ -147,7 +147,14 @@ class Station:
         await self.commit([])
 
     async def on_command(self, command: object) -> dict[str, Any]:
-        """ack and resolve from the platform (validated by the uplink); raises CommandRefused."""
+        """ack, resolve and time from the platform (validated by the uplink); raises CommandRefused."""
+        if isinstance(command, TimeCommand):
+            try:
+                offset = self.clock.set_from_platform(command.utc)
+            except ValueError as exc:
+                raise CommandRefused(str(exc)) from None
+            log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
+            return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
         if not isinstance(command, AckCommand | ResolveCommand):
             raise CommandRefused("not a station command")
         now = self.clock.now()
@@ -215,6 +222,7 @@ class Station:
             "version": __version__,
             "ts": self.clock.now().isoformat(timespec="seconds").replace("+00:00", "Z"),
             "clock_trusted": self.clock.trusted(),
+            "clock_source": getattr(self.clock, "source", None),
             "boot_id": self.clock.boot_id,
             "uptime_s": round(time.monotonic() - self.started_mono),
             "devices": {

@@ -12,7 +12,7 @@ import ctypes.util
 import functools
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -55,15 +55,24 @@ def read_boot_id() -> str:
 
 
 class Clock:
-    """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC."""
+    """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC.
+
+    Until the system clock is synchronised (NTP), the platform may give the time (the `time`
+    downlink command): the clock then runs as the system clock plus that offset, trusted, until
+    NTP synchronises the system clock and the offset is dropped.
+    """
 
     def __init__(self, trust: ClockTrust = "auto") -> None:
         self._trust = trust
         self._trusted_seen = trust == "always"
         self._next_check = 0.0
+        self._offset_s = 0.0  # platform time minus system time, while the platform's time is used
+        self.source = "configured" if trust == "always" else "none"  # "ntp", "platform"
         self.boot_id = read_boot_id()
 
     def now(self) -> datetime:
+        if self._offset_s:
+            return datetime.now(UTC) + timedelta(seconds=self._offset_s)
         return datetime.now(UTC)
 
     def monotonic(self) -> float:
@@ -71,7 +80,18 @@ class Clock:
 
     def trusted(self) -> bool:
         """Once the clock has been synchronised in this boot it stays trusted."""
-        if not self._trusted_seen and time.monotonic() >= self._next_check:
-            self._trusted_seen = _kernel_says_synchronised()
+        if self.source in ("none", "platform") and time.monotonic() >= self._next_check:
             self._next_check = time.monotonic() + RECHECK_INTERVAL_S
+            if _kernel_says_synchronised():
+                self._trusted_seen, self.source, self._offset_s = True, "ntp", 0.0
         return self._trusted_seen
+
+    def set_from_platform(self, utc: datetime) -> float:
+        """Use the platform's time while the system clock is not synchronised; the offset in s.
+
+        Raises ValueError when the clock is already good (NTP, a GPS or a kept RTC)."""
+        if self.trusted() and self.source != "platform":
+            raise ValueError(f"the station's clock is already trusted ({self.source}); it keeps its own time")
+        self._offset_s = (utc - datetime.now(UTC)).total_seconds()
+        self._trusted_seen, self.source = True, "platform"
+        return self._offset_s

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import aiomqtt
 from cryptography import x509
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
 from gateway.config import StationConfig, key_path, read_secrets
@@ -96,6 +96,12 @@ class ResolveCommand(_Command):
     note: str | None = Field(None, max_length=500)
 
 
+class TimeCommand(_Command):
+    """The platform's time, for a station whose clock is not synchronised (no NTP reachable)."""
+
+    utc: AwareDatetime = Field(description="the platform's current time, RFC 3339 with an offset")
+
+
 class PingCommand(_Command):
     """Is the station there? Answered at once with its time."""
 
@@ -104,10 +110,11 @@ class StatusCommand(_Command):
     """Publish the retained status message now."""
 
 
-Command = AckCommand | ResolveCommand | PingCommand | StatusCommand
+Command = AckCommand | ResolveCommand | PingCommand | StatusCommand | TimeCommand
 COMMANDS: dict[str, type[_Command]] = {
     "ack": AckCommand,
     "resolve": ResolveCommand,
+    "time": TimeCommand,
     "ping": PingCommand,
     "status": StatusCommand,
 }

@@ -199,3 +199,58 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
         jump = json.loads(rows[-1].payload)
         assert (jump["kind"], jump["data"]["change"]) == ("clock", "jump")
         assert jump["data"]["jump_s"] == pytest.approx(30, abs=1)
+
+
+async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import json
+    from datetime import UTC, datetime, timedelta
+
+    from gateway import clock as clock_module
+    from gateway.clock import Clock
+    from gateway.config import parse_config
+    from gateway.events import EventKind, Priority
+    from gateway.outbox import Outbox
+    from gateway.uplink import CommandRefused, TimeCommand
+
+    monkeypatch.setattr(app, "CLOCK_CHECK_S", 0.1)
+    synchronised = False
+    monkeypatch.setattr(clock_module, "_kernel_says_synchronised", lambda: synchronised)
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}}
+    config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
+    clock = Clock("auto")
+    station = app.Station(config, clock=clock)
+    platform_time = datetime.now(UTC) + timedelta(hours=1)  # the station's clock is an hour behind
+
+    async def watch_for(seconds: float) -> None:
+        task = asyncio.create_task(station._watch_clock())
+        await asyncio.sleep(seconds)
+        task.cancel()
+
+    async with Outbox(config.storage, "st", clock.boot_id) as outbox:
+        station._outbox = outbox
+        await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
+        watcher = asyncio.create_task(watch_for(0.5))
+        await asyncio.sleep(0.15)
+        result = await station.on_command(TimeCommand(id="t-1", utc=platform_time))
+        assert result["offset_s"] == pytest.approx(3600, abs=2)
+        await watcher
+        [rebased, synced] = [json.loads(r.payload) for r in await outbox.rows_after(Priority.STATUS, 0, 10)]
+        assert rebased["clock_trusted"] is True
+        ts = datetime.fromisoformat(rebased["ts"].replace("Z", "+00:00"))
+        assert abs((ts - platform_time).total_seconds()) < 5
+        assert (synced["data"]["change"], synced["data"]["rebased_events"]) == ("synchronised", 1)
+        assert station.status_snapshot()["clock_source"] == "platform"
+
+        synchronised = True  # NTP gets through: the system clock is right, the offset goes
+        clock._next_check = 0.0
+        watcher = asyncio.create_task(watch_for(0.5))
+        await watcher
+        jump = json.loads((await outbox.rows_after(Priority.STATUS, 0, 10))[-1].payload)
+        assert jump["data"]["change"] == "jump"
+        assert jump["data"]["jump_s"] == pytest.approx(-3600, abs=2)
+        assert clock.source == "ntp"
+        with pytest.raises(CommandRefused, match="already trusted"):
+            await station.on_command(TimeCommand(id="t-2", utc=platform_time))

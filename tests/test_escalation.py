@@ -138,7 +138,7 @@ async def test_downlink_commands_valid_and_hostile(tmp_path: Path, broker: Mosqu
         hostile: list[tuple[str, dict[str, Any] | bytes, str | None, str]] = [
             ("ping", b"{not json", None, "payload is not JSON"),
             ("ping", b"\xff\xfe\x00garbage", None, "payload is not JSON"),
-            ("reboot", {"id": "r-1"}, "r-1", "unknown command 'reboot' (known: ack, resolve, ping, status)"),
+            ("reboot", {"id": "r-1"}, "r-1", "unknown command 'reboot' (known: ack, resolve, time, ping, status)"),
             ("ack", {"id": "a-1", "alarm_id": "01KAAAAAAAAAAAAAAAAAAAAAAA"}, "a-1", "by: Field required"),
             ("ack", {"id": "a-2", "alarm_id": "not-an-id", "by": "x"}, "a-2", "alarm_id: String should match"),
             ("ack", {"id": "a-3", "alarm_id": "01KAAAAAAAAAAAAAAAAAAAAAAA", "by": "x"}, "a-3", "is not open"),
