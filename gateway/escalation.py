@@ -24,6 +24,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from pydantic import JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
@@ -216,8 +217,6 @@ def _error(command: str, final: ModemLine) -> ModemError:
 
 def sms_text(alarm: Alarm, config: StationConfig, resident: ResidentSection | None, clock_zone: str, why: str) -> str:
     """Who, what, where, when, in Chinese, as a carer reads it on a phone."""
-    from zoneinfo import ZoneInfo
-
     when = datetime.fromtimestamp(alarm.raised_at, ZoneInfo(clock_zone))
     who = resident.name if resident else f"设备{alarm.device_id}"
     where = resident.room if resident and resident.room else ""

@@ -551,6 +551,10 @@ class CareBook:
         self.devices = {d.id: d for d in config.devices}
         self.state: dict[str, JsonValue] = {}
         self.alarms: dict[str, Alarm] = {}
+        # residents some device reports on: inactivity is only judged where activity can be seen
+        self._watched = {getattr(d, "resident", None) for d in config.devices} | {
+            rid for d in config.devices for rid in getattr(d, "residents", {}).values()
+        }
         self._closed: dict[str, Alarm] = {}
         self._changes: dict[str, JsonValue | None] = {}
         self._next_check = 0.0
@@ -833,7 +837,7 @@ class CareBook:
         if t >= self._next_check:
             self._next_check = t + CARE_CHECK_S
             for resident in self.config.residents:
-                if resident.lives_alone:
+                if resident.lives_alone and resident.id in self._watched:
                     self._check_inactivity(resident, t, out)
                 if resident.dementia_risk:
                     self._check_absence(resident, t, out)

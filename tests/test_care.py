@@ -318,3 +318,12 @@ def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
     own = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
     assert kinds(own) == ["sos", "alarm_update"]
     assert b.book.alarms == {}
+
+
+def test_inactivity_is_only_judged_for_a_resident_some_device_reports_on() -> None:
+    raw = config().model_dump(mode="json")
+    raw["residents"].append({"id": "li", "name": "李", "lives_alone": True, "inactivity_s": 3600})
+    b = Book(parse_config(raw))
+    b.jump(0)
+    alarms = [e for e in b.jump(6 * 3600) if e.kind is EventKind.INACTIVITY]
+    assert [e.data["resident"] for e in alarms] == ["wang"]  # li has no device: nothing can be seen
