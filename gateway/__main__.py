@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, StationConfig, load_config
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a crash loop on a bad file
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the outbox cannot be opened (disk, permissions)
@@ -39,6 +39,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             continue
         print(f"{path}: ok (station {config.station.id}, {len(config.devices)} devices)")
     return worst
+
+
+def _config_or_none(path: Path) -> StationConfig | None:
+    """The station file, or None after printing its problems (one line each) to stderr."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print("\n".join(exc.problems), file=sys.stderr)
+        return None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -135,10 +144,8 @@ def render_status(live: dict[str, Any] | None, waiting: dict[str, Any]) -> str:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     """The running daemon's state (status.json) and what waits in the outbox."""
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
+    config = _config_or_none(args.config)
+    if config is None:
         return EXIT_CONFIG
     status_file = config.storage.path.with_name("status.json")
     if args.json:
@@ -188,10 +195,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from gateway.ble_link import scan
     from gateway.config import BLE_KINDS
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print("\n".join(exc.problems), file=sys.stderr)
+    config = _config_or_none(args.config)
+    if config is None:
         return EXIT_CONFIG
     known = [d for d in config.devices if isinstance(d, BLE_KINDS)]
     found = asyncio.run(scan(config.ble, known, args.seconds))

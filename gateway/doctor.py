@@ -22,9 +22,9 @@ from pathlib import Path
 import aiomqtt
 
 from gateway.clock import Clock
-from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config, read_secrets
+from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
 from gateway.escalation import Modem, ModemError
-from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after
+from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, broker_login, certificate_not_after, tls_parameters
 
 BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK
 BY_ID = Path("/dev/serial/by-id")  # stable names of USB serial adapters
@@ -192,25 +192,16 @@ async def _broker(config: StationConfig) -> Finding:
         socket.getaddrinfo(up.host, up.port)
     except OSError as exc:
         return fail("broker", f"{up.host} cannot be resolved ({exc})", "check DNS and the uplink (ping, modem)")
-    secrets = read_secrets(up.secrets_file) if up.secrets_file else None
-    tls = (
-        aiomqtt.TLSParameters(
-            ca_certs=str(up.tls.ca_file),
-            certfile=str(up.tls.cert_file) if up.tls.cert_file else None,
-            keyfile=str(up.tls.key_file) if up.tls.key_file else None,
-        )
-        if up.tls
-        else None
-    )
+    username, password = broker_login(up)
     try:
         async with asyncio.timeout(BROKER_TIMEOUT_S):
             async with aiomqtt.Client(
                 up.host,
                 up.port,
                 identifier=f"{config.client_id}-doctor",  # not the daemon's id: it must not be kicked off
-                username=(secrets.username if secrets else None) or up.username,
-                password=(secrets.password if secrets else None) or up.password,
-                tls_params=tls,
+                username=username,
+                password=password,
+                tls_params=tls_parameters(up),
                 timeout=BROKER_TIMEOUT_S,
             ):
                 pass

@@ -37,7 +37,7 @@ from cryptography import x509
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from gateway.config import StationConfig, key_path, read_secrets
+from gateway.config import StationConfig, UplinkSection, key_path, read_secrets
 from gateway.events import ULID_PATTERN, Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
@@ -194,9 +194,7 @@ class Uplink:
         self.connects = 0
         self.link_history: collections.deque[dict[str, Any]] = collections.deque(maxlen=LINK_HISTORY)
         up = config.uplink
-        secrets = read_secrets(up.secrets_file) if up.secrets_file else None  # checked by the config already
-        self._username = (secrets.username if secrets else None) or up.username
-        self._password = (secrets.password if secrets else None) or up.password
+        self._username, self._password = broker_login(up)
         candidates = [("ca_file", up.tls.ca_file), ("cert_file", up.tls.cert_file)] if up.tls else []
         self._certificates = {name: path for name, path in candidates if path is not None}
         for report in self.tls_report().values():
@@ -316,15 +314,7 @@ class Uplink:
                     clean_session=True,
                     max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
                     will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
-                    tls_params=(
-                        aiomqtt.TLSParameters(
-                            ca_certs=str(up.tls.ca_file),
-                            certfile=str(up.tls.cert_file) if up.tls.cert_file else None,
-                            keyfile=str(up.tls.key_file) if up.tls.key_file else None,
-                        )
-                        if up.tls
-                        else None
-                    ),
+                    tls_params=tls_parameters(up),
                 )
                 client.pending_calls_threshold = PENDING_CALLS_WARNING
                 await client.__aenter__()
@@ -585,6 +575,24 @@ def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
         if total > max_bytes and i > 0:
             return rows[:i]
     return rows
+
+
+def broker_login(up: UplinkSection) -> tuple[str | None, str | None]:
+    """User name and password: from the secrets file when there is one (checked by the config)."""
+    secrets = read_secrets(up.secrets_file) if up.secrets_file else None
+    return (secrets.username if secrets else None) or up.username, (
+        secrets.password if secrets else None
+    ) or up.password
+
+
+def tls_parameters(up: UplinkSection) -> aiomqtt.TLSParameters | None:
+    if up.tls is None:
+        return None
+    return aiomqtt.TLSParameters(
+        ca_certs=str(up.tls.ca_file),
+        certfile=str(up.tls.cert_file) if up.tls.cert_file else None,
+        keyfile=str(up.tls.key_file) if up.tls.key_file else None,
+    )
 
 
 def certificate_not_after(path: Path) -> datetime | None:
