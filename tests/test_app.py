@@ -123,6 +123,15 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         assert gw.proc.returncode is None
 
 
+async def watch_clock(station: app.Station, seconds: float) -> None:
+    """Run the station's clock watch for a while, as its task would."""
+    import asyncio
+
+    task = asyncio.create_task(station._watch_clock())
+    await asyncio.sleep(seconds)
+    task.cancel()
+
+
 class ShiftedClock:
     """A station clock that is `shift_s` off and trusted or not, as the test says."""
 
@@ -164,18 +173,13 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
     clock.shift_s = -86400.0  # booted without a clock battery: a day behind
     station = app.Station(config, clock=clock)  # type: ignore[arg-type]
 
-    async def watch_for(seconds: float) -> None:
-        task = asyncio.create_task(station._watch_clock())
-        await asyncio.sleep(seconds)
-        task.cancel()
-
     async with Outbox(config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
         await station.on_events("rx", [(EventKind.TEST, {"zone": 1}), (EventKind.TEST, {"zone": 2})])
         [early, _] = await outbox.rows_after(Priority.STATUS, 0, 10)
         assert json.loads(early.payload)["clock_trusted"] is False
 
-        watcher = asyncio.create_task(watch_for(0.5))
+        watcher = asyncio.create_task(watch_clock(station, 0.5))
         await asyncio.sleep(0.15)
         clock.shift_s, clock.synchronised = 0.0, True  # NTP steps the clock and reports it synchronised
         await watcher
@@ -191,7 +195,7 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
         assert synced["data"]["rebased_events"] == 2
         assert synced["data"]["correction_s"] == pytest.approx(86400, abs=1)
 
-        watcher = asyncio.create_task(watch_for(0.5))
+        watcher = asyncio.create_task(watch_clock(station, 0.5))
         await asyncio.sleep(0.15)
         clock.shift_s = 30.0  # someone sets the clock by hand
         await watcher
@@ -224,15 +228,10 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
     station = app.Station(config, clock=clock)
     platform_time = datetime.now(UTC) + timedelta(hours=1)  # the station's clock is an hour behind
 
-    async def watch_for(seconds: float) -> None:
-        task = asyncio.create_task(station._watch_clock())
-        await asyncio.sleep(seconds)
-        task.cancel()
-
     async with Outbox(config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
         await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
-        watcher = asyncio.create_task(watch_for(0.5))
+        watcher = asyncio.create_task(watch_clock(station, 0.5))
         await asyncio.sleep(0.15)
         result = await station.on_command(TimeCommand(id="t-1", utc=platform_time))
         assert result["offset_s"] == pytest.approx(3600, abs=2)
@@ -246,7 +245,7 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
 
         synchronised = True  # NTP gets through: the system clock is right, the offset goes
         clock._next_check = 0.0
-        watcher = asyncio.create_task(watch_for(0.5))
+        watcher = asyncio.create_task(watch_clock(station, 0.5))
         await watcher
         jump = json.loads((await outbox.rows_after(Priority.STATUS, 0, 10))[-1].payload)
         assert jump["data"]["change"] == "jump"
