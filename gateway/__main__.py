@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import ConfigError, StationConfig, load_config
+from gateway.config import ConfigError, StationConfig, load_config, status_files
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a crash loop on a bad file
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the outbox cannot be opened (disk, permissions)
@@ -107,7 +107,7 @@ def render_status(live: dict[str, Any] | None, waiting: dict[str, Any]) -> str:
     """The daemon's state as a technician reads it."""
     lines = []
     if live is None:
-        lines.append("the daemon is not running (no fresh status.json beside the outbox)")
+        lines.append("the daemon is not running (no fresh status.json)")
         counts = waiting.get("waiting", {})
         lines.append("outbox: " + ", ".join(f"{n} {name}" for name, n in counts.items()) + " waiting")
         return "\n".join(lines)
@@ -147,7 +147,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     config = _config_or_none(args.config)
     if config is None:
         return EXIT_CONFIG
-    status_file = config.storage.path.with_name("status.json")
+    status_file = next((path for path in status_files(config) if path.exists()), status_files(config)[-1])
     if args.json:
         live = _live_status(status_file)
         body = {"daemon": "running" if live else "not running", "status": live, **_outbox_waiting(config.storage.path)}

@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BleLink
 from gateway.clock import Clock
-from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
+from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
@@ -39,7 +40,6 @@ BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
 CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
-STATUS_FILE = "status.json"  # written beside the outbox for `care-gateway status`
 STATUS_FILE_INTERVAL_S = 1.0
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 
@@ -176,7 +176,7 @@ class Station:
             try:
                 await self.write_status_file()
             except OSError as exc:
-                log.warning("cannot write %s beside the outbox: %s", STATUS_FILE, exc)
+                log.warning("cannot write the status file for 'care-gateway status': %s", exc)
                 await asyncio.sleep(60)
             await asyncio.sleep(STATUS_FILE_INTERVAL_S)
 
@@ -295,7 +295,8 @@ class Station:
             return
         body = await self.full_status()
         body["written_at"] = time.time()
-        target = self.config.storage.path.with_name(STATUS_FILE)
+        runtime = os.environ.get("RUNTIME_DIRECTORY")  # set by systemd for RuntimeDirectory=
+        target = Path(runtime) / STATUS_FILE_NAME if runtime else self.config.storage.path.with_name(STATUS_FILE_NAME)
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body, ensure_ascii=False))
         os.replace(temporary, target)
@@ -327,7 +328,7 @@ class Station:
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.commit)
             if cfg.status_page is not None:
-                self.status_page = StatusPage(cfg.status_page, self.full_status)
+                self.status_page = StatusPage(cfg.status_page, self.full_status, ZoneInfo(cfg.care.timezone))
             self.links = [
                 SerialLink(
                     device,

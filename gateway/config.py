@@ -600,6 +600,16 @@ class StationConfig(_Section):
         return self.uplink.client_id or f"care-gw-{self.station.id}"
 
 
+STATUS_FILE_NAME = "status.json"
+RUNTIME_DIR = Path("/run/care-gateway")  # the unit's RuntimeDirectory: tmpfs, spares the SD card
+
+
+def status_files(config: StationConfig) -> list[Path]:
+    """Where the daemon keeps its status.json: the runtime directory when systemd gives one
+    (RuntimeDirectory=care-gateway), else beside the outbox. The first that exists is used."""
+    return [RUNTIME_DIR / STATUS_FILE_NAME, config.storage.path.with_name(STATUS_FILE_NAME)]
+
+
 class ConfigError(Exception):
     """The configuration cannot be used; `problems` holds one technician-readable line each."""
 

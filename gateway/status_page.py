@@ -15,7 +15,9 @@ import html
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from gateway.config import StatusPageSection
 
@@ -52,8 +54,19 @@ def _e(value: object) -> str:
     return html.escape("—" if value is None else str(value))
 
 
-def render_page(status: dict[str, Any]) -> str:
-    """The status as one HTML page, readable on a phone."""
+def _local(iso: object, zone: ZoneInfo) -> str:
+    """'2026-11-23T21:48:13Z' -> '11-24 05:48:13' in the station's time zone (what carers read)."""
+    if not isinstance(iso, str):
+        return _e(iso)
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(zone)
+    except ValueError:
+        return _e(iso)
+    return _e(f"{when:%m-%d %H:%M:%S}")
+
+
+def render_page(status: dict[str, Any], zone: ZoneInfo) -> str:
+    """The status as one HTML page, readable on a phone; times in the station's time zone."""
     link = status.get("link", {})
     link_class = "ok" if link.get("state") == "up" else "bad"
     backlog = status.get("backlog", {})
@@ -67,9 +80,10 @@ def render_page(status: dict[str, Any]) -> str:
         f"<title>{_e(status.get('name'))} – care-gateway</title><style>{STYLE}</style></head><body>",
         f"<h1 id='station'>{_e(status.get('name'))}</h1>",
         f"<div class='muted'>{_e(status.get('station_id'))} · care-gateway {_e(status.get('version'))} · "
-        f"{_e(status.get('ts'))}{'' if status.get('clock_trusted') else ' · 时钟未同步 clock not synchronised'}</div>",
+        f"{_local(status.get('ts'), zone)} ({zone.key})"
+        f"{'' if status.get('clock_trusted') else ' · 时钟未同步 clock not synchronised'}</div>",
         "<section id='link'><h2>上行链路 Link</h2>",
-        f"<div class='{link_class}'>{_e(link.get('state'))} since {_e(link.get('since'))}</div>",
+        f"<div class='{link_class}'>{_e(link.get('state'))} since {_local(link.get('since'), zone)}</div>",
         f"<div>待发送 backlog: {_e(backlog.get('alarm', 0))} alarm · {_e(backlog.get('status', 0))} status · "
         f"{_e(backlog.get('telemetry', 0))} telemetry"
         + (f" · oldest {_e(status.get('oldest_unsent_s'))} s" if status.get("oldest_unsent_s") else "")
@@ -83,7 +97,7 @@ def render_page(status: dict[str, Any]) -> str:
             parts.append(
                 f"<tr><td>{_e(KIND_NAMES.get(alarm.get('kind', ''), alarm.get('kind')))}</td><td>{_e(who)}</td>"
                 f"<td>{_e(alarm.get('device_id'))}</td><td>{_e(alarm.get('state'))}"
-                f"<div class='muted'>{_e(alarm.get('raised_at'))}</div></td></tr>"
+                f"<div class='muted'>{_local(alarm.get('raised_at'), zone)}</div></td></tr>"
             )
         parts.append("</table>")
     else:
@@ -93,7 +107,7 @@ def render_page(status: dict[str, Any]) -> str:
     for rid, resident in residents.items():
         parts.append(
             f"<tr id='resident-{_e(rid)}'><td>{_e(resident.get('name'))}</td><td>{_e(resident.get('room'))}</td>"
-            f"<td>{_e(resident.get('last_activity'))}</td></tr>"
+            f"<td>{_local(resident.get('last_activity'), zone)}</td></tr>"
         )
     parts.append("</table></section><section id='devices'><h2>设备 Devices</h2><table>")
     parts.append("<tr><th>设备 device</th><th>状态 state</th><th>最近 last seen</th><th>电量 battery</th></tr>")
@@ -103,7 +117,7 @@ def render_page(status: dict[str, Any]) -> str:
         battery = f"{device['battery']} %" if device.get("battery") is not None else None
         parts.append(
             f"<tr id='device-{_e(device_id)}'><td>{_e(device_id)}<div class='muted'>{_e(device.get('kind'))}</div>"
-            f"</td><td class='{state_class}'>{_e(state)}</td><td>{_e(device.get('last_seen'))}</td>"
+            f"</td><td class='{state_class}'>{_e(state)}</td><td>{_local(device.get('last_seen'), zone)}</td>"
             f"<td>{_e(battery)}</td></tr>"
         )
     parts.append("</table></section></body></html>")
@@ -111,9 +125,10 @@ def render_page(status: dict[str, Any]) -> str:
 
 
 class StatusPage:
-    def __init__(self, section: StatusPageSection, status: StatusBody) -> None:
+    def __init__(self, section: StatusPageSection, status: StatusBody, zone: ZoneInfo) -> None:
         self.section = section
         self.status = status
+        self.zone = zone
         self.port: int | None = None  # the bound port (the configured one, or a free one for 0)
 
     async def run(self) -> None:
@@ -150,7 +165,7 @@ class StatusPage:
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
         if path in ("/", "/index.html"):
-            return "200 OK", "text/html; charset=utf-8", render_page(await self.status()).encode()
+            return "200 OK", "text/html; charset=utf-8", render_page(await self.status(), self.zone).encode()
         if path == "/status.json":
             return "200 OK", "application/json", json.dumps(await self.status(), ensure_ascii=False).encode()
         return "404 Not Found", "text/plain", b"not found\n"

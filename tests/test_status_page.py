@@ -64,6 +64,7 @@ async def test_the_page_in_a_headless_browser_shows_alarms_devices_and_residents
         assert '<tr id="resident-wang"><td>王秀英</td><td>3号楼201室</td>' in dom
         assert '<td class="ok">online</td>' in dom  # the receiver
         assert "up since" in dom
+        assert "(Asia/Shanghai)" in dom  # times are shown in the station's time zone
 
         shot = tmp_path / "phone.png"
         await chromium(tmp_path, "--window-size=390,844", f"--screenshot={shot}", f"http://127.0.0.1:{port}/")
