@@ -16,7 +16,6 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,7 +23,7 @@ from zoneinfo import ZoneInfo
 from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BleLink
-from gateway.clock import Clock
+from gateway.clock import Clock, utc_text
 from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
@@ -220,7 +219,7 @@ class Station:
             "station_id": self.config.station.id,
             "name": self.config.station.name,
             "version": __version__,
-            "ts": self.clock.now().isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "ts": utc_text(self.clock.now().timestamp()),
             "clock_trusted": self.clock.trusted(),
             "clock_source": getattr(self.clock, "source", None),
             "boot_id": self.clock.boot_id,
@@ -229,7 +228,7 @@ class Station:
                 link.device.id: {
                     "kind": link.device.kind,
                     "state": {True: "online", False: "offline", None: "starting"}[link.online],
-                    "last_seen": _iso_or_none(link.last_seen),
+                    "last_seen": utc_text(link.last_seen),
                     "frames_ok": link.codec.stats.frames_ok,
                     "frames_rejected": link.codec.stats.frames_rejected,
                     "bytes_rejected": link.codec.stats.bytes_rejected,
@@ -241,7 +240,7 @@ class Station:
                 r.id: {
                     "name": r.name,
                     "room": r.room,
-                    "last_activity": _iso_or_none(self.care.state.get(f"activity:{r.id}")),
+                    "last_activity": utc_text(self.care.state.get(f"activity:{r.id}")),
                     "open_alarms": sum(1 for a in self.care.alarms.values() if a.resident == r.id),
                 }
                 for r in self.config.residents
@@ -254,7 +253,7 @@ class Station:
                     "resident": a.resident,
                     "device_id": a.device_id,
                     "count": a.count,
-                    "raised_at": _iso_or_none(a.raised_at),
+                    "raised_at": utc_text(a.raised_at),
                 }
                 for a in self.care.alarms.values()
             ],
@@ -272,7 +271,7 @@ class Station:
             out[device.id] = {
                 "kind": device.kind,
                 "resident": device.resident,
-                "last_seen": _iso_or_none(seen[0] if seen else None),
+                "last_seen": utc_text(seen[0] if seen else None),
                 "rssi": seen[1] if seen else None,
                 "battery": battery,
             }
@@ -407,12 +406,6 @@ class Station:
                         uplink,
                     )
             await asyncio.sleep(tick)
-
-
-def _iso_or_none(epoch: object) -> str | None:
-    if not isinstance(epoch, int | float):
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 async def run_station(config: StationConfig, config_path: Path | None = None) -> None:

@@ -54,6 +54,13 @@ def read_boot_id() -> str:
         return str(uuid.uuid4())  # not Linux: a per-process id still separates runs
 
 
+def utc_text(epoch: object) -> str | None:
+    """Epoch seconds as '2026-11-23T08:30:15Z' (status messages, alarm times); None stays None."""
+    if not isinstance(epoch, int | float) or isinstance(epoch, bool):
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class Clock:
     """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC.
 

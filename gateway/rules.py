@@ -14,7 +14,7 @@ import time
 import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 from pydantic import JsonValue
@@ -30,6 +30,7 @@ from drivers.seeed_radar import (
     RadarMovement,
     RadarPresence,
 )
+from gateway.clock import utc_text
 from gateway.config import (
     BadgeDevice,
     BleSection,
@@ -530,10 +531,6 @@ def _zone(data: dict[str, JsonValue]) -> JsonValue:
     return data.get("zone", data.get("user"))
 
 
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 class CareBook:
     """The care rules of the whole station, fed with every event draft and the wall clock.
 
@@ -760,8 +757,8 @@ class CareBook:
             "change": change,
             "state": alarm.state,
             "count": alarm.count,
-            "first_at": _iso(alarm.raised_at),
-            "last_at": _iso(alarm.last_at),
+            "first_at": utc_text(alarm.raised_at),
+            "last_at": utc_text(alarm.last_at),
         }
         if alarm.resident:
             data["resident"] = alarm.resident
@@ -862,7 +859,7 @@ class CareBook:
             "reannouncement": alarm.reannounced,
             "unacknowledged_s": round(t - (alarm.delivered_at or alarm.raised_at)),
             "count": alarm.count,
-            "first_at": _iso(alarm.raised_at),
+            "first_at": utc_text(alarm.raised_at),
             **alarm.detail,
         }
         if alarm.resident:
@@ -900,7 +897,7 @@ class CareBook:
         if watched >= resident.inactivity_s:
             data: dict[str, JsonValue] = {
                 "resident": resident.id,
-                "last_activity_at": _iso(float(last)),
+                "last_activity_at": utc_text(float(last)),
                 "inactive_waking_s": round(watched),
                 "window_s": round(resident.inactivity_s),
             }
@@ -924,7 +921,7 @@ class CareBook:
         if t - last >= resident.absent_after_s:
             data: dict[str, JsonValue] = {
                 "resident": resident.id,
-                "last_seen_at": _iso(float(last)),
+                "last_seen_at": utc_text(float(last)),
                 "unseen_s": round(t - last),
                 "last_place": self.config.station.name + (f", {resident.room}" if resident.room else ""),
                 "last_rssi": self.state.get(f"seen_rssi:{resident.id}"),
@@ -945,7 +942,7 @@ class CareBook:
             device_id, _, zone = button.partition(":")
             data: dict[str, JsonValue] = {
                 "button": button,
-                "last_test_at": _iso(float(last)),
+                "last_test_at": utc_text(float(last)),
                 "days_since_test": round((t - last) / 86400, 1),
                 "required_every_days": self.care.button_test_days,
             }
@@ -966,7 +963,7 @@ class CareBook:
             self._set(f"fault:{device_id}", t)
             data: dict[str, JsonValue] = {
                 "offline_s": round(t - since),
-                "offline_since": _iso(float(since)),
+                "offline_since": utc_text(float(since)),
                 "replace_within_s": round(self.care.device_fault_after_s),
                 "advice": "substitute the device or arrange manual checks (JGJ/T 484 §10.3)",
             }

@@ -37,6 +37,7 @@ from cryptography import x509
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
 
+from gateway.clock import utc_text
 from gateway.config import StationConfig, UplinkSection, key_path, read_secrets
 from gateway.events import ULID_PATTERN, Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
@@ -196,7 +197,8 @@ class Uplink:
         up = config.uplink
         self._username, self._password = broker_login(up)
         candidates = [("ca_file", up.tls.ca_file), ("cert_file", up.tls.cert_file)] if up.tls else []
-        self._certificates = {name: path for name, path in candidates if path is not None}
+        # read once: a renewed certificate is installed with a reload, which builds a new uplink
+        self._certificates = {name: (path, certificate_not_after(path)) for name, path in candidates if path}
         for report in self.tls_report().values():
             if report["days_left"] is not None and report["days_left"] < TLS_EXPIRY_WARNING_DAYS:
                 log.warning(
@@ -220,13 +222,13 @@ class Uplink:
 
     def _link_changed(self, state: str, reason: str) -> None:
         self.link_since = time.time()
-        self.link_history.append({"at": _iso(self.link_since), "state": state, "reason": reason[:200]})
+        self.link_history.append({"at": utc_text(self.link_since), "state": state, "reason": reason[:200]})
 
     def link_report(self) -> dict[str, Any]:
         """The link's state, since when, how often it came up, and its last changes."""
         return {
             "state": "up" if self.connected else "down",
-            "since": _iso(self.link_since),
+            "since": utc_text(self.link_since),
             "connects_since_start": self.connects,
             "history": list(self.link_history),
         }
@@ -518,8 +520,7 @@ class Uplink:
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""
         out = {}
-        for name, path in self._certificates.items():
-            not_after = certificate_not_after(path)
+        for name, (path, not_after) in self._certificates.items():
             days = None if not_after is None else (not_after - datetime.now(UTC)).days
             out[name] = {
                 "path": str(path),
@@ -615,10 +616,6 @@ def _advice(exc: BaseException | None) -> str:
     if "Not authorized" in text or "Bad user name or password" in text:
         return ": the broker refused this station's user name or password (uplink.secrets_file)"
     return ""
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _now_iso() -> str:

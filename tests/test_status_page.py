@@ -8,8 +8,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import pytest
-
 from simulators.broker import Mosquitto, free_port
 from simulators.button_receiver import surgard_report
 from tests.conftest import events_of, running_station, wait_until
@@ -24,7 +22,7 @@ room = "3号楼201室"
 
 
 async def chromium(tmp_path: Path, *args: str) -> str:
-    assert CHROMIUM is not None
+    assert CHROMIUM is not None, "this test needs Chromium: bash .ci/setup installs it (apt-get install chromium)"
     proc = await asyncio.create_subprocess_exec(
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -44,7 +42,6 @@ async def http(port: int, request: bytes) -> bytes:
     return answer
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (bash .ci/setup installs it)")
 async def test_the_page_in_a_headless_browser_shows_alarms_devices_and_residents(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
