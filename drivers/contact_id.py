@@ -52,22 +52,37 @@ CR = 0x0D  # terminator of an Ademco 685 report
 Qualifier = Literal["new", "restore", "still_present"]
 QUALIFIERS: dict[bytes, Qualifier] = {b"E": "new", b"R": "restore", b"P": "still_present"}
 
-# Event codes (shared/protocols.md §1.2, from SpanDSP's ademco_codes[]): code -> (name, kind).
+# Event codes (shared/protocols.md §1.2, names from SpanDSP's ademco_codes[]): code -> (name, kind).
+# Life-safety codes are alarms of their own kinds: medical/personal 100-101, fire 110-118 (and
+# 158 high temperature, SIA "KA" heat alarm), panic and hold-up 120-126 (122 silent and 123
+# audible are panics; 121, 124, 125 duress), gas 151, carbon monoxide 162 (SIA "GA", "HA", "PA").
 CONTACT_ID_CODES: dict[int, tuple[str, EventKind]] = {
     100: ("Medical", EventKind.MEDICAL),
     101: ("Personal emergency", EventKind.SOS),
     102: ("Fail to report in", EventKind.TROUBLE),
-    110: ("Fire", EventKind.TROUBLE),
+    110: ("Fire", EventKind.FIRE),
+    111: ("Smoke", EventKind.FIRE),
+    112: ("Combustion", EventKind.FIRE),
+    113: ("Water flow", EventKind.FIRE),
+    114: ("Heat", EventKind.FIRE),
+    115: ("Pull station", EventKind.FIRE),
+    116: ("Duct", EventKind.FIRE),
+    117: ("Flame", EventKind.FIRE),
+    118: ("Near alarm", EventKind.FIRE),
     120: ("Panic", EventKind.PANIC),
     121: ("Duress", EventKind.DURESS),
-    122: ("Silent", EventKind.TROUBLE),
-    123: ("Audible", EventKind.TROUBLE),
+    122: ("Silent", EventKind.PANIC),
+    123: ("Audible", EventKind.PANIC),
+    124: ("Duress - access granted", EventKind.DURESS),
+    125: ("Duress - egress granted", EventKind.DURESS),
+    126: ("Hold-up suspicion print", EventKind.PANIC),
     147: ("Sensor supervision failure", EventKind.TROUBLE),
     150: ("24-hour non-burglary", EventKind.TROUBLE),
+    151: ("Gas detected", EventKind.GAS),
     154: ("Water leakage", EventKind.TROUBLE),
-    158: ("High temp", EventKind.TROUBLE),
+    158: ("High temp", EventKind.FIRE),
     159: ("Low temp", EventKind.TROUBLE),
-    162: ("Carbon monoxide detected", EventKind.TROUBLE),
+    162: ("Carbon monoxide detected", EventKind.CARBON_MONOXIDE),
     301: ("AC loss", EventKind.TROUBLE),
     302: ("Low system battery", EventKind.TROUBLE),
     305: ("System reset", EventKind.TROUBLE),
@@ -90,7 +105,9 @@ CONTACT_ID_CODES: dict[int, tuple[str, EventKind]] = {
 }
 # Codes not in the table fall back on their family: 1xx and 3xx are troubles, 60x tests.
 _FAMILY_KIND = {1: EventKind.TROUBLE, 3: EventKind.TROUBLE}
-_USER_CODES = frozenset({121, 406}) | frozenset(range(400, 500))  # CCC is a user number, not a zone
+# CCC is a user number, not a zone: duress (121, and 124/125 which name the user let in or
+# out) and the 4xx open/close family, 406 cancel among them (SpanDSP marks these "user").
+_USER_CODES = frozenset({121, 124, 125, 406}) | frozenset(range(400, 500))
 
 
 def kind_of_code(code: int) -> EventKind:

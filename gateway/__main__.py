@@ -18,6 +18,7 @@ from gateway import __version__
 from gateway.config import ConfigError, StationConfig, load_config, status_files
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a crash loop on a bad file
+EXIT_SOFTWARE = 70  # EX_SOFTWARE: a part the station cannot run without failed; systemd restarts it
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the outbox cannot be opened (disk, permissions)
 
 
@@ -51,7 +52,7 @@ def _config_or_none(path: Path) -> StationConfig | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.app import run_station
+    from gateway.app import StationFailed, run_station
     from gateway.outbox import OutboxUnavailable
 
     _setup_logging(args.log_level)
@@ -66,6 +67,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except OutboxUnavailable as exc:
         logging.critical("%s", exc)
         return EXIT_UNAVAILABLE
+    except StationFailed as exc:
+        logging.critical("%s; exiting for systemd to start the service afresh", exc)
+        return EXIT_SOFTWARE
     return 0
 
 

@@ -16,6 +16,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -27,7 +28,7 @@ from gateway.clock import Clock, utc_text
 from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
-from gateway.outbox import Outbox
+from gateway.outbox import CareState, Outbox
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
@@ -36,11 +37,17 @@ from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, TimeComma
 log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged
+SUPERVISE_TICK_S = 1.0  # how often the supervisor looks at the writer (and feeds the watchdog at most)
 CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE_INTERVAL_S = 1.0
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
+
+
+class StationFailed(Exception):
+    """Something the station cannot run without has failed for good (the outbox writer): the
+    daemon exits non-zero and systemd starts it afresh."""
 
 
 async def keep_running(name: str, work: Callable[[], Awaitable[None]]) -> None:
@@ -50,6 +57,8 @@ async def keep_running(name: str, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
             return
+        except StationFailed:
+            raise
         except Exception:
             log.exception("%s failed unexpectedly; restarting it in %.0f s", name, TASK_RESTART_DELAY_S)
             await asyncio.sleep(TASK_RESTART_DELAY_S)
@@ -81,6 +90,7 @@ class Station:
         self.config = config
         self.clock = clock or Clock(config.station.trust_clock)
         self.started_mono = time.monotonic()
+        self._run_started_steady = self.clock.steady().timestamp()
         self.links: list[SerialLink] = []
         self._outbox: Outbox | None = None
         self._uplink: Uplink | None = None
@@ -125,7 +135,7 @@ class Station:
         """Pass what a device's rules made of its readings through the care rules, and commit
         the result (one commit for all; a press folded into an open alarm commits its count)."""
         try:
-            events = self.care.triage(device_id, drafts, self.clock.now())
+            events = self.care.triage(device_id, drafts, self.clock.steady())
         except Exception:  # a bug in a care rule must not cost the report itself
             log.exception("care rules failed on %d event(s) from %s; storing them as they came", len(drafts), device_id)
             self.care.take_changes()  # whatever the failed rule half-did is not written
@@ -138,25 +148,28 @@ class Station:
         if self._uplink:
             self._uplink.request_status()
 
-    async def on_delivered(self, alarm_ids: list[str]) -> None:
-        """The broker has the alarms (PUBACK): the platform now has to acknowledge them."""
-        now = self.clock.now()
+    def on_delivered(self, alarm_ids: list[str]) -> CareState:
+        """The broker has the alarms (PUBACK): the platform now has to acknowledge them. Returns
+        the care state that says so, which the uplink writes with the rows' deletion."""
+        now = self.clock.steady()
         for alarm_id in alarm_ids:
             self.care.delivered(alarm_id, now)
-        await self.commit([])
+        return self.care.take_changes()
 
     async def on_command(self, command: object) -> dict[str, Any]:
         """ack, resolve and time from the platform (validated by the uplink); raises CommandRefused."""
         if isinstance(command, TimeCommand):
+            newest = self.outbox.newest_ms
+            latest = datetime.fromtimestamp(newest / 1000, UTC) if newest else None
             try:
-                offset = self.clock.set_from_platform(command.utc)
-            except ValueError as exc:
-                raise CommandRefused(str(exc)) from None
+                offset = self.clock.set_from_platform(command.utc, latest)
+            except (ValueError, OverflowError) as exc:
+                raise CommandRefused(f"the platform's time is refused: {exc}") from None
             log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
             return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
         if not isinstance(command, AckCommand | ResolveCommand):
             raise CommandRefused("not a station command")
-        now = self.clock.now()
+        now = self.clock.steady()
         try:
             if isinstance(command, AckCommand):
                 state, events = self.care.acknowledge(command.alarm_id, command.by, now)
@@ -193,6 +206,10 @@ class Station:
             if now_trusted and not trusted:
                 rebased = await self.outbox.rebase(round(now_offset * 1000))
                 correction = now_offset - untrusted_offset
+                # the care clock takes the correction once, with every time this run recorded on it
+                self.care.shift_times(correction, since=self._run_started_steady)
+                self.clock.shift_steady(correction)
+                self._run_started_steady += correction
                 log.warning(
                     "clock synchronised (%+.1f s from the time this run started with); %d waiting events of this boot "
                     "re-based to the true time",
@@ -211,7 +228,7 @@ class Station:
         """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
         while True:
             await asyncio.sleep(CARE_TICK_S)
-            await self.commit(self.care.tick(self.clock.now()))
+            await self.commit(self.care.tick(self.clock.steady()))
 
     def status_snapshot(self) -> dict[str, Any]:
         """The station part of the status (the uplink adds link, backlog and TLS)."""
@@ -350,44 +367,63 @@ class Station:
                 if ble_devices
                 else None
             )
-            async with asyncio.TaskGroup() as tasks:
-                if self.ble is not None:
-                    tasks.create_task(keep_running("the BLE scanner", self.ble.run), name="ble")
-                tasks.create_task(keep_running("the uplink", self._uplink.run), name="uplink")
-                for link in self.links:
-                    tasks.create_task(
-                        keep_running(f"device {link.device.id}", link.run), name=f"serial-{link.device.id}"
-                    )
-                tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
-                tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
-                tasks.create_task(keep_running("the clock watch", self._watch_clock), name="clock")
-                tasks.create_task(keep_running("the status file", self._status_file_loop), name="status-file")
-                if self.status_page is not None:
-                    tasks.create_task(keep_running("the status page", self.status_page.run), name="status-page")
-                if self.escalator is not None:
-                    tasks.create_task(keep_running("SMS escalation", self.escalator.run), name="sms")
-                sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
+            try:
+                await self._run_tasks()
+            except* StationFailed as failed:
+                raise failed.exceptions[0] from None
+
+    async def _run_tasks(self) -> None:
+        """Every long-lived task of the station, in one TaskGroup."""
+        cfg = self.config
+        assert self._uplink is not None
+        async with asyncio.TaskGroup() as tasks:
+            if self.ble is not None:
+                tasks.create_task(keep_running("the BLE scanner", self.ble.run), name="ble")
+            tasks.create_task(keep_running("the uplink", self._uplink.run), name="uplink")
+            for link in self.links:
+                tasks.create_task(keep_running(f"device {link.device.id}", link.run), name=f"serial-{link.device.id}")
+            tasks.create_task(keep_running("supervision", self._supervise), name="supervise")
+            tasks.create_task(keep_running("the care rules", self._care_tick), name="care")
+            tasks.create_task(keep_running("the clock watch", self._watch_clock), name="clock")
+            tasks.create_task(keep_running("the status file", self._status_file_loop), name="status-file")
+            if self.status_page is not None:
+                tasks.create_task(keep_running("the status page", self.status_page.run), name="status-page")
+            if self.escalator is not None:
+                tasks.create_task(keep_running("SMS escalation", self.escalator.run), name="sms")
+            sd_notify("READY=1", f"STATUS=station {cfg.station.id}: {len(self.links)} devices")
 
     async def _supervise(self) -> None:
         """Log the backlog while it is non-empty; feed the systemd watchdog while the event loop
-        runs and the uplink makes progress (a hung forwarding loop gets the service restarted)."""
+        runs, the outbox can commit and the uplink makes progress (a hung writer or forwarding
+        loop gets the service restarted); a dead outbox writer stops the daemon (non-zero)."""
         ping = watchdog_interval_s()
-        tick = min(ping or BACKLOG_LOG_INTERVAL_S, BACKLOG_LOG_INTERVAL_S)
+        tick = min(ping or SUPERVISE_TICK_S, SUPERVISE_TICK_S)
         last_log = time.monotonic()  # the uplink logs the backlog when it connects
         starving = False
         while True:
             now = time.monotonic()
+            failure = self.outbox.writer_failure
+            if failure is not None:
+                raise StationFailed(f"the outbox writer stopped ({failure!r}); no event can be accepted") from failure
             if ping:
-                stalled = self._uplink.stalled_s(now) if self._uplink else None
-                if stalled is None:
+                stuck = [
+                    (what, seconds)
+                    for what, seconds in (
+                        ("the outbox writer", self.outbox.stalled_s(now)),
+                        ("the uplink", self._uplink.stalled_s(now) if self._uplink else None),
+                    )
+                    if seconds is not None
+                ]
+                if not stuck:
                     sd_notify("WATCHDOG=1")
                     starving = False
                 elif not starving:
                     starving = True
                     log.error(
-                        "the uplink has made no progress for %.0f s; no longer feeding the systemd watchdog, "
+                        "%s has made no progress for %.0f s; no longer feeding the systemd watchdog, "
                         "which will restart the service",
-                        stalled,
+                        stuck[0][0],
+                        stuck[0][1],
                     )
             if now - last_log >= BACKLOG_LOG_INTERVAL_S:
                 last_log = now

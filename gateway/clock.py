@@ -23,6 +23,11 @@ BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 
 ClockTrust = Literal["auto", "always"]
 
+# The platform's `time` is refused before this day (the software cannot be older than its
+# release) and more than PLATFORM_TIME_AHEAD_S past the latest time the station has seen.
+RELEASED = datetime(2026, 12, 1, tzinfo=UTC)
+PLATFORM_TIME_AHEAD_S = 2 * 366 * 86400
+
 
 RECHECK_INTERVAL_S = 10.0  # how often an untrusted clock asks the kernel again
 
@@ -65,8 +70,13 @@ class Clock:
     """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC.
 
     Until the system clock is synchronised (NTP), the platform may give the time (the `time`
-    downlink command): the clock then runs as the system clock plus that offset, trusted, until
-    NTP synchronises the system clock and the offset is dropped.
+    downlink command, once per run and within bounds): the clock then runs as the system clock
+    plus that offset, trusted, until NTP synchronises the system clock and the offset is dropped.
+
+    `steady()` is the care rules' time: wall time as it was when the station started, advanced
+    by the monotonic clock only. A step of the wall clock (by hand, by NTP, by a forged command)
+    never moves it, so no care timer can be silenced or fired by one; it is moved once, with
+    `shift_steady`, when the clock is first synchronised in a run.
     """
 
     def __init__(self, trust: ClockTrust = "auto") -> None:
@@ -76,14 +86,31 @@ class Clock:
         self._offset_s = 0.0  # platform time minus system time, while the platform's time is used
         self.source = "configured" if trust == "always" else "none"  # "ntp", "platform"
         self.boot_id = read_boot_id()
+        self.platform_time_used = False  # the platform's time is taken once per run
+        self._steady_base = time.time() - self.monotonic()
 
     def now(self) -> datetime:
+        """The time to stamp events with; never raises, whatever offset the platform gave."""
+        system = datetime.now(UTC)
         if self._offset_s:
-            return datetime.now(UTC) + timedelta(seconds=self._offset_s)
-        return datetime.now(UTC)
+            try:
+                return system + timedelta(seconds=self._offset_s)
+            except OverflowError:
+                return system
+        return system
 
     def monotonic(self) -> float:
         return time.monotonic()
+
+    def steady(self) -> datetime:
+        """The care rules' clock (see the class doc): monotonic, in wall-clock units."""
+        try:
+            return datetime.fromtimestamp(self._steady_base + self.monotonic(), UTC)
+        except (OverflowError, OSError, ValueError):
+            return datetime.now(UTC)
+
+    def shift_steady(self, seconds: float) -> None:
+        self._steady_base += seconds
 
     def trusted(self) -> bool:
         """Once the clock has been synchronised in this boot it stays trusted."""
@@ -93,12 +120,28 @@ class Clock:
                 self._trusted_seen, self.source, self._offset_s = True, "ntp", 0.0
         return self._trusted_seen
 
-    def set_from_platform(self, utc: datetime) -> float:
+    def set_from_platform(self, utc: datetime, latest_seen: datetime | None = None) -> float:
         """Use the platform's time while the system clock is not synchronised; the offset in s.
 
-        Raises ValueError when the clock is already good (NTP, a GPS or a kept RTC)."""
+        Raises ValueError, saying why, when the clock is already good (NTP, a GPS or a kept RTC),
+        when the platform's time was already taken in this run, or when `utc` is out of bounds:
+        before the release or before `latest_seen` (the newest event the station committed), or
+        more than two years past the later of those and the system clock."""
         if self.trusted() and self.source != "platform":
             raise ValueError(f"the station's clock is already trusted ({self.source}); it keeps its own time")
+        if self.platform_time_used:
+            raise ValueError("the platform's time was already taken in this run; it is taken once (restart to retake)")
+        utc = utc.astimezone(UTC)
+        floor = max(RELEASED, latest_seen or RELEASED)
+        if utc < floor:
+            raise ValueError(f"{_text(utc)} is before {_text(floor)} (this release, or the newest event committed)")
+        ceiling = max(floor, datetime.now(UTC)).timestamp() + PLATFORM_TIME_AHEAD_S
+        if utc.timestamp() > ceiling:
+            raise ValueError(f"{_text(utc)} is more than two years ahead of what this station has seen")
         self._offset_s = (utc - datetime.now(UTC)).total_seconds()
-        self._trusted_seen, self.source = True, "platform"
+        self._trusted_seen, self.source, self.platform_time_used = True, "platform", True
         return self._offset_s
+
+
+def _text(moment: datetime) -> str:
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -84,6 +84,17 @@ LINK_PROFILES: dict[str, LinkSettings] = {
 class UplinkSection(_Section):
     host: str = Field(min_length=1, description="broker host name or IP address")
     port: int = Field(1883, ge=1, le=65535, description="broker TCP port, 1-65535")
+    failover: list[str] = Field(
+        default_factory=list,
+        max_length=8,
+        description="more brokers of the same platform, tried in order when the one in use cannot be reached: "
+        'up to 8 entries "host" or "host:port" (the port defaults to port)',
+    )
+    protocol: Literal["5", "3.1.1"] = Field(
+        "5",
+        description='MQTT version: "5" (the broker\'s refusal of a publish is seen) or "3.1.1" '
+        "(for a broker without MQTT 5; it may acknowledge a publish its ACL denied)",
+    )
     topic_prefix: str = Field(
         "care/v1",
         pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$",
@@ -147,6 +158,31 @@ class UplinkSection(_Section):
         description="most bytes per second of status and telemetry, 0 for no limit (overrides the profile); "
         "alarms are never held back",
     )
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_number(cls, value: object) -> object:
+        return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+    @field_validator("failover")
+    @classmethod
+    def _failover_addresses(cls, entries: list[str]) -> list[str]:
+        for i, entry in enumerate(entries):
+            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+            if not host or not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+", host):
+                raise ValueError(f'failover[{i}]: {entry!r} is not "host" or "host:port"')
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                raise ValueError(f"failover[{i}]: port {port!r} is not 1-65535")
+        return entries
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        """Every broker address, in the order they are tried: host:port, then the failover list."""
+        out = [(self.host, self.port)]
+        for entry in self.failover:
+            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+            out.append((host.strip("[]"), int(port) if port else self.port))
+        return out
 
     @property
     def link(self) -> LinkSettings:
@@ -694,11 +730,12 @@ def cross_check(config: StationConfig) -> list[str]:
     """What one section says about another: plaintext links, secrets, residents, quiet hours."""
     problems: list[str] = []
     up = config.uplink
-    if up.tls is None and not up.allow_plaintext and not is_loopback(up.host):
-        problems.append(
-            f"uplink: plaintext MQTT to {up.host} is refused (allowed: an [uplink.tls] section with ca_file, "
-            "usually port 8883; or allow_plaintext = true where the link itself is private)"
-        )
+    for host, _ in up.brokers:
+        if up.tls is None and not up.allow_plaintext and not is_loopback(host):
+            problems.append(
+                f"uplink: plaintext MQTT to {host} is refused (allowed: an [uplink.tls] section with ca_file, "
+                "usually port 8883; or allow_plaintext = true where the link itself is private)"
+            )
     if up.secrets_file is not None:
         try:
             read_secrets(up.secrets_file)

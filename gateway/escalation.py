@@ -66,6 +66,9 @@ WHAT = {
     "medical": "发出医疗求助",
     "panic": "发出紧急报警",
     "duress": "发出胁迫报警",
+    "fire": "家中发生火警（烟雾或高温）",
+    "gas": "家中检测到燃气泄漏",
+    "carbon_monoxide": "家中检测到一氧化碳",
     "fall": "疑似跌倒",
     "inactivity": "长时间没有活动",
     "wearer_absent": "佩戴设备长时间未出现，可能走失",
@@ -271,7 +274,7 @@ class Escalator:
         await self._check_modem()
         while True:
             await asyncio.sleep(ESCALATION_TICK_S)
-            due = self.care.due_escalations(self.clock.now(), self.section.undelivered_after_s)
+            due = self.care.due_escalations(self.clock.steady(), self.section.undelivered_after_s)
             if due:
                 await self.commit([])  # the rounds are counted before anything is sent
             for alarm in due:
@@ -314,7 +317,7 @@ class Escalator:
             if current is not None and current.acknowledged:
                 await self._record(alarm, contact, "skipped", reason="acknowledged by the platform meanwhile")
                 continue
-            now = self.clock.now()
+            now = self.clock.steady()
             if not self.care.sms_allowed(contact.international, now, self.section.per_recipient_per_hour):
                 self.stats["held_back"] += 1
                 log.warning(
@@ -360,7 +363,7 @@ class Escalator:
             await self._record(alarm, contact, "failed", attempts=attempts, error=str(exc), code=exc.code)
             return
         self.stats["sent"] += 1
-        self.care.sms_sent(contact.international, self.clock.now())
+        self.care.sms_sent(contact.international, self.clock.steady())
         log.warning(
             "SMS for alarm %s sent to %s (%s, %s)", alarm.id, contact.name, contact.role, masked(contact.international)
         )

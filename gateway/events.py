@@ -46,7 +46,10 @@ class EventKind(StrEnum):
     SOS = "sos"  # personal emergency button (Contact ID 101)
     MEDICAL = "medical"  # Contact ID 100
     PANIC = "panic"  # Contact ID 120
-    DURESS = "duress"  # Contact ID 121
+    DURESS = "duress"  # Contact ID 121, 124, 125
+    FIRE = "fire"  # Contact ID 110-118 (fire, smoke, combustion, heat, ...) and 158 high temperature
+    GAS = "gas"  # Contact ID 151 gas detected
+    CARBON_MONOXIDE = "carbon_monoxide"  # Contact ID 162
     FALL = "fall"  # fall sensors (radar issue)
     TROUBLE = "trouble"  # device or panel trouble (Contact ID 1xx non-alarm, 3xx)
     TEST = "test"  # periodic / manual test reports (Contact ID 60x)
@@ -78,6 +81,9 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.MEDICAL: Priority.ALARM,
     EventKind.PANIC: Priority.ALARM,
     EventKind.DURESS: Priority.ALARM,
+    EventKind.FIRE: Priority.ALARM,
+    EventKind.GAS: Priority.ALARM,
+    EventKind.CARBON_MONOXIDE: Priority.ALARM,
     EventKind.FALL: Priority.ALARM,
     EventKind.TROUBLE: Priority.STATUS,
     EventKind.TEST: Priority.STATUS,

@@ -24,6 +24,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -49,6 +50,9 @@ ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the paylo
 MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
 DISK_FULL_SHED_ROWS = 2000  # rows shed at once when the disk itself is full
 RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
+WRITER_TICK_S = 5.0  # the writer looks around at least this often (its heartbeat)
+WRITER_STALL_S = 60.0  # appends waiting this long with no commit: the writer is stuck (watchdog)
+WRITER_RESTART_S = 1.0  # pause before the writer goes on after an unexpected failure
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
 SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
 SQLITE_FULL = 13
@@ -169,6 +173,9 @@ class Outbox:
         self._last_sweep = 0.0
         self._sync_mode = ""
         self.disk_full_errors = 0
+        self.sweep_errors = 0
+        self.writer_alive_at = time.monotonic()
+        self.newest_ms: int | None = None  # the latest event time ever committed here (bounds the platform's time)
         self.commits = 0  # group commits of appended events (fewer than appends under load)
         self.salvage: Salvage | None = None  # set when a corrupt file was found at start-up
         self._urgent: list[_Append] = []  # appends carrying an alarm: committed first
@@ -219,11 +226,12 @@ class Outbox:
         """Up to `limit` of the class's oldest rows with seq > after_seq (the uplink's cursor)."""
         return await self._run(lambda: self._select(priority, after_seq, limit))
 
-    async def ack(self, rows: Iterable[OutboxRow]) -> None:
-        """Delete rows the broker has acknowledged (PUBACK received)."""
+    async def ack(self, rows: Iterable[OutboxRow], state: CareState | None = None) -> None:
+        """Delete rows the broker has acknowledged (PUBACK received), and write the care state
+        that says so (alarms now "delivered") in the same transaction."""
         batch = [row.seq for row in rows]
-        if batch:
-            await self._run(lambda: self._delete(batch))
+        if batch or state:
+            await self._run(lambda: self._delete(batch, state))
 
     async def wait_for_new(self, priority: Priority, timeout: float) -> None:
         """Return when rows of the class (alarm; or status/telemetry) were committed, or after timeout."""
@@ -252,11 +260,37 @@ class Outbox:
 
     # --- group commit --------------------------------------------------------------------------
 
+    def stalled_s(self, now: float) -> float | None:
+        """Seconds the writer has been stuck (appends waiting, nothing committed), or dead; else None."""
+        if self._writer is not None and self._writer.done():
+            return math.inf
+        waiting = self._urgent or self._pending
+        silent = now - self.writer_alive_at
+        return silent if waiting and silent > WRITER_STALL_S else None
+
+    @property
+    def writer_failure(self) -> BaseException | None:
+        """Why the writer task ended, if it did (it only ends when the outbox closes)."""
+        if self._writer is None or not self._writer.done() or self._writer.cancelled():
+            return None
+        return self._writer.exception() or RuntimeError("the outbox writer returned")
+
     async def _write_groups(self) -> None:
-        """The one writer: commits whatever appends are waiting, as one transaction."""
+        """The one writer; an unexpected failure is logged and the writer goes on after a pause
+        (every append still gets its answer: committed, or the error)."""
         while True:
+            try:
+                await self._write_forever()
+            except Exception:
+                log.exception("outbox writer failed unexpectedly; it starts again in %.0f s", WRITER_RESTART_S)
+                await asyncio.sleep(WRITER_RESTART_S)
+
+    async def _write_forever(self) -> None:
+        """Commits whatever appends are waiting, as one transaction; sweeps old rows now and then."""
+        while True:
+            self.writer_alive_at = time.monotonic()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RETENTION_SWEEP_S):  # (wait_for could swallow our cancellation)
+                async with asyncio.timeout(WRITER_TICK_S):  # (wait_for could swallow our cancellation)
                     await self._wakeup.wait()
             self._wakeup.clear()
             while self._urgent or self._pending:
@@ -277,9 +311,23 @@ class Outbox:
                         future.set_result(None)
                 for priority in {e.priority for e in events}:
                     self._arrived[priority].set()
+                self.writer_alive_at = time.monotonic()
             if self.storage.max_age_days and time.monotonic() - self._last_sweep > RETENTION_SWEEP_S:
                 self._last_sweep = time.monotonic()
-                await self._run(self._expire)
+                try:
+                    await self._run(self._expire)
+                except (sqlite3.Error, OSError) as exc:  # like any write error: logged, counted, tried again later
+                    if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                        self.disk_full_errors += 1
+                    self.sweep_errors += 1
+                    log.error(
+                        "outbox %s: removing events older than %d days failed (%s); new events are still "
+                        "accepted, the sweep runs again in %.0f s",
+                        self.path,
+                        self.storage.max_age_days,
+                        exc,
+                        RETENTION_SWEEP_S,
+                    )
 
     def _next_group(self) -> list[_Append]:
         """Appends carrying an alarm go first, in a small transaction of their own; then the
@@ -342,6 +390,8 @@ class Outbox:
             self._tally.add(_PRIORITY_OF_RANK[rank], size + n * ROW_OVERHEAD_BYTES, n)
         for device_id, rank, count in db.execute("SELECT device_id, priority, count FROM shed"):
             self._shed[(device_id, _PRIORITY_OF_RANK[rank])] = count
+        newest = db.execute("SELECT max(created_ms) FROM outbox").fetchone()[0]
+        self.newest_ms = int(newest) if newest else None
 
     def _advice(self, exc: Exception) -> str:
         return (
@@ -445,6 +495,8 @@ class Outbox:
                     ) from exc
                 continue
             self.commits += 1
+            if keep:
+                self.newest_ms = max(self.newest_ms or 0, max(item[1] for item in keep))
             for rank, _, _, size, _ in keep:
                 tally.add(_PRIORITY_OF_RANK[rank], size)
             for priority in Priority:
@@ -584,8 +636,9 @@ class Outbox:
         ).fetchall()
         return [OutboxRow(seq, priority, created_ms, prefix + stored[1:]) for seq, created_ms, stored in rows]
 
-    def _delete(self, seqs: list[int]) -> None:
-        self._set_sync("NORMAL")  # a delete lost to a power cut only means a harmless re-send
+    def _delete(self, seqs: list[int], state: CareState | None = None) -> None:
+        # a delete lost to a power cut only means a harmless re-send; a state change is kept
+        self._set_sync("FULL" if state else "NORMAL")
         freed = _Tally()
         with self._transaction() as conn:
             gone = conn.execute(
@@ -593,6 +646,8 @@ class Outbox:
                 "RETURNING priority, length(CAST(payload AS BLOB))",
                 (json.dumps(seqs),),
             ).fetchall()
+            if state:
+                _write_state(conn, state)
         for rank, size in gone:  # rows shed while in flight are gone already: not counted twice
             freed.add(_PRIORITY_OF_RANK[rank], size + ROW_OVERHEAD_BYTES)
         for priority in Priority:

@@ -466,6 +466,9 @@ OPENS_ALARM = frozenset(
         EventKind.MEDICAL,
         EventKind.PANIC,
         EventKind.DURESS,
+        EventKind.FIRE,
+        EventKind.GAS,
+        EventKind.CARBON_MONOXIDE,
         EventKind.FALL,
         EventKind.INACTIVITY,
         EventKind.WEARER_ABSENT,
@@ -477,6 +480,9 @@ STORM_FAMILY = {
     EventKind.MEDICAL: "button",
     EventKind.PANIC: "button",
     EventKind.DURESS: "button",
+    EventKind.FIRE: "fire",
+    EventKind.GAS: "gas",
+    EventKind.CARBON_MONOXIDE: "co",
     EventKind.FALL: "fall",
 }
 BUTTON_PRESSES = frozenset({EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS})
@@ -488,6 +494,9 @@ CARE_CHECK_S = 15.0  # how often time-based rules (inactivity, absence, tests, f
 SMS_WINDOW_S = 3600.0  # the per-recipient SMS limit counts sends in this window
 CLOSED_ALARMS_REMEMBERED = 200  # resolved alarms kept in memory so repeated commands get an answer
 
+# care-state keys whose values are times (epoch seconds on the care clock), and the alarm's times
+TIMED_STATE = frozenset({"activity", "seen", "test", "overdue", "offline", "fault", "sms", "vital"})
+ALARM_TIMES = ("raised_at", "last_at", "delivered_at", "acked_at", "resolved_at", "announced_at", "update_at")
 Stamp = Callable[[str, EventKind, dict[str, JsonValue]], Event]  # (device id, kind, data) -> a new event
 
 
@@ -588,6 +597,31 @@ class CareBook:
             self._closed[alarm.id] = alarm
             while len(self._closed) > CLOSED_ALARMS_REMEMBERED:
                 self._closed.pop(next(iter(self._closed)))
+
+    def shift_times(self, seconds: float, since: float) -> None:
+        """The care clock moved by `seconds` (the clock was first synchronised in this run):
+        move every time this run recorded (at or after `since`, on the old base) with it, so
+        that no timer is cut short or stretched by the correction."""
+
+        def moved(value: JsonValue) -> JsonValue:
+            if isinstance(value, float | int) and not isinstance(value, bool) and value >= since:
+                return value + seconds
+            if isinstance(value, list):
+                return [moved(v) for v in value]
+            if isinstance(value, dict) and "since" in value:
+                return {**value, "since": moved(value["since"])}
+            return value
+
+        for key, value in list(self.state.items()):
+            if key.split(":", 1)[0] in TIMED_STATE:
+                self._set(key, moved(value))
+        for alarm in list(self.alarms.values()):
+            for name in ALARM_TIMES:
+                at = getattr(alarm, name)
+                if isinstance(at, float | int) and at >= since:
+                    setattr(alarm, name, at + seconds)
+            self._save(alarm)
+        self._next_check += seconds
 
     # --- who is concerned ---------------------------------------------------------------------
 

@@ -7,13 +7,21 @@ Two lanes share one connection:
   station's link profile (batch size, linger, zlib compression, a byte budget per second),
   with a bounded number of batches awaiting their PUBACK.
 
-Rules learnt the hard way (shared/stack-notes.md §1):
-- a fresh `aiomqtt.Client` per connection: a reused client re-sends paho's own queue, and the
-  outbox must be the only memory of what is unsent;
-- `publish(qos=1)` returns on PUBACK, and only then is a row deleted; an in-flight publish is
-  not woken by a disconnect, so a listener task watches the connection and tears the session
-  down at once, and a black-holed link is caught by the keepalive;
-- retries and backoff (tenacity) wrap the connect step only, so every outage starts afresh.
+Rules learnt the hard way (shared/stack-notes.md §1, docs/mqtt.md):
+- a fresh client per connection: a reused client re-sends paho's own queue, and the outbox
+  must be the only memory of what is unsent;
+- a row is deleted only on a PUBACK whose reason code is below 0x80. aiomqtt 2.5 drops the
+  reason code, so `BrokerClient` takes it from paho's callback itself: under MQTT 5 a broker's
+  refusal (0x87 not authorised, 0x97 quota, ...) keeps the event in the outbox and is retried
+  with backoff; an in-flight publish is failed the moment the connection drops;
+- MQTT 5 by default, 3.1.1 as a setting or as the fallback when a broker refuses 5 (a 3.1.1
+  broker may PUBACK a publish its ACL denied: nothing on the wire says so);
+- every session task is cancelled when one ends, and a task that does not stop within
+  SESSION_ABANDON_S is abandoned: a wedged client can never keep the station offline;
+- reconnects use full jitter over a window that grows while sessions keep dying young, so ten
+  thousand stations after a broker restart do not come back in the same second;
+- the downlink cannot hurt: exact topics only, retained messages ignored, every command in its
+  own error boundary and time limit, ids checked before use, replies in ASCII-safe JSON.
 """
 
 from __future__ import annotations
@@ -24,23 +32,30 @@ import contextlib
 import json
 import logging
 import math
+import random
 import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import aiomqtt
+import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from cryptography import x509
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_never, wait_exponential_jitter
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.clock import utc_text
 from gateway.config import StationConfig, UplinkSection, key_path, read_secrets
 from gateway.events import ULID_PATTERN, Priority
-from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
+from gateway.outbox import CareState, Outbox, OutboxRow, OutboxSnapshot
 
 log = logging.getLogger("care_gateway.uplink")
 # paho logs every socket error at ERROR level; the uplink reports each outage itself, once,
@@ -55,8 +70,12 @@ BATCH_MAX_BYTES = 256 * 1024  # a batch is cut at this size whatever the profile
 COMPRESS_MIN_BYTES = 256  # smaller batches are sent as plain JSON (zlib would not pay)
 ZLIB_LEVEL = 6
 MQTT_OVERHEAD_BYTES = 6  # fixed header, remaining length, packet id: counted in the byte budget
-FIRST_RETRY_S = 0.5  # first reconnect delay; doubles up to [uplink] reconnect_max_s
-RETRY_JITTER_S = 1.0  # spreads the reconnects of many stations after a city-wide outage
+RETRY_WINDOW_S = 1.0  # the first reconnect waits U(0, 1 s); the window doubles up to reconnect_max_s
+STABLE_SESSION_S = 30.0  # a session shorter than this does not reset the backoff (a broker dropping us)
+ALARM_RETRY_MIN_S = 0.5  # an alarm waiting caps the reconnect wait at ALARM_RETRY_MAX_S ...
+ALARM_RETRY_MAX_S = 2.0  # ... but never below ALARM_RETRY_MIN_S: no hot loop
+REFUSAL_RETRY_S = 1.0  # first pause after a refused publish; doubles up to reconnect_max_s
+SESSION_ABANDON_S = 3.0  # a session task that ignores its cancellation this long is abandoned
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the offline status
 PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
 TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
@@ -64,20 +83,42 @@ DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledge
 TLS_EXPIRY_WARNING_DAYS = 30  # a certificate expiring sooner is logged at start and flagged in the status
 LINK_HISTORY = 20  # link changes kept for the status message
 STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog is starved
+SESSION_EXPIRY_S = 86400  # the broker keeps the command subscription (and queued commands) this long offline
+COMMAND_QUEUE = 64  # downlink messages waiting to be handled; more are dropped by the client (logged)
+COMMAND_TIMEOUT_S = 10.0  # one command may take this long, then it is answered with an error
+TAKEOVER_HINT_AFTER = 3  # this many short sessions in a row get the "same client id?" hint in the journal
+REASON_NO_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody subscribes to the topic
+REASON_SESSION_TAKEN_OVER = 0x8E
+UNSUPPORTED_PROTOCOL = (1, 0x84)  # CONNACK: 3.1.1 "unacceptable protocol version", 5 "unsupported"
 
 StatusSource = Callable[[], dict[str, Any]]
-DeliveredSink = Callable[[list[str]], Awaitable[None]]  # ids of alarms the broker acknowledged
+# the broker has these alarms (their ids): the care state that says so, written with the delete
+DeliveredSink = Callable[[list[str]], CareState]
 MAX_COMMAND_BYTES = 4096  # a downlink command is a few hundred bytes; more is refused unread
+COMMAND_ID_RULE = "a string of 1-64 printable characters"
 
 
 class CommandRefused(Exception):
     """A well-formed command that cannot be carried out; the message is the reply's error."""
 
 
+def valid_command_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 64 and value.isprintable()
+
+
 class _Command(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(min_length=1, max_length=64, description="correlation id, returned in the reply")
+    id: str = Field(
+        min_length=1, max_length=64, description=f"correlation id, returned in the reply: {COMMAND_ID_RULE}"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError(f"must be {COMMAND_ID_RULE}")
+        return value
 
 
 class AckCommand(_Command):
@@ -128,12 +169,119 @@ class Topics:
     def __init__(self, prefix: str, station_id: str) -> None:
         base = f"{prefix}/{station_id}"
         self.status = f"{base}/status"
-        self.commands = f"{base}/cmd/#"
+        self.commands = f"{base}/cmd/+"  # one level: cmd/x/y/ping is not a command
+        self._command_prefix = f"{base}/cmd/"
         self.command_replies = f"{base}/cmd-reply"
         self._events = {p: f"{base}/events/{p.value}" for p in Priority}
 
     def events(self, priority: Priority) -> str:
         return self._events[priority]
+
+    def command_name(self, topic: str) -> str | None:
+        """The command a topic names, or None when it is not exactly {prefix}/{station}/cmd/<name>."""
+        if not topic.startswith(self._command_prefix):
+            return None
+        name = topic[len(self._command_prefix) :]
+        return name if name and "/" not in name else None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The broker's answer to one publish: its PUBACK reason code (0 under MQTT 3.1.1)."""
+
+    code: int
+    reason: str
+
+    @property
+    def accepted(self) -> bool:
+        return self.code < 0x80
+
+    @property
+    def label(self) -> str:
+        return f"0x{self.code:02X} {self.reason}"
+
+
+class PublishRefused(Exception):
+    """The broker answered a publish with a reason code >= 0x80: it does not have the events."""
+
+    def __init__(self, verdict: Verdict, topic: str, events: int) -> None:
+        super().__init__(f"{verdict.label} for {events} event(s) on {topic}")
+        self.verdict, self.topic, self.events = verdict, topic, events
+
+
+def _reason_code(reason: object) -> tuple[int, str]:
+    value = getattr(reason, "value", reason)
+    return (int(value) if isinstance(value, int) else 0), str(reason)
+
+
+class BrokerClient(aiomqtt.Client):
+    """aiomqtt's client, plus what aiomqtt 2.5 throws away: the PUBACK's reason code, and a
+    publish woken at once when the connection drops (aiomqtt lets it wait for its timeout).
+
+    Uses aiomqtt's private `_client` (paho) and callbacks: aiomqtt is pinned below 3.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._verdicts: dict[int, asyncio.Future[Verdict]] = {}
+        self.disconnect_reason: tuple[int, str] | None = None
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        verdict = self._verdicts.pop(mid, None)
+        if verdict is not None and not verdict.done():
+            verdict.set_result(Verdict(*_reason_code(reason_code)))
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None = None,
+    ) -> None:
+        self.disconnect_reason = _reason_code(reason_code)
+        for verdict in self._verdicts.values():
+            if not verdict.done():
+                verdict.set_exception(aiomqtt.MqttError(f"disconnected ({reason_code}) before the broker's PUBACK"))
+        self._verdicts.clear()
+        super()._on_disconnect(client, userdata, flags, reason_code, properties)
+
+    async def deliver(self, topic: str, payload: str | bytes, *, retain: bool = False) -> Verdict:
+        """Publish with QoS 1 and return the broker's verdict; raise MqttError if none comes."""
+        info = self._client.publish(topic, payload, 1, retain)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        verdict: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self._verdicts[info.mid] = verdict
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await verdict
+        except TimeoutError:
+            raise aiomqtt.MqttError(f"no PUBACK within {self.timeout:g} s") from None
+        finally:
+            self._verdicts.pop(info.mid, None)
+
+
+class Backoff:
+    """Full jitter: the n-th wait in a row is uniform in [0, min(cap, first * 2**(n-1))].
+
+    The one retry policy of the uplink (reconnects and refused publishes)."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self.first_s, self.cap_s = first_s, cap_s
+        self.failures = 0
+
+    def next_delay(self, alarm_waiting: bool = False) -> float:
+        self.failures += 1
+        window = min(self.cap_s, self.first_s * 2 ** min(self.failures - 1, 30))
+        delay = random.uniform(0, window)
+        if alarm_waiting:  # sooner, but never a hot loop
+            delay = min(max(delay, ALARM_RETRY_MIN_S), ALARM_RETRY_MAX_S)
+        return delay
+
+    def reset(self) -> None:
+        self.failures = 0
 
 
 def encode_batch(rows: list[OutboxRow], compress: bool) -> bytes:
@@ -163,6 +311,15 @@ class ByteBudget:
             await asyncio.sleep(-self._level / self.rate + 0.001)
 
 
+NETWORK_ERRORS = (aiomqtt.MqttError, OSError, TimeoutError)
+
+
+def _flatten(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _flatten(inner)]
+    return [exc]
+
+
 class Uplink:
     def __init__(
         self,
@@ -190,11 +347,21 @@ class Uplink:
         self._bulk_in_flight = 0
         self.connected = False
         self.published = dict.fromkeys(Priority, 0)  # events acknowledged by the broker since start
+        self.refused: dict[str, int] = {}  # events the broker refused, per reason ("0x87 Not authorized")
+        self.no_subscribers = 0  # events the broker took while nobody subscribed (MQTT 5 reason 0x10)
+        self.commands_ignored: dict[str, int] = {}  # downlink messages not carried out, per reason
+        self.command_subscription = "not yet subscribed"
         self.progress_at = time.monotonic()  # the forwarding loop's last sign of life (watchdog)
         self.link_since = time.time()  # when the link last went up or down
         self.connects = 0
         self.link_history: collections.deque[dict[str, Any]] = collections.deque(maxlen=LINK_HISTORY)
         up = config.uplink
+        self.protocol = up.protocol  # may fall back to 3.1.1 once, when a broker refuses MQTT 5
+        self.broker: tuple[str, int] = up.brokers[0]  # the one in use, or tried last
+        self._broker_index = 0
+        self._backoff = Backoff(RETRY_WINDOW_S, up.reconnect_max_s)
+        self._short_sessions = 0
+        self._abandoned: set[asyncio.Task[None]] = set()
         self._username, self._password = broker_login(up)
         candidates = [("ca_file", up.tls.ca_file), ("cert_file", up.tls.cert_file)] if up.tls else []
         # read once: a renewed certificate is installed with a reload, which builds a new uplink
@@ -213,10 +380,15 @@ class Uplink:
         """Seconds without progress, if longer than any healthy wait can last; else None.
 
         A healthy uplink shows progress at least every IDLE_POLL_S while connected, and at
-        every connection attempt (backoff at most reconnect_max_s, then connect_timeout_s).
+        every connection attempt (backoff at most reconnect_max_s, then connect_timeout_s per broker).
         """
         up = self._config.uplink
-        limit = up.reconnect_max_s + RETRY_JITTER_S + up.connect_timeout_s + up.publish_timeout_s + up.keepalive_s
+        limit = (
+            up.reconnect_max_s
+            + (up.connect_timeout_s + SESSION_ABANDON_S) * len(up.brokers)
+            + up.publish_timeout_s
+            + up.keepalive_s
+        )
         silent = now - self.progress_at
         return silent if silent > limit + STALL_MARGIN_S else None
 
@@ -226,11 +398,17 @@ class Uplink:
 
     def link_report(self) -> dict[str, Any]:
         """The link's state, since when, how often it came up, and its last changes."""
+        host, port = self.broker
         return {
             "state": "up" if self.connected else "down",
             "since": utc_text(self.link_since),
+            "broker": f"{host}:{port}",
+            "protocol": self.protocol,
             "connects_since_start": self.connects,
             "history": list(self.link_history),
+            "refused": dict(self.refused),
+            "no_subscribers": self.no_subscribers,
+            "commands": {"subscription": self.command_subscription, "ignored": dict(self.commands_ignored)},
         }
 
     async def status_body(self) -> dict[str, Any]:
@@ -250,10 +428,13 @@ class Uplink:
         """Publish the status message soon (a device came or went)."""
         self._status_due.set()
 
+    # --- connections ----------------------------------------------------------------------------
+
     async def run(self) -> None:
         """Connect, drain, reconnect; forever (until cancelled)."""
         while True:
             client = await self._connect()
+            started = time.monotonic()
             try:
                 await self._session(client)
             except asyncio.CancelledError:
@@ -262,108 +443,269 @@ class Uplink:
             finally:
                 self.connected = False
                 with contextlib.suppress(Exception):  # a dead link must not hold up the reconnect
-                    await asyncio.wait_for(client.__aexit__(None, None, None), self._config.uplink.publish_timeout_s)
+                    async with asyncio.timeout(SESSION_ABANDON_S):  # (not wait_for: it can swallow a cancel)
+                        await client.__aexit__(None, None, None)
+            await self._after_session(client, time.monotonic() - started)
 
-    async def _session(self, client: aiomqtt.Client) -> None:
-        """One connection's life: returns (after logging why) when the connection is lost."""
-        try:
-            alarms_flushed = asyncio.Event()
-            async with asyncio.TaskGroup() as session:
-                session.create_task(self._watch(client), name="uplink-watch")
-                session.create_task(self._alarm_lane(client, alarms_flushed), name="uplink-alarms")
-                session.create_task(self._bulk_lane(client, alarms_flushed), name="uplink-bulk")
-                session.create_task(self._report_status(client), name="uplink-status")
-        except* (aiomqtt.MqttError, OSError, TimeoutError) as group:
-            self.connected = False
-            if self._bulk_in_flight and self.batch_events > 1:
-                self.batch_events = max(1, self.batch_events // 2)
-                log.warning(
-                    "uplink: the connection died with %d batch(es) awaiting PUBACK; batches cut to %d events "
-                    "(is the link slower than its profile '%s'?)",
-                    self._bulk_in_flight,
-                    self.batch_events,
-                    self._config.uplink.link_profile,
-                )
-            self._bulk_in_flight = 0
-            reason = "; ".join(repr(e) for e in group.exceptions)
-            self._link_changed("down", reason)
-            backlog = sum((await self._outbox.counts()).values())
-            log.warning("uplink down: %s; %d events kept in the outbox; reconnecting", reason, backlog)
+    async def _after_session(self, client: BrokerClient, lived_s: float) -> None:
+        """Wait before reconnecting: at once after a long session (with jitter), growing after short ones."""
+        if lived_s >= STABLE_SESSION_S:
+            self._backoff.reset()
+            self._short_sessions = 0
+        else:
+            self._short_sessions += 1
+        reason = client.disconnect_reason
+        if reason is not None and reason[0] == REASON_SESSION_TAKEN_OVER:
+            log.error(
+                "uplink: the broker ended the session because another client connected with this station's client id "
+                "%r (MQTT 5 reason 0x8E): is a second station configured with station id %r? Give each station its "
+                "own id; backing off",
+                self._config.client_id,
+                self._config.station.id,
+            )
+        elif self._short_sessions == TAKEOVER_HINT_AFTER:
+            log.error(
+                "uplink: %d sessions in a row ended within %.0f s of connecting; likely causes: a second station "
+                "with client id %r, or the broker's ACL or quotas for this client; backing off",
+                self._short_sessions,
+                STABLE_SESSION_S,
+                self._config.client_id,
+            )
+        delay = self._backoff.next_delay(await self._alarm_waiting())
+        if self._short_sessions:
+            log.info("uplink: reconnecting in %.1f s", delay)
+        await asyncio.sleep(delay)
 
-    async def _connect(self) -> aiomqtt.Client:
-        up = self._config.uplink
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((aiomqtt.MqttError, OSError, TimeoutError)),
-            wait=wait_exponential_jitter(multiplier=FIRST_RETRY_S, max=up.reconnect_max_s, jitter=RETRY_JITTER_S),
-            stop=stop_never,
-            reraise=True,
-            before_sleep=self._log_retry,
-        )
-        async for attempt in retrying:
+    async def _alarm_waiting(self) -> bool:
+        return (await self._outbox.counts())[Priority.ALARM] > 0
+
+    async def _connect(self) -> BrokerClient:
+        """A connected client: each broker in turn (the last good one first), then backoff."""
+        brokers = self._config.uplink.brokers
+        while True:
+            for step in range(len(brokers)):
+                index = (self._broker_index + step) % len(brokers)
+                self.broker = brokers[index]
+                self._alive()
+                try:
+                    client = await self._open(*self.broker)
+                except NETWORK_ERRORS as exc:
+                    if self._falls_back(exc):
+                        try:
+                            client = await self._open(*self.broker)
+                        except NETWORK_ERRORS as again:
+                            self._log_connect_failure(again)
+                            continue
+                    else:
+                        self._log_connect_failure(exc)
+                        continue
+                self._broker_index = index
+                await self._connected(client)
+                return client
+            delay = self._backoff.next_delay(await self._alarm_waiting())
+            log.warning(
+                "uplink down: no broker reachable (%s); round %d, next try in %.1f s",
+                ", ".join(f"{h}:{p}" for h, p in brokers),
+                self._backoff.failures,
+                delay,
+            )
             self._alive()
-            with attempt:
-                client = aiomqtt.Client(
-                    up.host,
-                    up.port,
-                    identifier=self._config.client_id,
-                    logger=paho_log,
-                    username=self._username,
-                    password=self._password,
-                    # paho pings after one keepalive without traffic and drops the link after a
-                    # second: half the configured value catches a silent black hole within it
-                    keepalive=max(1, math.ceil(up.keepalive_s / 2)),
-                    timeout=up.connect_timeout_s,  # aiomqtt is not woken by a reset during CONNECT
-                    clean_session=True,
-                    max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
-                    will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
-                    tls_params=tls_parameters(up),
-                )
-                client.pending_calls_threshold = PENDING_CALLS_WARNING
-                await client.__aenter__()
-                client.timeout = up.publish_timeout_s  # from now on: how long to wait for a PUBACK
+            await asyncio.sleep(delay)
+
+    def _falls_back(self, exc: BaseException) -> bool:
+        """A broker that refuses MQTT 5 at CONNECT: use 3.1.1 from now on (logged once)."""
+        if self.protocol != "5" or not isinstance(exc, MqttConnectError):
+            return False
+        code, _ = _reason_code(exc.rc)
+        if code not in UNSUPPORTED_PROTOCOL:
+            return False
+        self.protocol = "3.1.1"
+        host, port = self.broker
+        log.warning(
+            "uplink: the broker %s:%d refuses MQTT 5 (%s); falling back to MQTT 3.1.1, under which a publish the "
+            'broker\'s ACL denies may still be acknowledged (docs/mqtt.md). Set [uplink] protocol = "3.1.1" to '
+            "silence this",
+            host,
+            port,
+            exc,
+        )
+        return True
+
+    async def _open(self, host: str, port: int) -> BrokerClient:
+        up = self._config.uplink
+        v5 = self.protocol == "5"
+        properties = None
+        if v5:  # keep the command subscription (and commands sent meanwhile) through an outage
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        client = BrokerClient(
+            host,
+            port,
+            identifier=self._config.client_id,
+            logger=paho_log,
+            username=self._username,
+            password=self._password,
+            protocol=aiomqtt.ProtocolVersion.V5 if v5 else aiomqtt.ProtocolVersion.V311,
+            # paho pings after one keepalive without traffic and drops the link after a
+            # second: half the configured value catches a silent black hole within it
+            keepalive=max(1, math.ceil(up.keepalive_s / 2)),
+            timeout=up.connect_timeout_s,  # aiomqtt is not woken by a reset during CONNECT
+            clean_session=None if v5 else False,
+            clean_start=False,
+            properties=properties,
+            max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
+            max_queued_incoming_messages=COMMAND_QUEUE,
+            will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
+            tls_params=tls_parameters(up),
+        )
+        client.pending_calls_threshold = PENDING_CALLS_WARNING
+        async with asyncio.timeout(up.connect_timeout_s + SESSION_ABANDON_S):
+            await client.__aenter__()
+        client.timeout = up.publish_timeout_s  # from now on: how long to wait for a PUBACK
+        return client
+
+    async def _connected(self, client: BrokerClient) -> None:
+        up = self._config.uplink
+        host, port = self.broker
         self.connected = True
         self._alive()
         self.connects += 1
-        self._link_changed("up", f"connected to {up.host}:{up.port}")
+        self._link_changed("up", f"connected to {host}:{port} (MQTT {self.protocol})")
         counts = await self._outbox.counts()
         log.info(
-            "uplink up: connected to %s:%d as %s (%s link); backlog %s",
-            up.host,
-            up.port,
+            "uplink up: connected to %s:%d as %s (MQTT %s, %s link); backlog %s",
+            host,
+            port,
             self._config.client_id,
+            self.protocol,
             up.link_profile,
             ", ".join(f"{n} {p.value}" for p, n in counts.items()),
         )
-        return client
 
-    def _log_retry(self, state: RetryCallState) -> None:
-        up = self._config.uplink
-        exc = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
-            "uplink down: cannot connect to %s:%d (%r)%s; attempt %d, next try in %.1f s",
-            up.host,
-            up.port,
-            exc,
-            _advice(exc),
-            state.attempt_number,
-            wait,
-        )
+    def _log_connect_failure(self, exc: BaseException) -> None:
+        host, port = self.broker
+        log.warning("uplink down: cannot connect to %s:%d (%r)%s", host, port, exc, _advice(exc))
 
-    async def _watch(self, client: aiomqtt.Client) -> None:
+    async def _session(self, client: BrokerClient) -> None:
+        """One connection's life: returns (after logging why) when the connection is lost.
+
+        Its tasks run until one of them ends; the others are then cancelled, and any that has
+        not stopped SESSION_ABANDON_S later is abandoned (logged), so a fresh connection starts.
+        """
+        alarms_flushed = asyncio.Event()
+        lanes: dict[str, Coroutine[Any, Any, None]] = {
+            "uplink-watch": self._watch(client),
+            "uplink-alarms": self._alarm_lane(client, alarms_flushed),
+            "uplink-bulk": self._bulk_lane(client, alarms_flushed),
+            "uplink-status": self._report_status(client),
+        }
+        tasks = [asyncio.create_task(work, name=name) for name, work in lanes.items()]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            _, stuck = await asyncio.wait(tasks, timeout=SESSION_ABANDON_S)
+            if stuck:
+                log.error(
+                    "uplink: %s did not stop within %.0f s of being cancelled; abandoning it and starting a fresh "
+                    "connection",
+                    ", ".join(t.get_name() for t in stuck),
+                    SESSION_ABANDON_S,
+                )
+                self._abandoned |= stuck
+                for task in stuck:
+                    task.add_done_callback(self._abandoned.discard)
+        errors = [leaf for t in done if not t.cancelled() and t.exception() for leaf in _flatten(t.exception())]  # type: ignore[arg-type]
+        self.connected = False
+        if self._bulk_in_flight and self.batch_events > 1:
+            self.batch_events = max(1, self.batch_events // 2)
+            log.warning(
+                "uplink: the connection died with %d batch(es) awaiting PUBACK; batches cut to %d events "
+                "(is the link slower than its profile '%s'?)",
+                self._bulk_in_flight,
+                self.batch_events,
+                self._config.uplink.link_profile,
+            )
+        self._bulk_in_flight = 0
+        for exc in errors:
+            if not isinstance(exc, NETWORK_ERRORS):
+                log.error("uplink: a session task failed unexpectedly; reconnecting", exc_info=exc)
+        reason = "; ".join(repr(e) for e in errors) or "session ended"
+        if client.disconnect_reason and client.disconnect_reason[0]:
+            reason += f" (broker: 0x{client.disconnect_reason[0]:02X} {client.disconnect_reason[1]})"
+        self._link_changed("down", reason)
+        backlog = sum((await self._outbox.counts()).values())
+        log.warning("uplink down: %s; %d events kept in the outbox; reconnecting", reason, backlog)
+
+    # --- downlink ---------------------------------------------------------------------------------
+
+    async def _watch(self, client: BrokerClient) -> None:
         """Listen for downlink commands; raises MqttError the moment the connection drops."""
-        await client.subscribe(self.topics.commands, qos=1)
+        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        granted = await client.subscribe(
+            self.topics.commands,
+            options=options if self.protocol == "5" else None,
+            qos=0 if self.protocol == "5" else 1,
+        )
+        self._check_suback(granted)
         async for message in client.messages:
             await self._command(client, message)
 
-    async def _command(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
-        """Validate, carry out and answer one downlink command; nothing in it can stop the daemon."""
-        reply = await self.answer(str(message.topic).rsplit("/", 1)[-1], message.payload)
-        await client.publish(self.topics.command_replies, json.dumps(reply, ensure_ascii=False), qos=1)
+    def _check_suback(self, granted: Any) -> None:
+        codes = [_reason_code(g) for g in granted] if isinstance(granted, list | tuple) else []
+        code, reason = codes[0] if codes else (0x80, "no answer")
+        if code >= 0x80:
+            self.command_subscription = f"refused: 0x{code:02X} {reason}"
+            log.error(
+                "uplink: the broker refused the subscription to %s (0x%02X %s): platform commands (ack, resolve, "
+                "time) cannot reach this station; check the broker's ACL for this station's client",
+                self.topics.commands,
+                code,
+                reason,
+            )
+        else:
+            self.command_subscription = f"granted QoS {code}"
+            if code < 1:
+                log.warning(
+                    "uplink: the broker granted only QoS %d for %s: a command sent while the link is down is lost",
+                    code,
+                    self.topics.commands,
+                )
+
+    def _ignore(self, why: str, topic: str) -> None:
+        self.commands_ignored[why] = self.commands_ignored.get(why, 0) + 1
+        log.warning("downlink: message on %r ignored: %s", topic[:200], why)
+
+    async def _command(self, client: BrokerClient, message: aiomqtt.Message) -> None:
+        """Validate, carry out and answer one downlink command, inside its own error boundary:
+        nothing in a message can stop the uplink (only a lost connection ends the session)."""
+        topic = str(message.topic)
+        if message.retain:
+            self._ignore("retained (a command is never taken from the broker's retained store)", topic)
+            return
+        name = self.topics.command_name(topic)
+        if name is None:
+            self._ignore("not exactly {prefix}/{station}/cmd/<name>", topic)
+            return
+        try:
+            try:
+                async with asyncio.timeout(COMMAND_TIMEOUT_S):
+                    reply = await self.answer(name, message.payload)
+            except TimeoutError:
+                reply = {"id": None, "command": name, "ok": False, "error": "timed out"}
+                log.error("downlink command %r timed out after %.0f s", name[:40], COMMAND_TIMEOUT_S)
+            verdict = await client.deliver(self.topics.command_replies, json.dumps(reply, ensure_ascii=True))
+            if not verdict.accepted:
+                log.warning("downlink: the broker refused the reply to %r (%s)", name[:40], verdict.label)
+        except NETWORK_ERRORS:
+            raise
+        except Exception:
+            log.exception("downlink command %r could not be answered", name[:40])
 
     async def answer(self, name: str, payload: Any) -> dict[str, Any]:
         """The reply to a command: `{"id", "command", "ok", "result" | "error"}`."""
-        reply: dict[str, Any] = {"id": None, "command": name, "ok": False}
+        reply: dict[str, Any] = {"id": None, "command": name[:40], "ok": False}
         try:
             raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
             if len(raw) > MAX_COMMAND_BYTES:
@@ -372,8 +714,11 @@ class Uplink:
                 body = json.loads(raw or b"{}")
             except ValueError as exc:
                 raise CommandRefused(f"payload is not JSON: {exc}") from exc
-            if isinstance(body, dict) and isinstance(body.get("id"), str):
-                reply["id"] = body["id"][:64]
+            if not isinstance(body, dict):
+                raise CommandRefused("payload is not a JSON object")
+            if not valid_command_id(body.get("id")):
+                raise CommandRefused(f"id must be {COMMAND_ID_RULE}")
+            reply["id"] = body["id"]
             model = COMMANDS.get(name)
             if model is None:
                 raise CommandRefused(f"unknown command {name[:40]!r} (known: {', '.join(COMMANDS)})")
@@ -392,18 +737,44 @@ class Uplink:
             else:
                 result = await self._commands(command)
             reply.update(ok=True, result=result)
-            log.info("downlink command %s (id %s) carried out: %s", name, reply["id"], result)
+            log.info("downlink command %s (id %r) carried out: %s", name, reply["id"], result)
         except CommandRefused as exc:
             reply["error"] = str(exc)
-            log.warning("downlink command %r (id %s) refused: %s", name[:40], reply["id"], exc)
+            log.warning("downlink command %r (id %r) refused: %s", name[:40], reply["id"], ascii(str(exc)))
         except Exception as exc:  # a bug in a handler must not take the uplink down
-            reply["error"] = f"internal error: {exc!r}"
-            log.exception("downlink command %r (id %s) failed", name[:40], reply["id"])
+            reply["error"] = f"internal error: {type(exc).__name__}"
+            log.exception("downlink command %r (id %r) failed", name[:40], reply["id"])
         return reply
 
-    async def _alarm_lane(self, client: aiomqtt.Client, flushed: asyncio.Event) -> None:
+    # --- uplink -----------------------------------------------------------------------------------
+
+    def _count_refusal(self, refusal: PublishRefused) -> None:
+        label = refusal.verdict.label
+        self.refused[label] = self.refused.get(label, 0) + refusal.events
+        self.request_status()
+        log.error(
+            "uplink: the broker refused %d event(s) on %s: %s; they stay in the outbox and are retried%s",
+            refusal.events,
+            refusal.topic,
+            label,
+            _refusal_advice(refusal.verdict.code, self._config.client_id),
+        )
+
+    def _note_verdict(self, verdict: Verdict, topic: str, events: int) -> None:
+        if verdict.code == REASON_NO_SUBSCRIBERS:
+            if not self.no_subscribers:
+                log.warning(
+                    "uplink: the broker took events on %s but says nobody subscribes to it (0x10): is the platform "
+                    "listening with a persistent session?",
+                    topic,
+                )
+            self.no_subscribers += events
+
+    async def _alarm_lane(self, client: BrokerClient, flushed: asyncio.Event) -> None:
         """Each alarm alone, the moment it is committed; never behind status or telemetry."""
         cursor = 0
+        topic = self.topics.events(Priority.ALARM)
+        refusals = Backoff(REFUSAL_RETRY_S, self._config.uplink.reconnect_max_s)
         while True:
             self._alive()
             rows = await self._outbox.rows_after(Priority.ALARM, cursor, ALARM_SLOTS)
@@ -412,28 +783,57 @@ class Uplink:
                 await self._outbox.wait_for_new(Priority.ALARM, IDLE_POLL_S)
                 continue
             cursor = rows[-1].seq
-            topic = self.topics.events(Priority.ALARM)
             results = await asyncio.gather(
-                *(client.publish(topic, row.payload, qos=1) for row in rows), return_exceptions=True
+                *(client.deliver(topic, row.payload) for row in rows), return_exceptions=True
             )
-            acked = [row for row, result in zip(rows, results, strict=True) if result is None]
-            await self._outbox.ack(acked)
-            self.published[Priority.ALARM] += len(acked)
-            if self._on_delivered and acked:
-                await self._on_delivered([_event_id(row.payload) for row in acked])
-            for row in acked:
-                log.info("alarm delivered to the platform: %s", _brief(row.payload))
+            acked = [row for row, r in zip(rows, results, strict=True) if isinstance(r, Verdict) and r.accepted]
+            refused = [r for r in results if isinstance(r, Verdict) and not r.accepted]
+            for result in results:
+                if isinstance(result, Verdict) and result.accepted:
+                    self._note_verdict(result, topic, 1)
+            if acked:
+                ids = [_event_id(row.payload) for row in acked]
+                # the rows go and the alarms become "delivered" in one transaction
+                await self._outbox.ack(acked, state=self._on_delivered(ids) if self._on_delivered else None)
+                self.published[Priority.ALARM] += len(acked)
+                for row in acked:
+                    log.info("alarm delivered to the platform: %s", _brief(row.payload))
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
+            if refused:
+                self._count_refusal(PublishRefused(refused[0], topic, len(refused)))
+                flushed.set()  # a refused alarm must not hold back the rest (it stays first in line)
+                delay = refusals.next_delay()
+                log.info("uplink: retrying the refused alarm(s) in %.1f s", delay)
+                self._alive()
+                await asyncio.sleep(delay)
+                cursor = 0  # read them again, oldest first
+            else:
+                refusals.reset()
 
-    async def _bulk_lane(self, client: aiomqtt.Client, alarms_flushed: asyncio.Event) -> None:
+    async def _bulk_lane(self, client: BrokerClient, alarms_flushed: asyncio.Event) -> None:
         """Status first, then telemetry, in batches; a bounded number awaiting PUBACK.
 
         After a (re)connection it starts only once the alarms waiting in the outbox have been
-        acknowledged, so a recovering link carries the alarms first.
+        acknowledged, so a recovering link carries the alarms first. A refused batch stops the
+        pass: its rows stay, and the lane starts again from the oldest after a backoff.
         """
         await alarms_flushed.wait()
+        refusals = Backoff(REFUSAL_RETRY_S, self._config.uplink.reconnect_max_s)
+        while True:
+            try:
+                await self._bulk_pass(client, refusals)
+            except* PublishRefused as group:
+                for refusal in group.exceptions:
+                    assert isinstance(refusal, PublishRefused)
+                    self._count_refusal(refusal)
+                self._bulk_in_flight = 0
+                delay = refusals.next_delay()
+                self._alive()
+                await asyncio.sleep(delay)
+
+    async def _bulk_pass(self, client: BrokerClient, refusals: Backoff) -> None:
         cursors = {Priority.STATUS: 0, Priority.TELEMETRY: 0}
         full_window = self.link.batches_in_flight
         window = asyncio.Semaphore(max(1, full_window * self.batch_events // self.link.batch_max_events))
@@ -450,17 +850,18 @@ class Uplink:
                 topic = self.topics.events(priority)
                 if self._budget:
                     await self._budget.spend(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES)
-                in_flight.create_task(self._publish_batch(client, topic, priority, rows, payload, window))
+                in_flight.create_task(self._publish_batch(client, topic, priority, rows, payload, window, refusals))
 
     async def _next_batch(self, cursors: dict[Priority, int]) -> tuple[Priority, list[OutboxRow]] | None:
         """The next batch to send, or None after waiting a little (nothing, or lingering)."""
         link = self.link
+        self._alive()
         for priority in (Priority.STATUS, Priority.TELEMETRY):
             rows = await self._outbox.rows_after(priority, cursors[priority], self.batch_events)
             if not rows:
                 continue
             age_s = time.time() - rows[0].created_ms / 1000
-            if len(rows) < self.batch_events and age_s < link.batch_linger_s:
+            if len(rows) < self.batch_events and 0 <= age_s < link.batch_linger_s:
                 await asyncio.sleep(link.batch_linger_s - age_s)  # let the batch fill
                 return None
             # one batch is at most about one second of the byte budget, so that it cannot hold
@@ -471,20 +872,25 @@ class Uplink:
 
     async def _publish_batch(
         self,
-        client: aiomqtt.Client,
+        client: BrokerClient,
         topic: str,
         priority: Priority,
         rows: list[OutboxRow],
         payload: bytes,
         window: asyncio.Semaphore,
+        refusals: Backoff,
     ) -> None:
         self._bulk_in_flight += 1
         try:
-            await client.publish(topic, payload, qos=1)
+            verdict = await client.deliver(topic, payload)
+            if not verdict.accepted:
+                raise PublishRefused(verdict, topic, len(rows))
             await self._outbox.ack(rows)
         finally:
             window.release()
             self._bulk_in_flight -= 1
+        self._note_verdict(verdict, topic, len(rows))
+        refusals.reset()
         self.published[priority] += len(rows)
         if self.batch_events < self.link.batch_max_events:
             self.batch_events = min(self.link.batch_max_events, self.batch_events + max(1, self.batch_events // 8))
@@ -493,10 +899,19 @@ class Uplink:
         while self._acked_bytes and self._acked_bytes[0][0] < now - DRAIN_RATE_WINDOW_S:
             self._acked_bytes.popleft()
 
-    async def _report_status(self, client: aiomqtt.Client) -> None:
+    async def _report_status(self, client: BrokerClient) -> None:
         interval = self._config.uplink.status_interval_s
+        refused_before: str | None = None
         while True:
-            await client.publish(self.topics.status, await self._status_payload("online"), qos=1, retain=True)
+            verdict = await client.deliver(self.topics.status, await self._status_payload("online"), retain=True)
+            if not verdict.accepted and verdict.label != refused_before:
+                log.error(
+                    "uplink: the broker refused the status message on %s (%s)%s",
+                    self.topics.status,
+                    verdict.label,
+                    _refusal_advice(verdict.code, self._config.client_id),
+                )
+            refused_before = None if verdict.accepted else verdict.label
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._status_due.wait()
@@ -557,15 +972,13 @@ class Uplink:
     def _status_json(self, state: str, reason: str) -> str:
         return json.dumps({"station_id": self._config.station.id, "state": state, "reason": reason})
 
-    async def _say_goodbye(self, client: aiomqtt.Client) -> None:
+    async def _say_goodbye(self, client: BrokerClient) -> None:
         """On a clean stop, replace the retained status by 'offline: shutdown'."""
         if not self.connected:
             return
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                client.publish(self.topics.status, self._status_json("offline", "shutdown"), qos=1, retain=True),
-                SHUTDOWN_STATUS_TIMEOUT_S,
-            )
+            async with asyncio.timeout(SHUTDOWN_STATUS_TIMEOUT_S):
+                await client.deliver(self.topics.status, self._status_json("offline", "shutdown"), retain=True)
 
 
 def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
@@ -615,6 +1028,19 @@ def _advice(exc: BaseException | None) -> str:
         return ": TLS failed; check the broker's port (8883?) and this station's cert_file and key_file"
     if "Not authorized" in text or "Bad user name or password" in text:
         return ": the broker refused this station's user name or password (uplink.secrets_file)"
+    return ""
+
+
+def _refusal_advice(code: int, client_id: str) -> str:
+    """What to check when the broker refuses a publish (MQTT 5 reason codes)."""
+    if code == 0x87:
+        return f"; the broker's ACL does not let client {client_id!r} publish there: ask the platform operator"
+    if code == 0x97:
+        return "; the broker's quota for this station is exhausted (it may clear by itself)"
+    if code in (0x90, 0x99):
+        return "; the broker rejects the topic name or payload format: check [uplink] topic_prefix"
+    if code == 0x95:
+        return "; the message is larger than the broker accepts: lower [uplink] batch_max_events"
     return ""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import shutil
 import signal
 import socket
@@ -14,6 +15,7 @@ from pathlib import Path
 from simulators.harness import die_with_parent
 
 START_TIMEOUT_S = 10.0
+DYNSEC_GLOB = "/usr/lib/*/mosquitto_dynamic_security.so"  # in Debian's mosquitto package
 
 
 class BrokerUnavailable(Exception):
@@ -52,7 +54,14 @@ class Mosquitto:
     session (clean_session=False) keeps its queued messages across a `stop()`/`start()`.
     """
 
-    def __init__(self, folder: Path, port: int | None = None, tls: TlsListener | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int | None = None,
+        tls: TlsListener | None = None,
+        acl: str | None = None,
+        dynsec: str | None = None,
+    ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -74,6 +83,15 @@ class Mosquitto:
                 f"allow_anonymous {'false' if tls.users else 'true'}\n"
                 + (f"password_file {password_file}\n" if tls.users else "")
             )
+        self.acl_path = folder / "acl"
+        acl_lines = ""
+        if acl is not None:  # mosquitto's acl_file syntax; re-read on reload() (SIGHUP)
+            self.acl_path.write_text(acl)
+            acl_lines = f"acl_file {self.acl_path}\n"
+        if dynsec is not None:  # the dynamic-security plugin's JSON: refuses subscriptions, unlike acl_file
+            (folder / "dynsec.json").write_text(dynsec)
+            plugin = next(iter(glob.glob(DYNSEC_GLOB)), DYNSEC_GLOB)
+            acl_lines += f"plugin {plugin}\nplugin_opt_config_file {folder / 'dynsec.json'}\n"
         self.conf.write_text(
             # started as root (CI, containers) mosquitto would drop to user "mosquitto" and lose
             # access to this test's files; as any other user this line has no effect
@@ -81,8 +99,8 @@ class Mosquitto:
             "allow_anonymous true\n" + tls_lines + "persistence true\n"
             f"persistence_location {folder}/\n"
             "autosave_interval 0\n"
-            "max_queued_messages 0\n"  # 0 = no limit: the platform's queue must not drop
-            "log_dest stderr\n"
+            "max_queued_messages 1000000\n"  # the platform's queue must not drop (0 would mean "none")
+             + acl_lines + "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
         )
 
@@ -104,6 +122,13 @@ class Mosquitto:
                 if self._proc.poll() is not None or time.monotonic() > deadline:
                     raise BrokerUnavailable(f"mosquitto did not start: {self.log_path.read_text()[-2000:]}") from None
                 time.sleep(0.05)
+
+    def reload(self, acl: str | None = None) -> None:
+        """Re-read the configuration (SIGHUP), with a new ACL if one is given."""
+        if acl is not None:
+            self.acl_path.write_text(acl)
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
         """Graceful stop (SIGTERM): persistent sessions are saved."""

@@ -87,7 +87,7 @@ def test_the_watchdog_is_starved_only_when_the_uplink_is_stuck_longer_than_any_h
     config = parse_config(raw)
     uplink = Uplink(config, None, dict)  # type: ignore[arg-type]  # no I/O is needed to judge progress
     now = time.monotonic()
-    longest_healthy_wait = 60 + 1 + 10 + 10 + 30  # backoff, jitter, CONNACK, PUBACK, keepalive
+    longest_healthy_wait = 60 + 10 + 3 + 10 + 30  # backoff, CONNACK, abandoning a stuck session, PUBACK, keepalive
     uplink.progress_at = now - longest_healthy_wait
     assert uplink.stalled_s(now) is None
     uplink.progress_at = now - longest_healthy_wait - 31
@@ -153,6 +153,12 @@ class ShiftedClock:
 
     def trusted(self) -> bool:
         return self.synchronised
+
+    def steady(self) -> Any:
+        return self._real.steady()
+
+    def shift_steady(self, seconds: float) -> None:
+        self._real.shift_steady(seconds)
 
 
 async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_jumps_reported(

@@ -146,7 +146,8 @@ async def test_downlink_commands_valid_and_hostile(tmp_path: Path, broker: Mosqu
             ("resolve", {"id": "v-1", "alarm_id": "01KAAAAAAAAAAAAAAAAAAAAAAA", "by": "x", "resolution": "?"}, "v-1",
              "resolution: Input should be"),
             ("ping", json.dumps({"id": "big", "pad": "x" * 5000}).encode(), None, "over the 4096-byte limit"),
-            ("ping", b"[1, 2]", None, "invalid ping command"),
+            ("ping", b"[1, 2]", None, "payload is not a JSON object"),
+            ("ping", b'{"id": "\\ud800"}', None, "id must be a string of 1-64 printable characters"),
         ]  # fmt: skip
         for name, body, key, error in hostile:
             reply = await ask(name, body, key)

@@ -1,0 +1,179 @@
+"""The alarm path against real brokers that refuse, fail over and carry hostile commands (issue 11).
+
+Every test runs the gateway as a child process against real mosquitto instances (ACLs, the
+dynamic-security plugin, two brokers) and a receiver simulator on a real pty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from pathlib import Path
+
+import aiomqtt
+
+from simulators.broker import Mosquitto
+from simulators.button_receiver import surgard_report
+from tests.conftest import STATION_ID, events_of, running_sink, running_station, wait_until
+
+BASE = f"care/v1/{STATION_ID}"
+# anonymous clients (the station and the platform sink) may read everything, write status,
+# commands and replies: but not the events
+ACL_DENYING_EVENTS = (
+    "topic read care/v1/#\n"
+    f"topic readwrite {BASE}/status\n"
+    f"topic readwrite {BASE}/cmd/#\n"
+    f"topic readwrite {BASE}/cmd-reply\n"
+)
+ACL_OPEN = "topic readwrite care/v1/#\n"
+
+
+def outbox_alarms(db_path: Path) -> int:
+    with sqlite3.connect(db_path) as conn:
+        return int(conn.execute("SELECT count(*) FROM outbox WHERE priority = 0").fetchone()[0])
+
+
+async def test_a_refused_publish_stays_in_the_outbox_and_arrives_once_when_the_acl_opens(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker", acl=ACL_DENYING_EVENTS) as broker:
+        async with running_station(tmp_path, broker) as station:
+            for zone in range(1, 6):
+                assert (await station.receiver.send(surgard_report(code=101, zone=zone))).acked
+            gw = station.gateway
+            assert await gw.wait_for_line("the broker refused"), "\n".join(gw.lines)
+            assert any("0x87 Not authorized" in line for line in gw.lines)
+            assert any("ACL does not let client" in line for line in gw.lines)
+            await asyncio.sleep(2)
+            assert events_of(station, "sos") == []  # nothing reached the platform ...
+            assert outbox_alarms(station.db_path) >= 5  # ... and nothing left the outbox
+
+            def refused() -> int:
+                link = (station.sink.status or {}).get("link") or {}
+                return int(link.get("refused", {}).get("0x87 Not authorized", 0))
+
+            assert await wait_until(lambda: refused() >= 5, timeout=20)  # counted, in the retained status
+
+            broker.reload(ACL_OPEN)  # the operator fixes the ACL: everything arrives, once
+            assert await wait_until(lambda: len(events_of(station, "sos")) == 5), "\n".join(gw.lines[-20:])
+            assert await wait_until(lambda: outbox_alarms(station.db_path) == 0)
+            assert station.sink.duplicates == 0
+            assert sorted(e["data"]["zone"] for e in events_of(station, "sos")) == [1, 2, 3, 4, 5]
+
+
+async def test_retained_poison_commands_are_ignored_and_presses_still_flow(tmp_path: Path, broker: Mosquitto) -> None:
+    poison = {
+        "ping": b'{"id": "\\ud800"}',  # valid JSON, a lone surrogate: cannot be encoded as UTF-8
+        "time": b'{"id": "t-9999", "utc": "9999-12-31T23:59:59.999Z"}',
+        "resolve": b'{"id": "r-1", "alarm_id": "01JCZ0000000000000000000AA", "by": "x"}',
+    }
+    async with aiomqtt.Client(broker.host, broker.port, identifier="attacker") as attacker:
+        for name, body in poison.items():
+            await attacker.publish(f"{BASE}/cmd/{name}", body, qos=1, retain=True)
+        await attacker.publish(f"{BASE}/cmd/time/x", b'{"id": "t-0001", "utc": "0001-01-01T00:00:00Z"}', retain=True)
+    async with running_station(tmp_path, broker) as station:
+        gw = station.gateway
+        assert await gw.wait_for_line("uplink up")
+        for zone in (1, 2):
+            assert (await station.receiver.send(surgard_report(code=101, zone=zone))).acked
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 2), "\n".join(gw.lines)
+        assert station.sink.replies == {}  # no retained message was carried out
+        assert station.sink.status is not None
+        assert station.sink.status["clock_source"] != "platform"
+
+        # the same poison, live: refused with a reason, and the uplink goes on
+        await station.sink.command("ping", b'{"id": "\\ud800"}')
+        assert await wait_until(lambda: None in station.sink.replies)
+        assert station.sink.replies[None]["error"] == "id must be a string of 1-64 printable characters"
+        await station.sink.command("time", {"id": "t-late", "utc": "9999-12-31T23:59:59.999Z"})
+        assert await wait_until(lambda: "t-late" in station.sink.replies)
+        assert station.sink.replies["t-late"]["ok"] is False
+        assert "refused" in station.sink.replies["t-late"]["error"]
+        await station.sink.command("ping", {"id": "p-ok"})
+        assert await wait_until(lambda: "p-ok" in station.sink.replies)
+        assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 3)
+        assert gw.proc is not None and gw.proc.returncode is None
+
+
+async def test_a_command_sent_while_the_station_is_offline_is_carried_out_when_it_returns(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with running_station(tmp_path, broker) as station:
+        assert await station.gateway.wait_for_line("uplink up")
+        await station.gateway.stop()  # a clean stop: the broker keeps the session (MQTT 5 expiry)
+        await station.sink.command("ping", {"id": "while-away"})
+        await asyncio.sleep(0.5)
+        assert "while-away" not in station.sink.replies
+        await station.restart_gateway()
+        assert await wait_until(lambda: "while-away" in station.sink.replies), "\n".join(station.gateway.lines)
+        assert station.sink.replies["while-away"]["ok"] is True
+
+
+DYNSEC_NO_COMMANDS = json.dumps(
+    {
+        "defaultACLAccess": {
+            "publishClientSend": True,
+            "publishClientReceive": True,
+            "subscribe": True,
+            "unsubscribe": True,
+        },
+        "clients": [],
+        "groups": [{"groupname": "anonymous", "roles": [{"rolename": "no-commands"}]}],
+        "roles": [
+            {
+                "rolename": "no-commands",
+                "acls": [{"acltype": "subscribePattern", "topic": "care/v1/+/cmd/+", "priority": 1, "allow": False}],
+            }
+        ],
+        "anonymousGroup": "anonymous",
+    }
+)
+
+
+async def test_a_refused_command_subscription_shows_in_the_status(tmp_path: Path) -> None:
+    with Mosquitto(tmp_path / "broker", dynsec=DYNSEC_NO_COMMANDS) as broker:
+        async with running_station(tmp_path, broker) as station:
+            gw = station.gateway
+            assert await gw.wait_for_line("refused the subscription"), "\n".join(gw.lines)
+            assert any("0x87 Not authorized" in line for line in gw.lines if "subscription" in line)
+
+            def subscription() -> str:
+                return str(((station.sink.status or {}).get("link") or {}).get("commands", {}).get("subscription"))
+
+            assert await wait_until(lambda: subscription().startswith("refused: 0x87"))
+            assert (await station.receiver.send(surgard_report(code=101, zone=4))).acked  # alarms still flow
+            assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
+
+
+async def test_the_station_fails_over_to_the_second_broker_mid_drain_and_loses_nothing(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    with Mosquitto(tmp_path / "broker-2") as second:
+        failover = f'failover = ["127.0.0.1:{second.port}"]\nbyte_budget_per_s = 400000'
+        async with (
+            running_sink(second.host, second.port) as sink2,
+            running_station(tmp_path, broker, uplink_extra=failover, seed_telemetry=12_000) as station,
+        ):
+            assert await wait_until(lambda: len(station.sink.events) >= 1000, timeout=30)
+            broker.stop()  # the station's node dies mid-drain
+            assert (await station.receiver.send(surgard_report(code=101, zone=9))).acked
+            gw = station.gateway
+            assert await gw.wait_for_line(f"connected to 127.0.0.1:{second.port}", timeout=30), "\n".join(gw.lines)
+
+            def delivered() -> set[str]:
+                return set(station.sink.events) | set(sink2.events)
+
+            assert await wait_until(lambda: set(station.seeded) <= delivered(), timeout=60)
+            assert any(e["kind"] == "sos" for e in sink2.events.values())
+            assert len(station.sink.events) < len(station.seeded)  # the first broker really died mid-drain
+
+
+async def test_life_safety_contact_id_codes_are_alarms_ahead_of_a_backlog(tmp_path: Path, broker: Mosquitto) -> None:
+    codes = {110: "fire", 111: "fire", 151: "gas", 162: "carbon_monoxide", 120: "panic"}
+    async with running_station(tmp_path, broker, uplink_extra="byte_budget_per_s = 200000", seed_telemetry=5000) as st:
+        for zone, code in enumerate(codes, start=11):
+            assert (await st.receiver.send(surgard_report(code=code, zone=zone))).acked
+        assert await wait_until(lambda: sum(len(events_of(st, k)) for k in set(codes.values())) == 5)
+        arrived = {e["data"]["code"]: e for e in st.sink.events.values() if e.get("priority") == "alarm"}
+        assert {code: arrived[code]["kind"] for code in codes} == codes
+        assert not set(st.seeded) <= set(st.sink.events)  # the backlog was still draining: they went first

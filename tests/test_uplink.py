@@ -1,0 +1,176 @@
+"""The uplink's pure parts and the clock's defences (issue 11): no broker needed here."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import app
+from gateway.clock import Clock
+from gateway.config import ConfigError, parse_config
+from gateway.events import EventKind, Priority
+from gateway.outbox import Outbox
+from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, TimeCommand, Topics, Uplink
+
+RAW: dict[str, Any] = {
+    "station": {"id": "st", "name": "s"},
+    "uplink": {"host": "127.0.0.1"},
+    "storage": {"path": "/tmp/x.db"},
+}
+
+
+def test_backoff_is_full_jitter_over_a_growing_window_and_an_alarm_never_makes_it_a_hot_loop() -> None:
+    backoff = Backoff(1.0, 60.0)
+    for n in range(1, 12):
+        window = min(60.0, 2.0 ** (n - 1))
+        assert 0 <= backoff.next_delay() <= window
+    samples = [Backoff(1.0, 60.0) for _ in range(2000)]
+    for b in samples:
+        for _ in range(6):
+            b.next_delay()
+    sixth = [b.next_delay() for b in samples]  # the 7th wait: uniform over [0, 60]
+    busiest_second = max(sum(1 for d in sixth if k <= d < k + 1) for k in range(60))
+    assert busiest_second < 0.05 * len(sixth)  # spread over the window, not bunched at its end
+    assert min(sixth) < 5 and max(sixth) > 55
+    alarm = Backoff(1.0, 60.0)
+    waits = [alarm.next_delay(alarm_waiting=True) for _ in range(50)]
+    assert all(ALARM_RETRY_MIN_S <= w <= ALARM_RETRY_MAX_S for w in waits)
+    alarm.reset()
+    assert alarm.failures == 0
+
+
+def test_only_the_exact_command_topic_names_a_command() -> None:
+    topics = Topics("care/v1", "st")
+    assert topics.commands == "care/v1/st/cmd/+"
+    assert topics.command_name("care/v1/st/cmd/ping") == "ping"
+    assert topics.command_name("care/v1/st/cmd/x/y/ping") is None
+    assert topics.command_name("care/v1/st/cmd/") is None
+    assert topics.command_name("care/v1/other/cmd/ping") is None
+    assert topics.command_name("care/v1/st/cmdping") is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "reply_id", "error"),
+    [
+        (b'{"id": "\\ud800"}', None, "id must be a string of 1-64 printable characters"),
+        (b'{"id": "' + b"x" * 65 + b'"}', None, "id must be a string of 1-64 printable characters"),
+        (b'{"id": "a\\nb"}', None, "id must be a string of 1-64 printable characters"),
+        (b'{"id": 7}', None, "id must be a string of 1-64 printable characters"),
+        (b"[1, 2]", None, "payload is not a JSON object"),
+        (b'{"id": "ok-1"}', "ok-1", None),
+    ],
+)
+async def test_a_command_id_is_checked_before_it_is_used_and_replies_are_ascii(
+    payload: bytes, reply_id: str | None, error: str | None
+) -> None:
+    uplink = Uplink(parse_config({**RAW, "storage": {"path": "/tmp/x.db"}}), None, dict)  # type: ignore[arg-type]
+    reply = await uplink.answer("ping", payload)
+    assert reply["id"] == reply_id
+    assert reply.get("error") == error
+    assert reply["ok"] is (error is None)
+    json.dumps(reply, ensure_ascii=True).encode("ascii")  # what is published: never an encoding error
+
+
+def test_failover_brokers_are_parsed_and_each_one_is_held_to_the_plaintext_rule() -> None:
+    config = parse_config(
+        {**RAW, "uplink": {"host": "127.0.0.1", "port": 1884, "failover": ["localhost", "127.0.0.2:1999"]}}
+    )
+    assert config.uplink.brokers == [("127.0.0.1", 1884), ("localhost", 1884), ("127.0.0.2", 1999)]
+    assert config.uplink.protocol == "5"
+    with pytest.raises(ConfigError) as refused:
+        parse_config({**RAW, "uplink": {"host": "127.0.0.1", "failover": ["broker-2.example.cn"]}})
+    assert "plaintext MQTT to broker-2.example.cn is refused" in str(refused.value)
+    with pytest.raises(ConfigError, match=r"failover\[0\]: port '99999' is not 1-65535"):
+        parse_config({**RAW, "uplink": {"host": "127.0.0.1", "failover": ["b:99999"]}})
+    with pytest.raises(ConfigError, match=r"uplink.protocol"):
+        parse_config({**RAW, "uplink": {"host": "127.0.0.1", "protocol": "4"}})
+    assert parse_config({**RAW, "uplink": {"host": "127.0.0.1", "protocol": "3.1.1"}}).uplink.protocol == "3.1.1"
+
+
+def test_the_platform_time_is_taken_once_and_only_within_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import clock as clock_module
+
+    monkeypatch.setattr(clock_module, "_kernel_says_synchronised", lambda: False)
+    now = datetime.now(UTC)
+    for utc, why in [
+        (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), "more than two years ahead"),
+        (datetime(1, 1, 1, tzinfo=UTC), "is before"),
+        (now - timedelta(days=365), "is before"),  # behind the newest event committed
+    ]:
+        with pytest.raises(ValueError, match=why):
+            Clock("auto").set_from_platform(utc, latest_seen=now - timedelta(minutes=5))
+    clock = Clock("auto")
+    assert clock.set_from_platform(now + timedelta(hours=1), latest_seen=now) == pytest.approx(3600, abs=5)
+    with pytest.raises(ValueError, match="already taken in this run"):
+        clock.set_from_platform(now + timedelta(hours=1), latest_seen=now)
+
+
+def test_stamping_an_event_never_raises_whatever_offset_the_clock_has() -> None:
+    clock = Clock("always")
+    clock._offset_s = 1e15  # as if a huge platform offset had slipped through
+    assert abs((clock.now() - datetime.now(UTC)).total_seconds()) < 5
+
+
+class SteppingClock(Clock):
+    """A clock whose monotonic time the test moves, and whose wall clock it can step."""
+
+    def __init__(self) -> None:
+        self.mono = 1000.0
+        self.wall_step_s = 0.0
+        super().__init__("always")
+
+    def monotonic(self) -> float:
+        return self.mono
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self.wall_step_s)
+
+
+async def test_a_wall_clock_a_year_back_silences_no_care_timer(tmp_path: Path) -> None:
+    """Inactivity and re-announcement run on the monotonic clock: stepping the wall clock a year
+    back (by hand, or by a platform's time) neither delays nor cancels them."""
+    raw: dict[str, Any] = {
+        **RAW,
+        "storage": {"path": str(tmp_path / "o.db")},
+        "care": {"timezone": "Asia/Shanghai", "ack_timeout_s": 120},
+        "residents": [
+            {"id": "wang", "name": "王", "lives_alone": True, "inactivity_s": 3600, "waking_hours": "00:00-23:59"}
+        ],
+        "devices": [
+            {"id": "rx", "kind": "contact_id_receiver", "port": "/dev/null", "residents": {"3": "wang"}},
+        ],
+    }
+    clock = SteppingClock()
+    station = app.Station(parse_config(raw), clock=clock)
+    async with Outbox(station.config.storage, "st", clock.boot_id) as outbox:
+        station._outbox = outbox
+        await station.on_events("rx", [(EventKind.SOS, {"zone": 3, "qualifier": "new"})])
+        [sos] = await outbox.rows_after(Priority.ALARM, 0, 10)
+        await outbox.ack([sos], state=station.on_delivered([json.loads(sos.payload)["id"]]))
+        clock.wall_step_s = -365 * 86400  # the wall clock goes back a year
+        kinds: list[str] = []
+        for _ in range(2 * 3600 // 15):  # two hours of care ticks, on the monotonic clock
+            clock.mono += 15
+            for event in station.care.tick(clock.steady()):
+                kinds.append(event.kind.value)
+        assert "alarm_reminder" in kinds  # the unacknowledged SOS is announced again on time
+        assert "inactivity" in kinds  # and one hour without activity is noticed within the second
+        first_reminder, first_inactivity = kinds.index("alarm_reminder"), kinds.index("inactivity")
+        assert first_reminder < first_inactivity
+
+
+async def test_a_time_command_a_year_back_is_refused_by_the_station(tmp_path: Path) -> None:
+    from gateway.uplink import CommandRefused
+
+    config = parse_config({**RAW, "storage": {"path": str(tmp_path / "o.db")}})
+    station = app.Station(config, clock=Clock("auto"))
+    async with Outbox(config.storage, "st", station.clock.boot_id) as outbox:
+        station._outbox = outbox
+        await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
+        year_back = datetime.now(UTC) - timedelta(days=365)
+        with pytest.raises(CommandRefused, match="the platform's time is refused: .* is before"):
+            await station.on_command(TimeCommand(id="t", utc=year_back))
