@@ -92,7 +92,8 @@ async def test_retained_poison_commands_are_ignored_and_presses_still_flow(tmp_p
         assert await wait_until(lambda: "p-ok" in station.sink.replies)
         assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
         assert await wait_until(lambda: len(events_of(station, "sos")) == 3)
-        assert gw.proc is not None and gw.proc.returncode is None
+        assert gw.proc is not None
+        assert gw.proc.returncode is None
 
 
 async def test_a_command_sent_while_the_station_is_offline_is_carried_out_when_it_returns(
