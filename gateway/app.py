@@ -28,7 +28,7 @@ from gateway.clock import Clock, utc_text
 from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
-from gateway.outbox import CareState, Outbox
+from gateway.outbox import CareState, Outbox, WriterStopped
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
@@ -57,7 +57,7 @@ async def keep_running(name: str, work: Callable[[], Awaitable[None]]) -> None:
         try:
             await work()
             return
-        except StationFailed:
+        except (StationFailed, WriterStopped):
             raise
         except Exception:
             log.exception("%s failed unexpectedly; restarting it in %.0f s", name, TASK_RESTART_DELAY_S)
@@ -331,7 +331,10 @@ class Station:
                 sum(backlog.values()),
             )
             started = {"version": __version__, "boot_id": self.clock.boot_id}
-            await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))
+            try:
+                await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))
+            except WriterStopped as exc:
+                raise StationFailed(str(exc)) from exc
             if outbox.salvage:
                 fault = {
                     "fault": "corrupt_database",
@@ -369,8 +372,8 @@ class Station:
             )
             try:
                 await self._run_tasks()
-            except* StationFailed as failed:
-                raise failed.exceptions[0] from None
+            except* (StationFailed, WriterStopped) as failed:
+                raise StationFailed(str(failed.exceptions[0])) from None
 
     async def _run_tasks(self) -> None:
         """Every long-lived task of the station, in one TaskGroup."""

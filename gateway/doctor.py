@@ -12,19 +12,16 @@ import os
 import shutil
 import socket
 import sqlite3
-import ssl
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiomqtt
-
 from gateway.clock import Clock
 from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
 from gateway.escalation import Modem, ModemError
-from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, broker_login, certificate_not_after, tls_parameters
+from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after, probe_broker
 
 BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK
 BY_ID = Path("/dev/serial/by-id")  # stable names of USB serial adapters
@@ -66,7 +63,7 @@ async def examine(path: Path) -> list[Finding]:
     findings += list(_bluetooth(config))
     findings += list(_clock(config))
     findings += list(_certificates(config))
-    findings.append(await _broker(config))
+    findings += await _brokers(config)
     if config.sms is not None:
         findings += await _modem(config)
     return findings
@@ -185,29 +182,57 @@ def _certificates(config: StationConfig) -> Iterator[Finding]:
             yield ok(f"tls {name}", f"{path} valid until {not_after:%Y-%m-%d}")
 
 
-async def _broker(config: StationConfig) -> Finding:
+async def _brokers(config: StationConfig) -> list[Finding]:
+    """Each broker address: reachable, TLS and login, allowed to publish events and to subscribe
+    to commands (tested with MQTT 5, the only version that says when a publish is refused)."""
     up = config.uplink
-    where = f"{up.host}:{up.port}"
-    try:
-        socket.getaddrinfo(up.host, up.port)
-    except OSError as exc:
-        return fail("broker", f"{up.host} cannot be resolved ({exc})", "check DNS and the uplink (ping, modem)")
-    username, password = broker_login(up)
-    try:
-        async with asyncio.timeout(BROKER_TIMEOUT_S):
-            async with aiomqtt.Client(
-                up.host,
-                up.port,
-                identifier=f"{config.client_id}-doctor",  # not the daemon's id: it must not be kicked off
-                username=username,
-                password=password,
-                tls_params=tls_parameters(up),
-                timeout=BROKER_TIMEOUT_S,
-            ):
-                pass
-    except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as exc:
-        return fail("broker", f"cannot connect to {where}: {exc!r}", _broker_fix(exc))
-    return ok("broker", f"{where} accepted an MQTT connection" + (" over TLS" if up.tls else ""))
+    findings = []
+    for host, port in up.brokers:
+        where = f"{host}:{port}"
+        try:
+            socket.getaddrinfo(host, port)
+        except OSError as exc:
+            findings.append(
+                fail("broker", f"{host} cannot be resolved ({exc})", "check DNS and the uplink (ping, modem)")
+            )
+            continue
+        probe = await probe_broker(config, host, port, BROKER_TIMEOUT_S)
+        if not probe.connected:
+            fix = _broker_fix(probe.error) if probe.error else "check the broker's MQTT versions"
+            findings.append(fail("broker", probe.message, fix))
+            continue
+        findings.append(ok("broker", probe.message + (" over TLS" if up.tls else "")))
+        if probe.protocol != "5":
+            findings.append(
+                warn(
+                    "broker",
+                    f"{where} does not speak MQTT 5: a publish its ACL denies would still be acknowledged, "
+                    "and the station cannot tell",
+                    "ask the platform operator for MQTT 5, or for the station's ACL to be checked by hand; "
+                    'set [uplink] protocol = "3.1.1"',
+                )
+            )
+        elif probe.publish is not None and not probe.publish.accepted:
+            findings.append(
+                fail(
+                    "broker",
+                    f"{where} refuses this station's events ({probe.publish.label})",
+                    f"the broker's ACL must let client {config.client_id!r} publish to "
+                    f"{up.topic_prefix}/{config.station.id}/events/#: ask the platform operator",
+                )
+            )
+        else:
+            findings.append(ok("broker", f"{where} lets this station publish its events"))
+        if probe.subscription and probe.subscription.startswith("refused"):
+            findings.append(
+                fail(
+                    "broker",
+                    f"{where} {probe.subscription} for the command topic",
+                    f"the broker's ACL must let client {config.client_id!r} subscribe to "
+                    f"{up.topic_prefix}/{config.station.id}/cmd/+: ask the platform operator",
+                )
+            )
+    return findings
 
 
 def _broker_fix(exc: BaseException) -> str:

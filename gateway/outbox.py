@@ -92,6 +92,10 @@ class OutboxUnavailable(Exception):
     """The database cannot be opened; the message says what to check on site."""
 
 
+class WriterStopped(Exception):
+    """The outbox's writer task has ended: no event can be accepted until the daemon restarts."""
+
+
 class OutboxFull(Exception):
     """The disk is full and nothing is left to shed: the event was not accepted."""
 
@@ -174,6 +178,7 @@ class Outbox:
         self._sync_mode = ""
         self.disk_full_errors = 0
         self.sweep_errors = 0
+        self._committing = False  # a group is being written (for stalled_s)
         self.writer_alive_at = time.monotonic()
         self.newest_ms: int | None = None  # the latest event time ever committed here (bounds the platform's time)
         self.commits = 0  # group commits of appended events (fewer than appends under load)
@@ -188,12 +193,21 @@ class Outbox:
     async def __aenter__(self) -> Outbox:
         await self._run(self._open)
         self._writer = asyncio.create_task(self._write_groups(), name="outbox-writer")
+        self._writer.add_done_callback(self._writer_ended)
         return self
+
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """Every append still waiting gets its answer: the writer is gone."""
+        why = "the outbox closed" if writer.cancelled() else f"the outbox writer stopped ({writer.exception()!r})"
+        for _, future, _ in self._urgent + self._pending:
+            if not future.done():
+                future.set_exception(WriterStopped(f"{why} before the event was committed"))
+        self._urgent, self._pending = [], []
 
     async def __aexit__(self, *exc: object) -> None:
         if self._writer:
             self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed writer was reported
                 await self._writer
         for _, future, _ in self._urgent + self._pending:
             if not future.done():
@@ -214,6 +228,8 @@ class Outbox:
         others, with full durability (so the state is never older on disk than in memory).
         Raises OutboxFull when the disk is full and nothing can be shed to make room.
         """
+        if self._writer is None or self._writer.done():
+            raise WriterStopped(f"the outbox writer stopped ({self.writer_failure!r})")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if state or any(e.priority is Priority.ALARM for e in events):
             self._urgent.append((events, future, state))
@@ -264,7 +280,7 @@ class Outbox:
         """Seconds the writer has been stuck (appends waiting, nothing committed), or dead; else None."""
         if self._writer is not None and self._writer.done():
             return math.inf
-        waiting = self._urgent or self._pending
+        waiting = self._urgent or self._pending or self._committing
         silent = now - self.writer_alive_at
         return silent if waiting and silent > WRITER_STALL_S else None
 
@@ -299,13 +315,19 @@ class Outbox:
                 state: dict[str, JsonValue | None] = {}
                 for _, _, changes in group:
                     state.update(changes or {})
+                self._committing = True
                 try:
                     await self._run(functools.partial(self._commit, events, state))
-                except Exception as exc:
+                except BaseException as exc:  # the group's appends get the error (closing: WriterStopped)
+                    failure = exc if isinstance(exc, Exception) else WriterStopped("the outbox closed mid-commit")
                     for _, future, _ in group:
                         if not future.done():
-                            future.set_exception(exc)
+                            future.set_exception(failure)
+                    if not isinstance(exc, Exception):
+                        raise
                     continue
+                finally:
+                    self._committing = False
                 for _, future, _ in group:
                     if not future.done():
                         future.set_result(None)

@@ -981,6 +981,64 @@ class Uplink:
                 await client.deliver(self.topics.status, self._status_json("offline", "shutdown"), retain=True)
 
 
+@dataclass(frozen=True)
+class BrokerProbe:
+    """What `care-gateway doctor` learnt from one broker: connect, publish permission, commands."""
+
+    broker: str
+    connected: bool
+    message: str
+    error: BaseException | None = None
+    publish: Verdict | None = None  # the broker's answer to an empty batch on the events topic
+    subscription: str | None = None  # "granted QoS 1", "refused: 0x87 Not authorized"
+    protocol: str = "5"
+
+
+async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: float) -> BrokerProbe:
+    """Connect as the station would (under its own client id, MQTT 5) and test what the station
+    needs: publishing events (an empty batch, `{"events":[]}`, which a platform counts as
+    nothing) and subscribing to its commands. MQTT 5 is used even on a 3.1.1 station: only
+    MQTT 5 tells a refused publish from an accepted one."""
+    up = config.uplink
+    username, password = broker_login(up)
+    topics = Topics(up.topic_prefix, config.station.id)
+    where = f"{host}:{port}"
+    for protocol in (aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311):
+        client = BrokerClient(
+            host,
+            port,
+            identifier=f"{config.client_id}-doctor",  # not the daemon's id: it must not be kicked off
+            username=username,
+            password=password,
+            protocol=protocol,
+            tls_params=tls_parameters(up),
+            timeout=timeout_s,
+        )
+        try:
+            async with asyncio.timeout(timeout_s * 3):
+                async with client:
+                    verdict = await client.deliver(topics.events(Priority.STATUS), '{"events":[]}')
+                    if protocol is aiomqtt.ProtocolVersion.V5:
+                        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+                        granted = await client.subscribe(topics.commands, options=options)
+                    else:
+                        granted = await client.subscribe(topics.commands, qos=1)
+                    code, reason = _reason_code(granted[0]) if granted else (0x80, "no answer")
+                    await client.unsubscribe(topics.commands)
+        except MqttConnectError as exc:
+            if protocol is aiomqtt.ProtocolVersion.V5 and _reason_code(exc.rc)[0] in UNSUPPORTED_PROTOCOL:
+                continue
+            return BrokerProbe(where, False, f"cannot connect to {where}: {exc!r}", exc)
+        except (*NETWORK_ERRORS, ssl.SSLError) as exc:
+            return BrokerProbe(where, False, f"cannot connect to {where}: {exc!r}", exc)
+        subscription = f"granted QoS {code}" if code < 0x80 else f"refused: 0x{code:02X} {reason}"
+        name = "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
+        return BrokerProbe(
+            where, True, f"{where} accepted an MQTT {name} connection", None, verdict, subscription, name
+        )
+    return BrokerProbe(where, False, f"{where} refused both MQTT 5 and 3.1.1")
+
+
 def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:
     """Keep the leading rows whose JSON fits in `max_bytes` (at least one row)."""
     total = 0

@@ -259,3 +259,111 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
         assert clock.source == "ntp"
         with pytest.raises(CommandRefused, match="already trusted"):
             await station.on_command(TimeCommand(id="t-2", utc=platform_time))
+
+
+async def test_a_failing_retention_sweep_is_logged_and_events_are_still_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import sqlite3
+
+    from gateway import outbox as outbox_module
+    from gateway.clock import Clock
+    from gateway.config import StorageSection
+    from gateway.events import EventKind, Priority, new_event
+    from gateway.outbox import Outbox
+
+    monkeypatch.setattr(outbox_module, "RETENTION_SWEEP_S", 0.0)
+    monkeypatch.setattr(outbox_module, "WRITER_TICK_S", 0.05)
+
+    def disk_full(self: Outbox) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Outbox, "_expire", disk_full)
+    clock = Clock("always")
+    async with Outbox(StorageSection(path=tmp_path / "o.db", max_age_days=1), "st") as outbox:
+        await asyncio.sleep(0.3)  # several sweeps fail
+        await outbox.append(new_event(clock, "st", "rx", EventKind.SOS, {"zone": 1}))
+        assert len(await outbox.rows_after(Priority.ALARM, 0, 10)) == 1
+        assert outbox.sweep_errors >= 2
+        assert outbox.writer_failure is None
+    assert "removing events older than 1 days failed (database or disk is full); new events are still" in caplog.text
+
+
+async def test_a_dead_outbox_writer_stops_the_station_for_systemd_to_restart_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from gateway.config import parse_config
+    from gateway.outbox import Outbox
+
+    async def dies(self: Outbox) -> None:
+        raise RuntimeError("injected writer failure")
+
+    monkeypatch.setattr(Outbox, "_write_groups", dies)
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1", "port": 9}}
+    station = app.Station(parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}}))
+    with pytest.raises(app.StationFailed, match="the outbox writer stopped"):
+        await asyncio.wait_for(station.run(), 10)
+
+
+async def test_the_watchdog_is_not_fed_while_the_outbox_writer_is_stuck(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+    import socket
+    import threading
+
+    from gateway import outbox as outbox_module
+    from gateway.clock import Clock
+    from gateway.config import parse_config
+    from gateway.events import EventKind, new_event
+    from gateway.outbox import Outbox
+
+    notify = tmp_path / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify))
+    listener.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    monkeypatch.setattr(outbox_module, "WRITER_STALL_S", 0.5)
+    release = threading.Event()
+    real_commit = Outbox._commit
+
+    def stuck_commit(self: Outbox, *args: Any, **kwargs: Any) -> None:
+        release.wait(10)  # a commit that hangs (a dying SD card)
+        real_commit(self, *args, **kwargs)
+
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}}
+    station = app.Station(parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}}))
+
+    def pings() -> int:
+        n = 0
+        while True:
+            try:
+                n += listener.recv(100) == b"WATCHDOG=1"
+            except BlockingIOError:
+                return n
+
+    async with Outbox(station.config.storage, "st") as outbox:
+        station._outbox = outbox
+        supervisor = asyncio.create_task(station._supervise())
+        await asyncio.sleep(0.5)
+        assert pings() >= 3  # healthy: fed
+        monkeypatch.setattr(Outbox, "_commit", stuck_commit)
+        append = asyncio.create_task(outbox.append(new_event(Clock("always"), "st", "rx", EventKind.SOS, {})))
+        await asyncio.sleep(1.0)
+        pings()
+        await asyncio.sleep(0.5)
+        assert pings() == 0  # stuck: starved, and said so
+        assert "the outbox writer has made no progress for" in caplog.text
+        release.set()
+        await append
+        await asyncio.sleep(0.5)
+        pings()
+        await asyncio.sleep(0.3)
+        assert pings() >= 2  # committing again: fed again
+        supervisor.cancel()
+    listener.close()

@@ -40,7 +40,8 @@ async def test_a_healthy_station_then_a_broken_one(tmp_path: Path, broker: Mosqu
     for expected in (
         f"OK   config: {config} is valid: station st, 1 devices",
         f"OK   device button-rx-1: {receiver.path} -> {receiver.path}, readable and writable",
-        f"OK   broker: 127.0.0.1:{broker.port} accepted an MQTT connection",
+        f"OK   broker: 127.0.0.1:{broker.port} accepted an MQTT 5 connection",
+        f"OK   broker: 127.0.0.1:{broker.port} lets this station publish its events",
         "OK   sms modem: SIM ready, home network, signal -77 dBm",
     ):
         assert expected in out, out
@@ -70,3 +71,33 @@ async def test_a_bad_station_file_is_reported_line_by_line(tmp_path: Path) -> No
     assert code == 1
     assert "FAIL config: " in out
     assert "station.id: 'Bad Id' is not allowed" in out
+
+
+async def test_doctor_finds_an_acl_that_denies_the_events_even_for_a_3_1_1_station(tmp_path: Path) -> None:
+    """Under 3.1.1 the broker acknowledges a denied publish; doctor asks with MQTT 5 instead."""
+    from tests.test_broker_contract import ACL_DENYING_EVENTS, DYNSEC_NO_COMMANDS
+
+    receiver = ButtonReceiverSim()
+    for name, broker in [
+        ("acl", Mosquitto(tmp_path / "acl", acl=ACL_DENYING_EVENTS.replace("test-station", "st"))),
+        ("dynsec", Mosquitto(tmp_path / "dynsec", dynsec=DYNSEC_NO_COMMANDS)),
+    ]:
+        config = tmp_path / f"{name}.toml"
+        config.write_text(
+            station_toml(
+                station_id="st",
+                broker_port=broker.port,
+                db_path=tmp_path / "outbox.db",
+                receiver_ports={"button-rx-1": receiver.path},
+                uplink_extra='protocol = "3.1.1"',
+            )
+        )
+        with broker:
+            code, out = await doctor(config)
+        assert code == 1, out
+        if name == "acl":
+            assert f"FAIL broker: 127.0.0.1:{broker.port} refuses this station's events (0x87 Not authorized)" in out
+            assert "publish to care/v1/st/events/#: ask the platform operator" in out
+        else:
+            assert f"FAIL broker: 127.0.0.1:{broker.port} refused: 0x87 Not authorized for the command topic" in out
+    receiver.close()
