@@ -86,6 +86,7 @@ STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog i
 SESSION_EXPIRY_S = 86400  # the broker keeps the command subscription (and queued commands) this long offline
 COMMAND_QUEUE = 64  # downlink messages waiting to be handled; more are dropped by the client (logged)
 COMMAND_TIMEOUT_S = 10.0  # one command may take this long, then it is answered with an error
+CLEAN_SESSION_AFTER = 2  # after this many short sessions in a row, one connection starts a clean session
 TAKEOVER_HINT_AFTER = 3  # this many short sessions in a row get the "same client id?" hint in the journal
 REASON_NO_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody subscribes to the topic
 REASON_SESSION_TAKEN_OVER = 0x8E
@@ -246,6 +247,8 @@ class BrokerClient(aiomqtt.Client):
                 verdict.set_exception(aiomqtt.MqttError(f"disconnected ({reason_code}) before the broker's PUBACK"))
         self._verdicts.clear()
         super()._on_disconnect(client, userdata, flags, reason_code, properties)
+        if self._disconnected.done() and not self._disconnected.cancelled():
+            self._disconnected.exception()  # seen (the session logs it): no "never retrieved" noise
 
     async def deliver(self, topic: str, payload: str | bytes, *, retain: bool = False) -> Verdict:
         """Publish with QoS 1 and return the broker's verdict; raise MqttError if none comes."""
@@ -361,6 +364,8 @@ class Uplink:
         self._broker_index = 0
         self._backoff = Backoff(RETRY_WINDOW_S, up.reconnect_max_s)
         self._short_sessions = 0
+        self._session_mode = "persistent"  # or "clean" (commands at QoS 0), "no commands": see _open
+        self._mode_logged = "persistent"
         self._abandoned: set[asyncio.Task[None]] = set()
         self._username, self._password = broker_login(up)
         candidates = [("ca_file", up.tls.ca_file), ("cert_file", up.tls.cert_file)] if up.tls else []
@@ -465,11 +470,13 @@ class Uplink:
             )
         elif self._short_sessions == TAKEOVER_HINT_AFTER:
             log.error(
-                "uplink: %d sessions in a row ended within %.0f s of connecting; likely causes: a second station "
-                "with client id %r, or the broker's ACL or quotas for this client; backing off",
+                "uplink: %d sessions in a row ended within %.0f s of connecting; likely causes: another client with "
+                "this station's client id %r (is a second station configured with station id %r?), or the broker's "
+                "ACL or quotas for this client; backing off",
                 self._short_sessions,
                 STABLE_SESSION_S,
                 self._config.client_id,
+                self._config.station.id,
             )
         delay = self._backoff.next_delay(await self._alarm_waiting())
         if self._short_sessions:
@@ -490,15 +497,11 @@ class Uplink:
                 try:
                     client = await self._open(*self.broker)
                 except NETWORK_ERRORS as exc:
-                    if self._falls_back(exc):
-                        try:
-                            client = await self._open(*self.broker)
-                        except NETWORK_ERRORS as again:
-                            self._log_connect_failure(again)
-                            continue
-                    else:
+                    fallback = await self._fall_back(exc)
+                    if fallback is None:
                         self._log_connect_failure(exc)
                         continue
+                    client = fallback
                 self._broker_index = index
                 await self._connected(client)
                 return client
@@ -512,24 +515,37 @@ class Uplink:
             self._alive()
             await asyncio.sleep(delay)
 
-    def _falls_back(self, exc: BaseException) -> bool:
-        """A broker that refuses MQTT 5 at CONNECT: use 3.1.1 from now on (logged once)."""
-        if self.protocol != "5" or not isinstance(exc, MqttConnectError):
-            return False
-        code, _ = _reason_code(exc.rc)
-        if code not in UNSUPPORTED_PROTOCOL:
-            return False
+    async def _fall_back(self, exc: BaseException) -> BrokerClient | None:
+        """A broker that refuses MQTT 5 at CONNECT (CONNACK 0x84), or takes the connection and
+        never answers a version-5 CONNECT (RabbitMQ before 3.13): if MQTT 3.1.1 then works, use
+        it from now on (logged once). None when 3.1.1 does not help either."""
+        if self.protocol != "5":
+            return None
+        if isinstance(exc, MqttConnectError):
+            if _reason_code(exc.rc)[0] not in UNSUPPORTED_PROTOCOL:
+                return None
+            how = f"refuses MQTT 5 ({exc})"
+        elif isinstance(exc, aiomqtt.MqttError) and any(
+            sign in str(exc) for sign in ("Operation timed out", "disconnect", "Disconnected")
+        ):
+            how = "took the connection but did not answer an MQTT 5 CONNECT"
+        else:
+            return None
         self.protocol = "3.1.1"
+        try:
+            client = await self._open(*self.broker)
+        except NETWORK_ERRORS:
+            self.protocol = "5"
+            return None
         host, port = self.broker
         log.warning(
-            "uplink: the broker %s:%d refuses MQTT 5 (%s); falling back to MQTT 3.1.1, under which a publish the "
-            'broker\'s ACL denies may still be acknowledged (docs/mqtt.md). Set [uplink] protocol = "3.1.1" to '
-            "silence this",
+            "uplink: the broker %s:%d %s; falling back to MQTT 3.1.1, under which a publish the broker's ACL "
+            'denies may still be acknowledged (docs/mqtt.md). Set [uplink] protocol = "3.1.1" to silence this',
             host,
             port,
-            exc,
+            how,
         )
-        return True
+        return client
 
     async def _open(self, host: str, port: int) -> BrokerClient:
         up = self._config.uplink
@@ -538,6 +554,27 @@ class Uplink:
         if v5:  # keep the command subscription (and commands sent meanwhile) through an outage
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        # Sessions that keep dying young may mean the broker cannot reach its copy of this
+        # station's session or subscription (a cluster node that died held it: RabbitMQ's
+        # "home node of durable queue ... is down"). Alarms must still get out: start a clean
+        # session with the commands at QoS 0, then, if that dies too, without commands at all.
+        self._session_mode = "persistent"
+        if self._short_sessions >= 2 * CLEAN_SESSION_AFTER:
+            self._session_mode = "no commands"
+        elif self._short_sessions >= CLEAN_SESSION_AFTER:
+            self._session_mode = "clean"
+        clean = self._session_mode != "persistent"
+        if self._session_mode != self._mode_logged:
+            self._mode_logged = self._session_mode
+            if clean:
+                log.warning(
+                    "uplink: %d sessions in a row ended at once (does the broker still hold this station's session "
+                    "on a node that is down?); connecting to %s:%d with a clean session%s until one lasts",
+                    self._short_sessions,
+                    host,
+                    port,
+                    ", commands at QoS 0" if self._session_mode == "clean" else " and no command subscription",
+                )
         client = BrokerClient(
             host,
             port,
@@ -550,8 +587,8 @@ class Uplink:
             # second: half the configured value catches a silent black hole within it
             keepalive=max(1, math.ceil(up.keepalive_s / 2)),
             timeout=up.connect_timeout_s,  # aiomqtt is not woken by a reset during CONNECT
-            clean_session=None if v5 else False,
-            clean_start=False,
+            clean_session=None if v5 else clean,
+            clean_start=clean if v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,  # (3.1.1: clean_session)
             properties=properties,
             max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
             max_queued_incoming_messages=COMMAND_QUEUE,
@@ -642,12 +679,15 @@ class Uplink:
 
     async def _watch(self, client: BrokerClient) -> None:
         """Listen for downlink commands; raises MqttError the moment the connection drops."""
-        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        granted = await client.subscribe(
-            self.topics.commands,
-            options=options if self.protocol == "5" else None,
-            qos=0 if self.protocol == "5" else 1,
-        )
+        if self._session_mode == "no commands":
+            self.command_subscription = "not subscribed (sessions kept failing; see the journal)"
+            await asyncio.Future()  # the connection's end is seen by the lanes
+        qos = 1 if self._session_mode == "persistent" else 0
+        options = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        if self.protocol == "5":  # retained messages are never sent (nor taken, see _command)
+            granted = await client.subscribe(self.topics.commands, options=options)
+        else:
+            granted = await client.subscribe(self.topics.commands, qos=qos)
         self._check_suback(granted)
         async for message in client.messages:
             await self._command(client, message)
@@ -666,7 +706,7 @@ class Uplink:
             )
         else:
             self.command_subscription = f"granted QoS {code}"
-            if code < 1:
+            if code < 1 and self._session_mode == "persistent":
                 log.warning(
                     "uplink: the broker granted only QoS %d for %s: a command sent while the link is down is lost",
                     code,

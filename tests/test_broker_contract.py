@@ -178,3 +178,103 @@ async def test_life_safety_contact_id_codes_are_alarms_ahead_of_a_backlog(tmp_pa
         arrived = {e["data"]["code"]: e for e in st.sink.events.values() if e.get("priority") == "alarm"}
         assert {code: arrived[code]["kind"] for code in codes} == codes
         assert not set(st.seeded) <= set(st.sink.events)  # the backlog was still draining: they went first
+
+
+async def test_a_station_on_mqtt_3_1_1_delivers_and_keeps_its_commands_while_away(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with running_station(tmp_path, broker, uplink_extra='protocol = "3.1.1"') as station:
+        gw = station.gateway
+        assert await gw.wait_for_line("(MQTT 3.1.1, broadband link)"), "\n".join(gw.lines)
+        assert (await station.receiver.send(surgard_report(code=101, zone=2))).acked
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
+        await gw.stop()
+        await station.sink.command("ping", {"id": "away-311"})  # clean_session false: queued for it
+        await station.restart_gateway()
+        assert await wait_until(lambda: "away-311" in station.sink.replies), "\n".join(station.gateway.lines)
+
+
+class SilentToVersion5:
+    """A TCP proxy to mosquitto that takes an MQTT 5 CONNECT and never answers it (as RabbitMQ
+    before 3.13 does), and passes MQTT 3.1.1 through."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.v5_connects = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> SilentToVersion5:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first = await reader.read(4096)
+        # fixed header byte, remaining length (1-4 bytes, high bit = more), "MQTT" (2 + 4), the level
+        at = 1
+        while at < len(first) and first[at] & 0x80:
+            at += 1
+        level_at = at + 1 + 6
+        if len(first) > level_at and first[level_at] == 5:
+            self.v5_connects += 1
+            await reader.read()  # silence until the client gives up
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_writer.write(first)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+async def test_a_broker_that_ignores_mqtt_5_gets_3_1_1_after_one_silent_connect(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    proxy = SilentToVersion5(broker.port)
+    async with proxy, running_station(tmp_path, broker, uplink_port=proxy.port) as station:
+        gw = station.gateway
+        assert await gw.wait_for_line("did not answer an MQTT 5 CONNECT; falling back to MQTT 3.1.1", timeout=30)
+        assert (await station.receiver.send(surgard_report(code=101, zone=5))).acked
+        assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
+        assert proxy.v5_connects == 1  # once: it does not try MQTT 5 again and again
+        assert sum("falling back" in line for line in gw.lines) == 1
+
+
+async def test_two_stations_with_one_id_are_told_so_and_back_off(tmp_path: Path, broker: Mosquitto) -> None:
+    from simulators.button_receiver import ButtonReceiverSim
+    from simulators.harness import GatewayProcess
+
+    async with running_station(tmp_path, broker) as station:
+        assert await station.gateway.wait_for_line("uplink up")
+        twin_receiver = ButtonReceiverSim()
+        twin_config = tmp_path / "twin.toml"
+        twin_config.write_text(
+            station.config_path.read_text()
+            .replace(str(station.db_path), str(tmp_path / "twin.db"))
+            .replace(str(station.port_link), twin_receiver.path)
+        )
+        twin = GatewayProcess(twin_config)
+        await twin.start()
+        try:
+            await asyncio.sleep(12)
+            lines = station.gateway.lines + twin.lines
+            # mosquitto 2.0 closes the older connection without a DISCONNECT 0x8E: the repeated short
+            # sessions are what tells (a broker that sends 0x8E gets the cause named at once)
+            assert any("is a second station configured with station id 'test-station'?" in line for line in lines), [
+                line for line in lines if "uplink" in line
+            ]
+            connects = sum("uplink up" in line for line in lines)
+            assert connects < 30, connects  # backing off: not a takeover storm (1,600 a minute before)
+        finally:
+            await twin.stop()
+            twin_receiver.close()
