@@ -77,7 +77,8 @@ class RabbitNode:
                 return
             except subprocess.CalledProcessError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{self.name} did not start: {(self.folder / 'server.out').read_text()[-2000:]}")
+                    output = (self.folder / "server.out").read_text()[-2000:]
+                    raise SystemExit(f"{self.name} did not start: {output}") from None
                 time.sleep(1)
 
     def ctl(self, *args: str, timeout: float = 60) -> str:
