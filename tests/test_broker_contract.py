@@ -88,6 +88,9 @@ async def test_retained_poison_commands_are_ignored_and_presses_still_flow(tmp_p
         assert await wait_until(lambda: "t-late" in station.sink.replies)
         assert station.sink.replies["t-late"]["ok"] is False
         assert "refused" in station.sink.replies["t-late"]["error"]
+        await station.sink.command("time", {"id": "t-early", "utc": "0001-01-01T00:00:00Z"})
+        assert await wait_until(lambda: "t-early" in station.sink.replies)
+        assert "is before" in station.sink.replies["t-early"]["error"]
         await station.sink.command("ping", {"id": "p-ok"})
         assert await wait_until(lambda: "p-ok" in station.sink.replies)
         assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked

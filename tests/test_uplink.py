@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,7 +152,10 @@ async def test_a_wall_clock_a_year_back_silences_no_care_timer(tmp_path: Path) -
         station._outbox = outbox
         await station.on_events("rx", [(EventKind.SOS, {"zone": 3, "qualifier": "new"})])
         [sos] = await outbox.rows_after(Priority.ALARM, 0, 10)
-        await outbox.ack([sos], state=station.on_delivered([json.loads(sos.payload)["id"]]))
+        sos_id = json.loads(sos.payload)["id"]
+        await outbox.ack([sos], state=station.on_delivered([sos_id]))
+        assert (await outbox.load_state())[f"alarm:{sos_id}"]["state"] == "delivered"  # with the delete
+        assert await outbox.rows_after(Priority.ALARM, 0, 10) == []
         clock.wall_step_s = -365 * 86400  # the wall clock goes back a year
         kinds: list[str] = []
         for _ in range(2 * 3600 // 15):  # two hours of care ticks, on the monotonic clock
@@ -175,3 +179,46 @@ async def test_a_time_command_a_year_back_is_refused_by_the_station(tmp_path: Pa
         year_back = datetime.now(UTC) - timedelta(days=365)
         with pytest.raises(CommandRefused, match=r"the platform's time is refused: .* is before"):
             await station.on_command(TimeCommand(id="t", utc=year_back))
+
+
+async def test_a_session_task_that_swallows_its_cancellation_is_abandoned_and_a_fresh_session_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    import aiomqtt
+
+    from gateway.uplink import SESSION_ABANDON_S
+    from simulators.broker import Mosquitto
+
+    released = asyncio.Event()
+
+    async def stubborn(self: Uplink, client: object) -> None:
+        while not released.is_set():
+            try:
+                await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                continue  # as a client library that loses a cancellation would
+
+    async def failing_watch(self: Uplink, client: object) -> None:
+        await asyncio.sleep(0.3)
+        raise aiomqtt.MqttError("injected session failure")
+
+    monkeypatch.setattr(Uplink, "_report_status", stubborn)
+    monkeypatch.setattr(Uplink, "_watch", failing_watch)
+    with Mosquitto(tmp_path / "broker") as broker:
+        raw = {**RAW, "uplink": {"host": broker.host, "port": broker.port, "reconnect_max_s": 1}}
+        config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
+        async with Outbox(config.storage, "st") as outbox:
+            uplink = Uplink(config, outbox, dict)
+            running = asyncio.create_task(uplink.run())
+            for _ in range(int((SESSION_ABANDON_S * 3 + 5) / 0.1)):
+                if uplink.connects >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert uplink.connects >= 3  # each wedged session was left behind, and a fresh one started
+            assert "uplink-status did not stop within 3 s of being cancelled; abandoning it" in caplog.text
+            released.set()
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
