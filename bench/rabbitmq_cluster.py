@@ -68,7 +68,12 @@ class RabbitNode:
     def start(self) -> None:
         log = (self.folder / "server.out").open("ab")
         self.proc = subprocess.Popen(
-            [str(RABBIT_BIN / "rabbitmq-server")], env=self.env, stdout=log, stderr=log, start_new_session=True
+            [str(RABBIT_BIN / "rabbitmq-server")],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            cwd=self.folder,  # its crash dump lands there, not in the working tree
         )
         deadline = time.monotonic() + 120
         while True:  # await_startup fails at once until the Erlang node answers at all
