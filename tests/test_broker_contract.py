@@ -281,3 +281,28 @@ async def test_two_stations_with_one_id_are_told_so_and_back_off(tmp_path: Path,
         finally:
             await twin.stop()
             twin_receiver.close()
+
+
+async def test_an_alarm_the_broker_refuses_goes_out_by_sms(tmp_path: Path) -> None:
+    from simulators.modem import ModemSim
+    from tests.test_escalation import CONTACT, ON_DUTY, RESIDENTS, sms_section
+
+    modem = ModemSim()
+    modem.start()
+    (tmp_path / "ttyMODEM").symlink_to(modem.path)
+    try:
+        with Mosquitto(tmp_path / "broker", acl=ACL_DENYING_EVENTS) as broker:
+            async with running_station(
+                tmp_path,
+                broker,
+                receiver_extra='residents = { "3" = "wang" }',
+                extra_devices=RESIDENTS + sms_section(tmp_path / "ttyMODEM"),
+            ) as station:
+                assert await station.gateway.wait_for_line("SMS modem on")
+                assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
+                # the link is up, but the broker said no: the alarm is undelivered, so it goes by SMS
+                assert await wait_until(lambda: len(modem.messages) >= 2, timeout=20), station.gateway.lines[-20:]
+                assert {sms.number for sms in modem.messages} == {CONTACT, ON_DUTY}
+                assert events_of(station, "sos") == []
+    finally:
+        modem.close()
