@@ -92,7 +92,7 @@ async def bench(presses: int, outage_presses: int) -> dict[str, object]:
         "outage": {
             "presses_acked_while_cut": outage_presses,
             "drain_s_after_restore": round(drained_s, 3),
-            "note": "includes the gateway's reconnect backoff (first retry 0.5 s + up to 1 s jitter)",
+            "note": "includes the reconnect wait (0.5-2 s while an alarm waits) and a connect attempt while still cut",
         },
         "duplicates_at_platform": sink.duplicates,
     }
