@@ -42,6 +42,7 @@ CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE_INTERVAL_S = 1.0
+PLATFORM_TIME_KEY = "clock:platform_time_boot"  # care state: the boot in which the platform's time was taken
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 
 
@@ -162,9 +163,12 @@ class Station:
             newest = self.outbox.newest_ms
             latest = datetime.fromtimestamp(newest / 1000, UTC) if newest else None
             try:
-                offset = self.clock.set_from_platform(command.utc, latest)
+                taken = self.care.state.get(PLATFORM_TIME_KEY) == self.clock.boot_id
+                offset = self.clock.set_from_platform(command.utc, latest, taken_this_boot=taken)
             except (ValueError, OverflowError) as exc:
                 raise CommandRefused(f"the platform's time is refused: {exc}") from None
+            self.care.remember(PLATFORM_TIME_KEY, self.clock.boot_id)  # survives a restart of the daemon
+            await self.commit([])
             log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
             return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
         if not isinstance(command, AckCommand | ResolveCommand):

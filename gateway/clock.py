@@ -70,7 +70,7 @@ class Clock:
     """Wall + monotonic time. `trust="always"` is for boxes with a GPS or a kept RTC.
 
     Until the system clock is synchronised (NTP), the platform may give the time (the `time`
-    downlink command, once per run and within bounds): the clock then runs as the system clock
+    downlink command, once per boot and within bounds): the clock then runs as the system clock
     plus that offset, trusted, until NTP synchronises the system clock and the offset is dropped.
 
     `steady()` is the care rules' time: wall time as it was when the station started, advanced
@@ -86,7 +86,7 @@ class Clock:
         self._offset_s = 0.0  # platform time minus system time, while the platform's time is used
         self.source = "configured" if trust == "always" else "none"  # "ntp", "platform"
         self.boot_id = read_boot_id()
-        self.platform_time_used = False  # the platform's time is taken once per run
+        self.platform_time_used = False  # taken in this run (the station also remembers the boot)
         self._steady_base = time.time() - self.monotonic()
 
     def now(self) -> datetime:
@@ -120,17 +120,20 @@ class Clock:
                 self._trusted_seen, self.source, self._offset_s = True, "ntp", 0.0
         return self._trusted_seen
 
-    def set_from_platform(self, utc: datetime, latest_seen: datetime | None = None) -> float:
+    def set_from_platform(
+        self, utc: datetime, latest_seen: datetime | None = None, taken_this_boot: bool = False
+    ) -> float:
         """Use the platform's time while the system clock is not synchronised; the offset in s.
 
         Raises ValueError, saying why, when the clock is already good (NTP, a GPS or a kept RTC),
-        when the platform's time was already taken in this run, or when `utc` is out of bounds:
+        when the platform's time was already taken in this boot (by this run, or by an earlier
+        run of this boot: `taken_this_boot`), or when `utc` is out of bounds:
         before the release or before `latest_seen` (the newest event the station committed), or
         more than two years past the later of those and the system clock."""
         if self.trusted() and self.source != "platform":
             raise ValueError(f"the station's clock is already trusted ({self.source}); it keeps its own time")
-        if self.platform_time_used:
-            raise ValueError("the platform's time was already taken in this run; it is taken once (restart to retake)")
+        if self.platform_time_used or taken_this_boot:
+            raise ValueError("the platform's time was already taken in this boot; it is taken once per boot")
         utc = utc.astimezone(UTC)
         floor = max(RELEASED, latest_seen or RELEASED)
         if utc < floor:

@@ -576,6 +576,10 @@ class CareBook:
             else:
                 self.state[key] = value
 
+    def remember(self, key: str, value: JsonValue | None) -> None:
+        """Keep a station fact with the care state (written with the next commit)."""
+        self._set(key, value)
+
     def take_changes(self) -> dict[str, JsonValue | None]:
         changes, self._changes = self._changes, {}
         return changes

@@ -107,7 +107,7 @@ def test_the_platform_time_is_taken_once_and_only_within_bounds(monkeypatch: pyt
             Clock("auto").set_from_platform(utc, latest_seen=now - timedelta(minutes=5))
     clock = Clock("auto")
     assert clock.set_from_platform(now + timedelta(hours=1), latest_seen=now) == pytest.approx(3600, abs=5)
-    with pytest.raises(ValueError, match="already taken in this run"):
+    with pytest.raises(ValueError, match="already taken in this boot"):
         clock.set_from_platform(now + timedelta(hours=1), latest_seen=now)
 
 
@@ -222,3 +222,24 @@ async def test_a_session_task_that_swallows_its_cancellation_is_abandoned_and_a_
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+async def test_the_platform_time_is_taken_once_per_boot_even_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import clock as clock_module
+    from gateway.uplink import CommandRefused
+
+    monkeypatch.setattr(clock_module, "_kernel_says_synchronised", lambda: False)
+    config = parse_config({**RAW, "storage": {"path": str(tmp_path / "o.db")}})
+    platform_time = datetime.now(UTC) + timedelta(minutes=10)
+    for run in ("first", "after a restart"):
+        station = app.Station(config, clock=Clock("auto"))
+        async with Outbox(config.storage, "st", station.clock.boot_id) as outbox:
+            station._outbox = outbox
+            station.care.load(await outbox.load_state())
+            if run == "first":
+                assert (await station.on_command(TimeCommand(id="t-1", utc=platform_time)))["offset_s"] > 500
+            else:
+                with pytest.raises(CommandRefused, match="already taken in this boot"):
+                    await station.on_command(TimeCommand(id="t-2", utc=platform_time))
