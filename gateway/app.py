@@ -412,6 +412,9 @@ class Station:
             failure = self.outbox.writer_failure
             if failure is not None:
                 raise StationFailed(f"the outbox writer stopped ({failure!r}); no event can be accepted") from failure
+            while self.outbox.faults:  # found by the outbox (a row that cannot be sent ...): reported
+                fault = self.outbox.faults.pop(0)
+                await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             if ping:
                 stuck = [
                     (what, seconds)

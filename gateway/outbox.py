@@ -58,6 +58,15 @@ SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, s
 SQLITE_FULL = 13
 SCHEMA_VERSION = 2  # 2: boot and mono_ms columns (clock re-basing)
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
+# SQL: the device of a row, or NULL for a row that is not JSON (json_extract would raise)
+DEVICE_OF_ROW = "CASE WHEN json_valid(payload) THEN json_extract(payload, '$.device_id') END"
+# SQL: why a row cannot be sent, or NULL when it can (its bytes are checked as UTF-8 in Python)
+ROW_PROBLEM = (
+    "CASE WHEN NOT json_valid(payload) THEN 'not valid JSON' "
+    "WHEN json_type(payload) != 'object' THEN 'not a JSON object' "
+    "WHEN json_type(payload, '$.id') IS NOT 'text' OR length(json_extract(payload, '$.id')) != 26 "
+    "THEN 'no event id' END"
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -73,6 +82,14 @@ CREATE TABLE IF NOT EXISTS care_state (  -- what the care rules must remember ac
     key TEXT PRIMARY KEY,             -- e.g. 'alarm:<id>', 'activity:<resident>', 'test:<button>'
     value TEXT NOT NULL               -- JSON
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantine (  -- rows that cannot be sent: kept for a person to look at
+    seq INTEGER PRIMARY KEY,          -- the row's seq in the outbox
+    priority INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    payload BLOB,                     -- as it was stored, byte for byte
+    reason TEXT NOT NULL,             -- what was wrong with it
+    quarantined_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS shed (
     device_id TEXT NOT NULL,
     priority INTEGER NOT NULL,
@@ -178,6 +195,9 @@ class Outbox:
         self._sync_mode = ""
         self.disk_full_errors = 0
         self.sweep_errors = 0
+        self.quarantined = 0  # rows moved to the quarantine table by this run
+        # storage faults for the station to report (storage_fault events); appended on the outbox thread
+        self.faults: list[dict[str, JsonValue]] = []
         self._committing = False  # a group is being written (for stalled_s)
         self.writer_alive_at = time.monotonic()
         self.newest_ms: int | None = None  # the latest event time ever committed here (bounds the platform's time)
@@ -571,7 +591,7 @@ class Outbox:
         """Delete the class's n oldest rows; return (rows, bytes) freed."""
         gone = conn.execute(
             "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? ORDER BY seq LIMIT ?) "
-            "RETURNING json_extract(payload, '$.device_id'), length(CAST(payload AS BLOB))",
+            f"RETURNING {DEVICE_OF_ROW}, length(CAST(payload AS BLOB))",
             (priority.rank, max(1, n)),
         ).fetchall()
         shed.extend((device_id or "?", priority) for device_id, _ in gone)
@@ -640,7 +660,7 @@ class Outbox:
                     gone = conn.execute(  # the oldest rows by seq, of which those past the cutoff
                         "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE priority = ? "
                         "ORDER BY seq LIMIT ?) AND created_ms < ? "
-                        "RETURNING json_extract(payload, '$.device_id'), length(CAST(payload AS BLOB))",
+                        f"RETURNING {DEVICE_OF_ROW}, length(CAST(payload AS BLOB))",
                         (priority.rank, DISK_FULL_SHED_ROWS, cutoff_ms),
                     ).fetchall()
                     shed = [(device_id or "?", priority) for device_id, _ in gone]
@@ -651,12 +671,51 @@ class Outbox:
                     break
 
     def _select(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
+        """The rows to send; a row that cannot be (not UTF-8, not JSON, no id) is quarantined."""
         prefix = f'{self._station_prefix}{priority.value}",'
         rows = self.db.execute(
-            "SELECT seq, created_ms, payload FROM outbox WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
+            f"SELECT seq, created_ms, CAST(payload AS BLOB), {ROW_PROBLEM} FROM outbox "
+            "WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
             (priority.rank, after_seq, limit),
         ).fetchall()
-        return [OutboxRow(seq, priority, created_ms, prefix + stored[1:]) for seq, created_ms, stored in rows]
+        out: list[OutboxRow] = []
+        bad: list[tuple[int, int, bytes, str]] = []
+        for seq, created_ms, raw, problem in rows:
+            try:
+                stored = raw.decode()
+            except UnicodeDecodeError as exc:
+                problem = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            if problem:
+                bad.append((seq, created_ms, raw, problem))
+            else:
+                out.append(OutboxRow(seq, priority, created_ms, prefix + stored[1:]))
+        if bad:
+            self._quarantine(priority, bad)
+        return out
+
+    def _quarantine(self, priority: Priority, bad: list[tuple[int, int, bytes, str]]) -> None:
+        """Move rows that cannot be sent out of the queue, keeping them (and why) for a person."""
+        now_ms = int(time.time() * 1000)
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO quarantine (seq, priority, created_ms, payload, reason, quarantined_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [(seq, priority.rank, created_ms, raw, why, now_ms) for seq, created_ms, raw, why in bad],
+            )
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _, _ in bad])
+        self._tally.add(priority, -sum(len(raw) + ROW_OVERHEAD_BYTES for _, _, raw, _ in bad), -len(bad))
+        for seq, _, raw, why in bad:
+            self.quarantined += 1
+            log.error(
+                "outbox %s: row %d (%s) cannot be sent: %s; moved to the quarantine table, the queue goes on",
+                self.path,
+                seq,
+                priority.value,
+                why,
+            )
+            self.faults.append(
+                {"fault": "bad_row", "seq": seq, "class": priority.value, "reason": why, "bytes": len(raw)}
+            )
 
     def _delete(self, seqs: list[int], state: CareState | None = None) -> None:
         # a delete lost to a power cut only means a harmless re-send; a state change is kept
@@ -682,7 +741,8 @@ class Outbox:
                 "'$.data.ts_unsynced', json_extract(payload, '$.ts'), "
                 "'$.ts', strftime('%Y-%m-%dT%H:%M:%fZ', (mono_ms + ?1) / 1000.0, 'unixepoch'), "
                 "'$.clock_trusted', json('true')) "
-                "WHERE boot = ?2 AND mono_ms IS NOT NULL AND json_extract(payload, '$.clock_trusted') = 0",
+                "WHERE boot = ?2 AND mono_ms IS NOT NULL "
+                "AND CASE WHEN json_valid(payload) THEN json_extract(payload, '$.clock_trusted') END = 0",
                 (offset_ms, self.boot),
             ).rowcount
         return int(changed)

@@ -236,3 +236,36 @@ async def test_care_state_commits_with_the_events_and_survives_a_reopen(tmp_path
     async with Outbox(storage(tmp_path), STATION) as outbox:
         assert await outbox.load_state() == {"alarm:x": {"count": 2}, "test:rx:3": 7.0}
         assert await outbox.counts() == {Priority.ALARM: 1, Priority.STATUS: 0, Priority.TELEMETRY: 0}
+
+
+async def test_a_row_that_cannot_be_sent_is_quarantined_and_the_queue_goes_on(tmp_path: Path) -> None:
+    """A non-UTF-8 row and a broken-JSON row (a damaged disk) are never published, never lost
+    unseen: moved to the quarantine table with the reason; the good rows around them go out."""
+    import sqlite3
+
+    from gateway.events import Priority
+
+    db = tmp_path / "o.db"
+    clock = Clock("always")
+    async with Outbox(StorageSection(path=db), "st") as outbox:
+        for n in range(3):
+            await outbox.append(new_event(clock, "st", "rx", EventKind.SOS, {"n": n}))
+            await outbox.append(new_event(clock, "st", "radar", EventKind.ACTIVITY, {"n": n}))
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE outbox SET payload = CAST(X'7B226964223AFF22' AS TEXT) WHERE seq = 1")  # not UTF-8
+        conn.execute("UPDATE outbox SET payload = substr(payload, 1, 40) WHERE seq = 4")  # cut mid-JSON
+    async with Outbox(StorageSection(path=db), "st") as outbox:
+        alarms = await outbox.rows_after(Priority.ALARM, 0, 10)
+        telemetry = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
+        assert [r.seq for r in alarms] == [3, 5]
+        assert [r.seq for r in telemetry] == [2, 6]
+        assert outbox.quarantined == 2
+        assert [(f["seq"], f["reason"]) for f in outbox.faults] == [
+            (1, "not valid UTF-8 (invalid start byte at byte 6)"),
+            (4, "not valid JSON"),
+        ]
+        assert (await outbox.counts())[Priority.ALARM] == 2
+    with sqlite3.connect(db) as conn:
+        kept = conn.execute("SELECT seq, priority, reason FROM quarantine ORDER BY seq").fetchall()
+        assert kept == [(1, 0, "not valid UTF-8 (invalid start byte at byte 6)"), (4, 2, "not valid JSON")]
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 4
