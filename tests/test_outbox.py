@@ -254,18 +254,24 @@ async def test_a_row_that_cannot_be_sent_is_quarantined_and_the_queue_goes_on(tm
     with sqlite3.connect(db) as conn:
         conn.execute("UPDATE outbox SET payload = CAST(X'7B226964223AFF22' AS TEXT) WHERE seq = 1")  # not UTF-8
         conn.execute("UPDATE outbox SET payload = substr(payload, 1, 40) WHERE seq = 4")  # cut mid-JSON
+        conn.execute("""UPDATE outbox SET payload = '{"kind":"sos"}' WHERE seq = 5""")  # JSON, but no id
     async with Outbox(StorageSection(path=db), "st") as outbox:
         alarms = await outbox.rows_after(Priority.ALARM, 0, 10)
         telemetry = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
-        assert [r.seq for r in alarms] == [3, 5]
+        assert [r.seq for r in alarms] == [3]
         assert [r.seq for r in telemetry] == [2, 6]
-        assert outbox.quarantined == 2
+        assert outbox.quarantined == 3
         assert [(f["seq"], f["reason"]) for f in outbox.faults] == [
             (1, "not valid UTF-8 (invalid start byte at byte 6)"),
+            (5, "no event id"),
             (4, "not valid JSON"),
         ]
-        assert (await outbox.counts())[Priority.ALARM] == 2
+        assert (await outbox.counts())[Priority.ALARM] == 1
     with sqlite3.connect(db) as conn:
         kept = conn.execute("SELECT seq, priority, reason FROM quarantine ORDER BY seq").fetchall()
-        assert kept == [(1, 0, "not valid UTF-8 (invalid start byte at byte 6)"), (4, 2, "not valid JSON")]
-        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 4
+        assert kept == [
+            (1, 0, "not valid UTF-8 (invalid start byte at byte 6)"),
+            (4, 2, "not valid JSON"),
+            (5, 0, "no event id"),
+        ]
+        assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3
