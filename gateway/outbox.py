@@ -25,7 +25,10 @@ import functools
 import json
 import logging
 import math
+import shutil
 import sqlite3
+import struct
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +57,7 @@ WRITER_TICK_S = 5.0  # the writer looks around at least this often (its heartbea
 WRITER_STALL_S = 60.0  # appends waiting this long with no commit: the writer is stuck (watchdog)
 WRITER_RESTART_S = 1.0  # pause before the writer goes on after an unexpected failure
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
+MIN_ROW_BYTES = 16  # no outbox row takes less room on disk (bounds the seqs of a truncated file)
 SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
 SQLITE_FULL = 13
 SCHEMA_VERSION = 2  # 2: boot and mono_ms columns (clock re-basing)
@@ -403,6 +407,7 @@ class Outbox:
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._keep_a_damaged_wal()  # before SQLite reads the WAL (and drops what follows a bad frame)
             db = self._connect(self.path)
             verdict = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
             if verdict != ["ok"]:
@@ -432,6 +437,37 @@ class Outbox:
         newest = db.execute("SELECT max(created_ms) FROM outbox").fetchone()[0]
         self.newest_ms = int(newest) if newest else None
 
+    def _keep_a_damaged_wal(self) -> None:
+        """SQLite replays the WAL up to its first bad frame and silently ignores the rest, even
+        transactions committed after it. Such a WAL is copied aside (kept) and reported."""
+        wal = Path(f"{self.path}-wal")
+        try:
+            damage = inspect_wal(wal)
+        except OSError:
+            return
+        if damage is None:
+            return
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = wal.with_name(f"{wal.name}.damaged-{stamp}")
+        shutil.copyfile(wal, kept)
+        log.error(
+            "outbox %s: its write-ahead log is damaged at frame %d; %d committed transaction(s) after it cannot be "
+            "replayed and are lost from the outbox; the log is kept as %s",
+            self.path,
+            damage.bad_frame,
+            damage.lost_commits,
+            kept,
+        )
+        self.faults.append(
+            {
+                "fault": "damaged_wal",
+                "bad_frame": damage.bad_frame,
+                "lost_commits": damage.lost_commits,
+                "lost_frames": damage.lost_frames,
+                "kept": str(kept),
+            }
+        )
+
     def _advice(self, exc: Exception) -> str:
         return (
             f"cannot open the outbox {self.path}: {exc}; check that {self.path.parent} exists, "
@@ -459,10 +495,9 @@ class Outbox:
             log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
             return
         with contextlib.closing(old):
-            last_seq = _last_seq(old)
-            if last_seq is None:
-                log.error("nothing can be salvaged from %s: its outbox table cannot be read", self.salvage.moved_aside)
-                return
+            old = _readable(old, self.salvage.moved_aside)
+            # the highest seq, or (its pages lost: a truncated file) as many as the file could hold
+            last_seq = _last_seq(old) or self.salvage.moved_aside.stat().st_size // MIN_ROW_BYTES
             log.warning("salvaging rows 1..%d from %s", last_seq, self.salvage.moved_aside)
             for low in range(0, last_seq, SALVAGE_STEP_ROWS):
                 rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
@@ -782,6 +817,116 @@ def _write_state(conn: sqlite3.Connection, state: CareState) -> None:
         conn.executemany("DELETE FROM care_state WHERE key = ?", gone)
     if kept:
         conn.executemany("INSERT OR REPLACE INTO care_state (key, value) VALUES (?, ?)", kept)
+
+
+def _readable(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """`conn` if SQLite can read the file's schema; else a connection to a copy of it with a
+    mended 100-byte header: its own with the page count of what is left (a truncated file), or
+    one rebuilt from a new outbox's (a zeroed or overwritten header). Every page is kept."""
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        return conn
+    except sqlite3.DatabaseError:
+        pass
+    data = path.read_bytes()
+    own_size = int.from_bytes(data[16:18], "big") if data.startswith(b"SQLite format 3\0") else 0
+    own_size = 65536 if own_size == 1 else own_size
+    candidates = [(own_size, True)] if own_size else []
+    candidates += [(size, False) for size in (4096, 1024, 2048, 8192, 16384, 32768, 65536)]
+    copy = path.with_name(path.name + ".header-mended")
+    for page_size, own in candidates:
+        pages = len(data) // page_size
+        if pages == 0:
+            continue
+        header = _mended_header(data[:100], pages) if own else _fresh_header(page_size, pages)
+        copy.write_bytes(header + data[100 : pages * page_size])
+        mended = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        try:
+            mended.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        except sqlite3.DatabaseError:
+            mended.close()
+            continue
+        log.warning("%s: its header is damaged or it is cut short; reading it through %s", path, copy)
+        conn.close()
+        return mended
+    copy.unlink(missing_ok=True)
+    return conn
+
+
+def _mended_header(header: bytes, pages: int) -> bytes:
+    """A file's own header, made to agree with the pages it still has and to need no -wal."""
+    mended = bytearray(header)
+    mended[18] = mended[19] = 1  # rollback journal: the copy needs no -wal beside it
+    mended[28:32] = pages.to_bytes(4, "big")  # database size in pages ...
+    mended[24:28] = mended[92:96]  # ... believed (change counter == version-valid-for)
+    mended[32:40] = bytes(8)  # no freelist: its pages may be gone
+    return bytes(mended)
+
+
+def _fresh_header(page_size: int, pages: int) -> bytes:
+    """The 100-byte header of a new outbox file with this page size, for `pages` pages."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "header.db"
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute(f"PRAGMA page_size={page_size}")
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.executescript(SCHEMA)
+        return _mended_header(path.read_bytes()[:100], pages)
+
+
+WAL_MAGIC = (0x377F0682, 0x377F0683)  # checksums little-endian, big-endian
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
+
+
+@dataclass(frozen=True)
+class WalDamage:
+    bad_frame: int  # the first frame SQLite will not accept (1-based)
+    lost_commits: int  # commit frames after it that carry this WAL's salt: committed, then lost
+    lost_frames: int
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def inspect_wal(path: Path) -> WalDamage | None:
+    """Damage in a WAL that would lose committed transactions (the WAL file format, sqlite.org
+    /fileformat2.html#walformat): a frame whose salt or checksum is wrong, followed by commit
+    frames of the same WAL. A WAL that merely ends in an unfinished transaction is not damage."""
+    if not path.exists() or path.stat().st_size <= WAL_HEADER_BYTES:
+        return None
+    data = path.read_bytes()
+    magic, _, page_size, _, salt1, salt2, c0, c1 = struct.unpack(">8I", data[:WAL_HEADER_BYTES])
+    if magic not in WAL_MAGIC or page_size < 512 or page_size & (page_size - 1):
+        return None  # not a WAL SQLite would replay at all
+    big = magic == WAL_MAGIC[1]
+    s0, s1 = _wal_checksum(data[:24], 0, 0, big)
+    if (s0, s1) != (c0, c1):
+        return None  # SQLite ignores the whole file: nothing of it was ever replayed here either
+    frame_bytes = WAL_FRAME_HEADER_BYTES + page_size
+    frames = (len(data) - WAL_HEADER_BYTES) // frame_bytes
+    bad = None
+    for n in range(frames):
+        at = WAL_HEADER_BYTES + n * frame_bytes
+        _, _, f_salt1, f_salt2, f0, f1 = struct.unpack(">6I", data[at : at + WAL_FRAME_HEADER_BYTES])
+        if (f_salt1, f_salt2) != (salt1, salt2):
+            bad = n
+            break
+        s0, s1 = _wal_checksum(data[at : at + 8] + data[at + WAL_FRAME_HEADER_BYTES : at + frame_bytes], s0, s1, big)
+        if (s0, s1) != (f0, f1):
+            bad = n
+            break
+    if bad is None:
+        return None
+    later = [WAL_HEADER_BYTES + n * frame_bytes for n in range(bad, frames)]
+    ours = [at for at in later if struct.unpack(">2I", data[at + 8 : at + 16]) == (salt1, salt2)]
+    commits = sum(1 for at in ours if struct.unpack(">I", data[at + 4 : at + 8])[0] != 0)
+    return WalDamage(bad + 1, commits, len(ours)) if commits else None
 
 
 def _last_seq(conn: sqlite3.Connection) -> int | None:

@@ -42,3 +42,79 @@ async def test_bad_rows_are_quarantined_reported_and_everything_else_is_delivere
         assert any("row 1 (alarm) cannot be sent: not valid UTF-8" in line for line in station.gateway.lines)
     with sqlite3.connect(db) as conn:
         assert [r[0] for r in conn.execute("SELECT seq FROM quarantine ORDER BY seq")] == [1, 10]  # ... nor lost
+
+
+async def seeded_file(path: Path, count: int) -> list[str]:
+    clock = Clock()
+    events = [new_event(clock, STATION_ID, "rx", EventKind.SOS, {"n": n, "pad": "x" * 200}) for n in range(count)]
+    async with Outbox(StorageSection(path=path), STATION_ID) as outbox:
+        for start in range(0, count, 40):
+            await outbox.append(*events[start : start + 40])
+    return [e.id for e in events]
+
+
+async def salvaged_ids(path: Path) -> tuple[int, set[str], str]:
+    import json
+
+    from gateway.events import Priority
+
+    async with Outbox(StorageSection(path=path), STATION_ID) as outbox:
+        assert outbox.salvage is not None
+        rows = await outbox.rows_after(Priority.ALARM, 0, 100_000)
+        return outbox.salvage.salvaged, {json.loads(r.payload)["id"] for r in rows}, str(outbox.salvage.moved_aside)
+
+
+async def test_a_file_with_a_zeroed_header_is_salvaged_whole(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.db"
+    ids = await seeded_file(db, 840)
+    original = db.read_bytes()
+    with db.open("r+b") as f:
+        f.write(b"\0" * 100)  # the 100-byte database header is gone
+    salvaged, found, aside = await salvaged_ids(db)
+    assert salvaged == 840
+    assert found == set(ids)
+    assert Path(aside).read_bytes() == b"\0" * 100 + original[100:]  # the original is kept as it was
+
+
+async def test_a_file_cut_in_half_gives_back_the_rows_it_still_holds(tmp_path: Path) -> None:
+    import os
+
+    db = tmp_path / "outbox.db"
+    ids = await seeded_file(db, 840)
+    os.truncate(db, db.stat().st_size // 2)
+    salvaged, found, _ = await salvaged_ids(db)
+    assert found <= set(ids)
+    assert salvaged == len(found)
+    assert salvaged >= 300  # about half of the rows were on the pages that are left
+
+
+async def test_garbage_in_the_wal_is_kept_and_reported_never_dropped_silently(tmp_path: Path) -> None:
+    import shutil
+
+    from gateway.outbox import inspect_wal
+
+    live, crashed = tmp_path / "live", tmp_path / "crashed"
+    live.mkdir()
+    crashed.mkdir()
+    clock = Clock()
+    async with Outbox(StorageSection(path=live / "outbox.db"), STATION_ID) as outbox:
+        for n in range(12):  # twelve commits, each fsynced into the WAL
+            await outbox.append(new_event(clock, STATION_ID, "rx", EventKind.SOS, {"n": n}))
+        for name in ("outbox.db", "outbox.db-wal"):  # the disk as a power cut leaves it
+            shutil.copyfile(live / name, crashed / name)
+    wal = crashed / "outbox.db-wal"
+    assert inspect_wal(wal) is None  # a healthy WAL
+    data = bytearray(wal.read_bytes())
+    page = int.from_bytes(data[8:12], "big")
+    third_frame = 32 + 2 * (24 + page)
+    data[third_frame + 24 + 100 : third_frame + 24 + 200] = b"\xa5" * 100  # garbage in one frame's page
+    wal.write_bytes(bytes(data))
+    damage = inspect_wal(wal)
+    assert damage is not None
+    assert damage.bad_frame == 3
+    assert damage.lost_commits >= 9
+    async with Outbox(StorageSection(path=crashed / "outbox.db"), STATION_ID) as reopened:
+        [fault] = [f for f in reopened.faults if f["fault"] == "damaged_wal"]
+        assert fault["lost_commits"] == damage.lost_commits
+        kept = Path(str(fault["kept"]))
+        assert kept.read_bytes() == bytes(data)  # the damaged log itself is kept for recovery by hand
