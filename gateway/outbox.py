@@ -564,7 +564,9 @@ class Outbox:
                 self.disk_full_errors += 1
                 if not self._shed_for_full_disk(exc):
                     raise OutboxFull(
-                        f"outbox {self.path}: the disk is full and only alarms are left; free space on "
+                        f"outbox {self.path}: the disk is full and nothing could be freed to take the event "
+                        f"({self._tally.rows[Priority.TELEMETRY]} telemetry, {self._tally.rows[Priority.STATUS]} "
+                        f"status and {self._tally.rows[Priority.ALARM]} alarm events kept); free space on "
                         f"{self.path.parent} (journalctl --vacuum-size, old logs)"
                     ) from exc
                 continue
@@ -639,8 +641,15 @@ class Outbox:
                 with self._transaction() as conn:
                     n, size = self._evict(conn, priority, DISK_FULL_SHED_ROWS, shed)
                     self._record_shed(conn, shed)
-            except sqlite3.OperationalError:
-                return False  # not even a delete fits
+            except sqlite3.OperationalError as delete_failed:
+                log.error(
+                    "outbox %s: disk full, and even shedding %s events failed (%s): in WAL mode a delete needs free "
+                    "space too",
+                    self.path,
+                    priority.value,
+                    delete_failed,
+                )
+                return False
             self._tally.add(priority, -size, -n)
             self._apply_shed(shed)
             log.error("outbox %s: disk full (%s); shed %d %s events to make room", self.path, exc, n, priority.value)

@@ -165,7 +165,9 @@ async def test_disk_full_sheds_and_only_refuses_when_nothing_is_left(tmp_path: P
             for _ in range(2000):
                 await outbox.append(make(EventKind.SOS, device="rx", pad="z" * 400))
 
-        with pytest.raises(OutboxFull, match="the disk is full and only alarms are left"):
+        with pytest.raises(
+            OutboxFull, match=r"the disk is full and nothing could be freed to take the event \(0 telemetry"
+        ):
             await alarms_until_refused()
         assert (await outbox.counts())[Priority.TELEMETRY] == 0
 
