@@ -35,6 +35,7 @@ from drivers.adverts import AdvertError, BTHomePacket, IBeacon, decode_advertise
 from drivers.gatt import GattError, decode_characteristic, uuid16
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
+from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
 
 log = logging.getLogger("care_gateway.ble")
@@ -339,7 +340,10 @@ class BleLink:
             await asyncio.sleep(WATCH_S)
             now = time.monotonic()
             for device in self.devices:
-                await self._emit(device.id, self.rules[device.id].on_tick(now))
+                try:
+                    await self._emit(device.id, self.rules[device.id].on_tick(now))
+                except OutboxFull as exc:  # the scanner stays up; the journal says what was not kept
+                    log.error("device %s: a time-driven event was not stored: %s", device.id, exc)
 
     # --- GATT sessions with health devices -----------------------------------------------------
 

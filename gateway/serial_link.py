@@ -27,6 +27,7 @@ from tenacity import (
 
 from drivers import Codec, Decoded
 from gateway.config import SerialDevice
+from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
 
 log = logging.getLogger("care_gateway.serial")
@@ -90,7 +91,10 @@ class SerialLink:
         """Let the rules look at the time: summaries, lost fixes."""
         while True:
             await asyncio.sleep(TICK_S)
-            await self._emit(self.rules.on_tick(time.monotonic()))
+            try:
+                await self._emit(self.rules.on_tick(time.monotonic()))
+            except OutboxFull as exc:  # the device task stays up; the journal says what was not kept
+                log.error("device %s: a summary was not stored: %s", self.device.id, exc)
 
     async def _emit(self, drafts: list[EventDraft]) -> None:
         if drafts:
@@ -157,7 +161,10 @@ class SerialLink:
             log.info("device %s online: %s", self.device.id, reason)
         else:
             log.warning("device %s offline: %s; retrying in the background", self.device.id, reason)
-        await self._on_state(self.device.id, online, reason)
+        try:
+            await self._on_state(self.device.id, online, reason)
+        except OutboxFull as exc:
+            log.error("device %s: its state change was not stored: %s", self.device.id, exc)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         silence_s = self.device.silence_timeout_s or None
@@ -187,6 +194,9 @@ class SerialLink:
         if unit.reading is not None:
             try:
                 await self._emit(self.rules.on_reading(unit.reading, time.monotonic()))
+            except OutboxFull as exc:  # not committed, so not acknowledged: the device will send it again
+                log.error("device %s: a reading was not stored, and not acknowledged: %s", self.device.id, exc)
+                return
             except Exception:
                 # Not committed, so not acknowledged: the device will send it again.
                 log.exception("device %s: could not store a reading; not acknowledging it", self.device.id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import EventKind, new_event
@@ -118,3 +120,39 @@ async def test_garbage_in_the_wal_is_kept_and_reported_never_dropped_silently(tm
         assert fault["lost_commits"] == damage.lost_commits
         kept = Path(str(fault["kept"]))
         assert kept.read_bytes() == bytes(data)  # the damaged log itself is kept for recovery by hand
+
+
+async def test_a_full_outbox_does_not_take_a_device_task_down(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A radar's summaries and state changes that cannot be stored are logged; its task stays up."""
+    import asyncio
+
+    from drivers import codec_for
+    from gateway import serial_link
+    from gateway.config import parse_config
+    from gateway.outbox import OutboxFull
+    from gateway.rules import StationLocation, codec_variant, rules_for
+
+    raw = {
+        "station": {"id": "st", "name": "s"},
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": "/tmp/unused.db"},
+        "devices": [{"id": "radar-1", "kind": "mmwave_radar", "model": "mr60fda1", "port": "/dev/null"}],
+    }
+    [device] = parse_config(raw).devices
+
+    async def full(*_: object) -> None:
+        raise OutboxFull("the disk is full")
+
+    rules = rules_for(device, StationLocation(None))
+    monkeypatch.setattr(rules, "on_tick", lambda now: [(EventKind.ACTIVITY, {"summary": {}})])
+    link = serial_link.SerialLink(device, codec_for(device.kind, codec_variant(device)), rules, full, full)  # type: ignore[arg-type]
+    monkeypatch.setattr(serial_link, "TICK_S", 0.01)
+    ticking = asyncio.create_task(link._tick())
+    await link._set_state(False, "unplugged")
+    await asyncio.sleep(0.1)
+    assert not ticking.done()  # still running after several failed stores
+    ticking.cancel()
+    assert "device radar-1: a summary was not stored: the disk is full" in caplog.text
+    assert "device radar-1: its state change was not stored: the disk is full" in caplog.text
