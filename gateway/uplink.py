@@ -683,12 +683,7 @@ class Uplink:
             self.command_subscription = "not subscribed (sessions kept failing; see the journal)"
             await asyncio.Future()  # the connection's end is seen by the lanes
         qos = 1 if self._session_mode == "persistent" else 0
-        options = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        if self.protocol == "5":  # retained messages are never sent (nor taken, see _command)
-            granted = await client.subscribe(self.topics.commands, options=options)
-        else:
-            granted = await client.subscribe(self.topics.commands, qos=qos)
-        self._check_suback(granted)
+        self._check_suback(await subscribe_commands(client, self.topics, self.protocol == "5", qos))
         async for message in client.messages:
             await self._command(client, message)
 
@@ -1021,6 +1016,15 @@ class Uplink:
                 await client.deliver(self.topics.status, self._status_json("offline", "shutdown"), retain=True)
 
 
+async def subscribe_commands(client: BrokerClient, topics: Topics, v5: bool, qos: int) -> Any:
+    """Subscribe to the station's command topic; under MQTT 5 the broker is asked to send no
+    retained message (none would be carried out anyway, see Uplink._command). The SUBACK's codes."""
+    if v5:
+        options = SubscribeOptions(qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
+        return await client.subscribe(topics.commands, options=options)
+    return await client.subscribe(topics.commands, qos=qos)
+
+
 @dataclass(frozen=True)
 class BrokerProbe:
     """What `care-gateway doctor` learnt from one broker: connect, publish permission, commands."""
@@ -1058,11 +1062,7 @@ async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: f
             async with asyncio.timeout(timeout_s * 3):
                 async with client:
                     verdict = await client.deliver(topics.events(Priority.STATUS), '{"events":[]}')
-                    if protocol is aiomqtt.ProtocolVersion.V5:
-                        options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-                        granted = await client.subscribe(topics.commands, options=options)
-                    else:
-                        granted = await client.subscribe(topics.commands, qos=1)
+                    granted = await subscribe_commands(client, topics, protocol is aiomqtt.ProtocolVersion.V5, 1)
                     code, reason = _reason_code(granted[0]) if granted else (0x80, "no answer")
                     await client.unsubscribe(topics.commands)
         except MqttConnectError as exc:

@@ -21,20 +21,25 @@ async def doctor(config: Path) -> tuple[int, str]:
     return proc.returncode, out.decode()
 
 
-async def test_a_healthy_station_then_a_broken_one(tmp_path: Path, broker: Mosquitto) -> None:
-    receiver, modem = ButtonReceiverSim(), ModemSim()
-    modem.start()
-    sms = f'\n[sms]\nport = "{modem.path}"\n'
-    config = tmp_path / "station.toml"
+def write_station(config: Path, broker: Mosquitto, receiver: ButtonReceiverSim, **extra: str) -> Path:
+    """A station file "st" with one receiver, for doctor to examine."""
     config.write_text(
         station_toml(
             station_id="st",
             broker_port=broker.port,
-            db_path=tmp_path / "outbox.db",
+            db_path=config.with_name("outbox.db"),
             receiver_ports={"button-rx-1": receiver.path},
-            extra_devices=sms,
+            **extra,  # type: ignore[arg-type]
         )
     )
+    return config
+
+
+async def test_a_healthy_station_then_a_broken_one(tmp_path: Path, broker: Mosquitto) -> None:
+    receiver, modem = ButtonReceiverSim(), ModemSim()
+    modem.start()
+    sms = f'\n[sms]\nport = "{modem.path}"\n'
+    config = write_station(tmp_path / "station.toml", broker, receiver, extra_devices=sms)
     code, out = await doctor(config)
     assert code == 0, out
     for expected in (
@@ -82,16 +87,7 @@ async def test_doctor_finds_an_acl_that_denies_the_events_even_for_a_3_1_1_stati
         ("acl", Mosquitto(tmp_path / "acl", acl=ACL_DENYING_EVENTS.replace("test-station", "st"))),
         ("dynsec", Mosquitto(tmp_path / "dynsec", dynsec=DYNSEC_NO_COMMANDS)),
     ]:
-        config = tmp_path / f"{name}.toml"
-        config.write_text(
-            station_toml(
-                station_id="st",
-                broker_port=broker.port,
-                db_path=tmp_path / "outbox.db",
-                receiver_ports={"button-rx-1": receiver.path},
-                uplink_extra='protocol = "3.1.1"',
-            )
-        )
+        config = write_station(tmp_path / f"{name}.toml", broker, receiver, uplink_extra='protocol = "3.1.1"')
         with broker:
             code, out = await doctor(config)
         assert code == 1, out
