@@ -28,7 +28,7 @@ from gateway.clock import Clock, utc_text
 from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
-from gateway.outbox import CareState, Outbox, WriterStopped
+from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
@@ -108,16 +108,31 @@ class Station:
         return self._outbox
 
     async def accept(self, event: Event) -> None:
-        """Commit the event (durable when this returns)."""
-        await self.commit([event])
+        """Commit one of the station's own events (see record)."""
+        await self.record([event])
 
     async def commit(self, events: list[Event]) -> None:
-        """Commit events together with what the care rules must remember (one transaction)."""
+        """Commit events together with what the care rules must remember (one transaction).
+        Raises OutboxFull when the disk cannot take them (the care state is kept for the next commit)."""
         changes = self.care.take_changes()
         if events or changes:
-            await self.outbox.append(*events, state=changes)
+            try:
+                await self.outbox.append(*events, state=changes)
+            except OutboxFull:
+                self.care.give_back(changes)
+                raise
         for event in events:
             self._log_alarm(event)
+
+    async def record(self, events: list[Event]) -> None:
+        """Commit the station's own events (start, faults, clock, care timers, SMS records): a
+        full disk is logged, never fatal; a device's readings use commit, and are then not
+        acknowledged to the device."""
+        try:
+            await self.commit(events)
+        except OutboxFull as exc:
+            kinds = ", ".join(sorted({e.kind.value for e in events})) or "care state"
+            log.error("the station's own %s could not be stored: %s", kinds, exc)
 
     def _log_alarm(self, event: Event) -> None:
         if event.priority is Priority.ALARM:
@@ -168,7 +183,7 @@ class Station:
             except (ValueError, OverflowError) as exc:
                 raise CommandRefused(f"the platform's time is refused: {exc}") from None
             self.care.remember(PLATFORM_TIME_KEY, self.clock.boot_id)  # survives a restart of the daemon
-            await self.commit([])
+            await self.record([])
             log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
             return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
         if not isinstance(command, AckCommand | ResolveCommand):
@@ -183,7 +198,7 @@ class Station:
             raise CommandRefused(
                 f"alarm {command.alarm_id} is not open on this station (unknown, or resolved long ago)"
             ) from None
-        await self.commit(events)
+        await self.record(events)  # (on a full disk the change is written with the next commit)
         return {"alarm_id": command.alarm_id, "state": state}
 
     async def _status_file_loop(self) -> None:
@@ -232,7 +247,7 @@ class Station:
         """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
         while True:
             await asyncio.sleep(CARE_TICK_S)
-            await self.commit(self.care.tick(self.clock.steady()))
+            await self.record(self.care.tick(self.clock.steady()))
 
     def status_snapshot(self) -> dict[str, Any]:
         """The station part of the status (the uplink adds link, backlog and TLS)."""
@@ -349,7 +364,7 @@ class Station:
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.on_command)
             if cfg.sms is not None:
-                self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.commit)
+                self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:
                 self.status_page = StatusPage(cfg.status_page, self.full_status, ZoneInfo(cfg.care.timezone))
             self.links = [

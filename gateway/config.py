@@ -216,6 +216,13 @@ class StorageSection(_Section):
         description="part of max_bytes kept for alarms only, in bytes, less than half of max_bytes; "
         "default 5 % of max_bytes",
     )
+    disk_reserve_bytes: int = Field(
+        8 * MIB,
+        ge=2 * MIB,
+        le=1024 * MIB,
+        description="bytes of disk held in a reserve file beside the outbox (2 MiB to 1 GiB) and given up "
+        "when the disk is full, so that shedding and alarms can still be written",
+    )
     max_age_days: float | None = Field(
         None,
         gt=0,

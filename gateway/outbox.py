@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import json
 import logging
 import math
+import os
 import shutil
 import sqlite3
 import struct
@@ -48,10 +50,15 @@ log = logging.getLogger("care_gateway.outbox")
 
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0  # another process (care-gateway status) may hold a read lock briefly
-JOURNAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024  # truncate the -wal file to this after checkpoints
+JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024  # truncate the -wal file to this after checkpoints
+WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint at 1 MiB of WAL (4 KiB pages): bounds what a full disk must absorb
+SHM_PREALLOCATE_BYTES = 128 * 1024  # the WAL index's real blocks (its mmap must never touch a hole: SIGBUS)
+SPACE_MARGIN_BYTES = 1024 * 1024  # free space beyond the reserve before the outbox leaves disk-full mode
+SPACE_CHECK_S = 5.0  # how often the writer looks at the disk while in disk-full mode
+REOPEN_S = 5.0  # how often an outbox that could not be opened (disk full) is tried again
 ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the payload for the byte bound
 MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
-DISK_FULL_SHED_ROWS = 2000  # rows shed at once when the disk itself is full
+DISK_FULL_SHED_ROWS = 500  # rows shed at once when the disk itself is full (and the sweep's batch)
 RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
 WRITER_TICK_S = 5.0  # the writer looks around at least this often (its heartbeat)
 WRITER_STALL_S = 60.0  # appends waiting this long with no commit: the writer is stuck (watchdog)
@@ -59,6 +66,7 @@ WRITER_RESTART_S = 1.0  # pause before the writer goes on after an unexpected fa
 SHED_LOG_INTERVAL_S = 60.0  # at most one "shed" log line per interval (with the totals)
 MIN_ROW_BYTES = 16  # no outbox row takes less room on disk (bounds the seqs of a truncated file)
 SALVAGE_STEP_ROWS = 1000  # a corrupt file is read in seq ranges of this size, skipping bad ones
+SQLITE_IOERR = 10
 SQLITE_FULL = 13
 SCHEMA_VERSION = 2  # 2: boot and mono_ms columns (clock re-basing)
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
@@ -115,7 +123,70 @@ class WriterStopped(Exception):
 
 
 class OutboxFull(Exception):
-    """The disk is full and nothing is left to shed: the event was not accepted."""
+    """The disk is full and nothing is left to shed (or the outbox could not be opened for
+    want of space): the event was not accepted."""
+
+
+class _NoRoom(Exception):
+    """The database cannot be opened or written for want of disk space (or an I/O error)."""
+
+
+class DiskReserve:
+    """A file of real blocks beside the outbox, given back to the filesystem when the disk is
+    full: in WAL mode even the delete that sheds telemetry, the checkpoint and the WAL index
+    need free space, and alarms need a place. Made again once the disk has room."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.held = False
+
+    def look(self) -> None:
+        try:
+            self.held = self.path.stat().st_size >= self.size
+        except OSError:
+            self.held = False
+
+    def free_bytes(self) -> int:
+        st = os.statvfs(self.path.parent)
+        return st.f_bavail * st.f_frsize
+
+    def make(self) -> bool:
+        """Hold the reserve if the disk has room for it and a margin; True when held."""
+        if self.held:
+            return True
+        if self.free_bytes() < self.size + SPACE_MARGIN_BYTES:
+            return False
+        part = self.path.with_name(self.path.name + ".new")
+        try:
+            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, self.size)
+                except OSError as exc:  # a filesystem without fallocate: real zeros
+                    if exc.errno == errno.ENOSPC:
+                        raise
+                    block = bytes(65536)
+                    for _ in range(0, self.size, len(block)):
+                        os.write(fd, block)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(part, self.path)
+        except OSError as exc:
+            log.warning("the disk reserve %s could not be made (%s); trying again later", self.path, exc)
+            part.unlink(missing_ok=True)
+            return False
+        self.held = True
+        return True
+
+    def release(self) -> int:
+        """Give the reserve back to the filesystem; the bytes released."""
+        if not self.held:
+            return 0
+        self.path.unlink(missing_ok=True)
+        self.held = False
+        return self.size
 
 
 @dataclass(frozen=True)
@@ -143,6 +214,7 @@ class OutboxSnapshot:
     shed: dict[str, dict[str, int]]  # device id -> class -> rows shed since the database was created
     max_bytes: int
     disk_full_errors: int
+    disk: dict[str, JsonValue] = field(default_factory=dict)  # the reserve, disk-full mode, rows not yet deleted
 
 
 @dataclass
@@ -204,6 +276,19 @@ class Outbox:
         self.newest_ms: int | None = None  # the latest event time ever committed here (bounds the platform's time)
         self.commits = 0  # group commits of appended events (fewer than appends under load)
         self.salvage: Salvage | None = None  # set when a corrupt file was found at start-up
+        self.reserve = DiskReserve(Path(f"{self.path}.reserve"), storage.disk_reserve_bytes)
+        # disk-full mode: the bytes of events this disk was found to hold; status and telemetry
+        # then only replace older ones of their kind (alarms still go in, into the reserve)
+        self._disk_cap: int | None = None
+        self._wal_fault: dict[str, JsonValue] = {}
+        self.not_open: str | None = None  # why the database could not be opened (the disk is full): retried
+        self._open_tried = 0.0
+        self._space_checked = 0.0
+        # rows the broker acknowledged whose delete did not fit on the full disk (never re-sent),
+        # the care state that went with them, and bad rows that could not be moved to quarantine
+        self._acked_unsaved: set[int] = set()
+        self._state_unsaved: dict[str, JsonValue | None] = {}
+        self._bad_unsaved: set[int] = set()
         self._urgent: list[_Append] = []  # appends carrying an alarm: committed first
         self._pending: list[_Append] = []  # the others, in arrival order
         self._wakeup = asyncio.Event()
@@ -212,7 +297,7 @@ class Outbox:
         self._writer: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Outbox:
-        await self._run(self._open)
+        await self._run(self._open_or_wait)
         self._writer = asyncio.create_task(self._write_groups(), name="outbox-writer")
         self._writer.add_done_callback(self._writer_ended)
         return self
@@ -355,6 +440,12 @@ class Outbox:
                 for priority in {e.priority for e in events}:
                     self._arrived[priority].set()
                 self.writer_alive_at = time.monotonic()
+            if time.monotonic() - self._space_checked >= SPACE_CHECK_S:
+                self._space_checked = time.monotonic()
+                try:
+                    await self._run(self._look_after_disk)
+                except (sqlite3.Error, OSError) as exc:
+                    log.error("outbox %s: looking after the full disk failed (%s); trying again", self.path, exc)
             if self.storage.max_age_days and time.monotonic() - self._last_sweep > RETENTION_SWEEP_S:
                 self._last_sweep = time.monotonic()
                 try:
@@ -401,33 +492,114 @@ class Outbox:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only effective before the first table
             db.enable_wal()
         db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         self._sync_mode = ""
         return db
+
+    def _open_or_wait(self) -> None:
+        """Open the database; when the disk is too full even for that, stay up without it
+        (appends refused with OutboxFull, nothing to send) and try again every REOPEN_S."""
+        self._open_tried = time.monotonic()
+        try:
+            self._open()
+        except _NoRoom as exc:
+            if self.not_open is None:
+                log.error(
+                    "outbox %s cannot be opened: %s (%d bytes free on %s); no event is accepted until there is "
+                    "room: free space there (journalctl --vacuum-size, old logs); trying again every %.0f s",
+                    self.path,
+                    exc,
+                    self._free_bytes(),
+                    self.path.parent,
+                    REOPEN_S,
+                )
+            self.not_open = str(exc)
+            return
+        if self.not_open is not None:
+            log.warning("outbox %s opened: the disk has room again", self.path)
+            self.faults.append({"fault": "disk_full_at_start", "detail": self.not_open})
+        self.not_open = None
+
+    def _free_bytes(self) -> int:
+        try:
+            return self.reserve.free_bytes()
+        except OSError:
+            return -1
 
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._keep_a_damaged_wal()  # before SQLite reads the WAL (and drops what follows a bad frame)
+        except OSError as exc:
+            raise OutboxUnavailable(self._advice(exc)) from exc
+        self.reserve.look()
+        released = False
+        if self.reserve.held and self._free_bytes() < SPACE_MARGIN_BYTES:
+            released = self._give_up_reserve("the disk is full at start-up", "the outbox can be opened")
+        try:
+            self._open_database()
+        except (sqlite3.Error, OSError) as exc:
+            if self._db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.conn.close()
+                self._db = None
+            if not _for_want_of_space(exc):
+                raise
+            if self._give_up_reserve(f"the outbox cannot be opened ({exc})", "it can be opened"):
+                self._open()
+                self._disk_cap = self._tally.total_bytes
+                return
+            raise _NoRoom(str(exc)) from exc
+        self._preallocate_wal_index()
+        if released:  # disk-full mode from the start: the reserve's room is for alarms
+            self._disk_cap = self._tally.total_bytes
+        elif not self.reserve.held:
+            self.reserve.make()
+
+    def _preallocate_wal_index(self) -> None:
+        """Give the -shm file (the WAL index, memory-mapped by SQLite) real blocks: SQLite writes
+        one byte per 4 KiB, which on a filesystem of 1 KiB blocks leaves holes, and touching a
+        hole through the map on a full disk is SIGBUS, not an error."""
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{self.path}-shm", os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, SHM_PREALLOCATE_BYTES)
+            finally:
+                os.close(fd)
+
+    def _open_database(self) -> None:
+        replayed = self._keep_a_damaged_wal()  # before SQLite reads the WAL (and drops what follows a bad frame)
+        try:
             db = self._connect(self.path)
-            verdict = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            try:
+                verdict = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+            except sqlite3.Error:
+                db.conn.close()
+                raise
             if verdict != ["ok"]:
                 db.conn.close()
                 raise sqlite3.DatabaseError("; ".join(verdict[:3]))
         except sqlite3.DatabaseError as exc:
+            if _for_want_of_space(exc):
+                raise
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
                 raise OutboxUnavailable(self._advice(exc)) from exc
             db = self._move_aside_and_recreate(exc)
         except OSError as exc:
+            if _for_want_of_space(exc):
+                raise
             raise OutboxUnavailable(self._advice(exc)) from exc
+        self._db = db
         db.executescript(SCHEMA)
+        if replayed is not None:
+            self._recover_lost_commits(replayed)
         columns = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
         for column in ("boot", "mono_ms"):  # a version 1 database: rows without them are never re-based
             if column not in columns:
                 db.execute(f"ALTER TABLE outbox ADD COLUMN {column} INTEGER")
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db = db
         if self.salvage:
             self._import_salvage()
+        self._tally = _Tally()
         for rank, n, size in db.execute(
             "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox GROUP BY priority"
         ):
@@ -437,36 +609,60 @@ class Outbox:
         newest = db.execute("SELECT max(created_ms) FROM outbox").fetchone()[0]
         self.newest_ms = int(newest) if newest else None
 
-    def _keep_a_damaged_wal(self) -> None:
+    def _keep_a_damaged_wal(self) -> Path | None:
         """SQLite replays the WAL up to its first bad frame and silently ignores the rest, even
-        transactions committed after it. Such a WAL is copied aside (kept) and reported."""
+        transactions committed after it. Such a WAL is copied aside (kept), and replayed by hand
+        into a copy of the database, whose rows the outbox lacks are recovered once it is open
+        (_recover_lost_commits). Returns that copy."""
         wal = Path(f"{self.path}-wal")
         try:
             damage = inspect_wal(wal)
         except OSError:
-            return
+            return None
         if damage is None:
-            return
+            return None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         kept = wal.with_name(f"{wal.name}.damaged-{stamp}")
-        shutil.copyfile(wal, kept)
+        replayed = self.path.with_name(f"{self.path.name}.replayed-{stamp}")
+        try:
+            shutil.copyfile(wal, kept)
+            _replay_wal(self.path, kept, damage.bad_frame, replayed)
+        except OSError:  # (the disk is full: tried again once there is room; SQLite has not read it)
+            kept.unlink(missing_ok=True)
+            replayed.unlink(missing_ok=True)
+            raise
         log.error(
-            "outbox %s: its write-ahead log is damaged at frame %d; %d committed transaction(s) after it cannot be "
-            "replayed and are lost from the outbox; the log is kept as %s",
+            "outbox %s: its write-ahead log is damaged at frame %d; SQLite would drop the %d committed "
+            "transaction(s) after it; the log is kept as %s and its frames are replayed by hand to recover them",
             self.path,
             damage.bad_frame,
             damage.lost_commits,
             kept,
         )
-        self.faults.append(
-            {
-                "fault": "damaged_wal",
-                "bad_frame": damage.bad_frame,
-                "lost_commits": damage.lost_commits,
-                "lost_frames": damage.lost_frames,
-                "kept": str(kept),
-            }
-        )
+        self._wal_fault = {
+            "fault": "damaged_wal",
+            "bad_frame": damage.bad_frame,
+            "lost_commits": damage.lost_commits,
+            "lost_frames": damage.lost_frames,
+            "kept": str(kept),
+        }
+        return replayed
+
+    def _recover_lost_commits(self, replayed: Path) -> None:
+        """Rows of the hand-replayed copy newer than any the outbox has ever had: the events of
+        the transactions SQLite dropped. Whatever cannot be read is reported with the counts."""
+        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        floor = int(row[0]) if row else 0
+        recovered = 0
+        try:
+            recovered = self._copy_rows_from(replayed, floor)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("outbox %s: the damaged write-ahead log could not be replayed: %s", self.path, exc)
+        finally:
+            replayed.unlink(missing_ok=True)
+            replayed.with_name(replayed.name + ".header-mended").unlink(missing_ok=True)
+        log.warning("outbox %s: %d events recovered from the damaged write-ahead log", self.path, recovered)
+        self.faults.append({**self._wal_fault, "recovered_events": recovered})
 
     def _advice(self, exc: Exception) -> str:
         return (
@@ -488,26 +684,31 @@ class Outbox:
     def _import_salvage(self) -> None:
         """Copy every row still readable in the file moved aside into the new outbox."""
         assert self.salvage is not None
-        salvaged = 0
         try:
-            old = sqlite3.connect(f"file:{self.salvage.moved_aside}?mode=ro", uri=True)
+            salvaged = self._copy_rows_from(self.salvage.moved_aside, 0)
         except sqlite3.Error as exc:
             log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
             return
+        self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged)
+        log.warning("salvaged %d events from the corrupt outbox %s", salvaged, self.salvage.moved_aside)
+
+    def _copy_rows_from(self, path: Path, after_seq: int) -> int:
+        """Copy every readable event row with seq > after_seq of a damaged file into the outbox."""
+        copied = 0
+        old = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         with contextlib.closing(old):
-            old = _readable(old, self.salvage.moved_aside)
+            old = _readable(old, path)
             # the highest seq, or (its pages lost: a truncated file) as many as the file could hold
-            last_seq = _last_seq(old) or self.salvage.moved_aside.stat().st_size // MIN_ROW_BYTES
-            log.warning("salvaging rows 1..%d from %s", last_seq, self.salvage.moved_aside)
-            for low in range(0, last_seq, SALVAGE_STEP_ROWS):
+            last_seq = _last_seq(old) or after_seq + path.stat().st_size // MIN_ROW_BYTES
+            log.warning("reading rows %d..%d from %s", after_seq + 1, last_seq, path)
+            for low in range(after_seq, last_seq, SALVAGE_STEP_ROWS):
                 rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
                 good = [r for r in rows if _is_event_json(r[2])]
                 if good:
                     with self._transaction() as conn:
                         conn.executemany("INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)", good)
-                    salvaged += len(good)
-        self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged)
-        log.warning("salvaged %d events from the corrupt outbox %s", salvaged, self.salvage.moved_aside)
+                    copied += len(good)
+        return copied
 
     def _close(self) -> None:
         if self._db is not None:
@@ -536,6 +737,14 @@ class Outbox:
 
     def _commit(self, events: list[Event], state: CareState | None = None) -> None:
         """Insert a group of events, making room first; shed what cannot be kept."""
+        if self._db is None:
+            if time.monotonic() - self._open_tried >= 1.0:
+                self._open_or_wait()
+            if self._db is None:
+                raise OutboxFull(
+                    f"outbox {self.path} is not open ({self.not_open}): the event was not accepted; "
+                    f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
+                )
         durable = bool(state) or any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
         items: list[_Item] = []
@@ -561,13 +770,14 @@ class Outbox:
             except sqlite3.OperationalError as exc:
                 if getattr(exc, "sqlite_errorcode", None) != SQLITE_FULL:
                     raise
-                self.disk_full_errors += 1
-                if not self._shed_for_full_disk(exc):
+                if not self._on_full_disk(exc, any(item[4].priority is Priority.ALARM for item in items)):
+                    rows = self._tally.rows
                     raise OutboxFull(
-                        f"outbox {self.path}: the disk is full and nothing could be freed to take the event "
-                        f"({self._tally.rows[Priority.TELEMETRY]} telemetry, {self._tally.rows[Priority.STATUS]} "
-                        f"status and {self._tally.rows[Priority.ALARM]} alarm events kept); free space on "
-                        f"{self.path.parent} (journalctl --vacuum-size, old logs)"
+                        f"outbox {self.path}: the disk is full and nothing more can be freed: "
+                        f"{rows[Priority.TELEMETRY]} telemetry, {rows[Priority.STATUS]} status and "
+                        f"{rows[Priority.ALARM]} alarm events are kept, the "
+                        f"{self.reserve.size // 2**20} MiB reserve is {'held' if self.reserve.held else 'used up'}; "
+                        f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
                     ) from exc
                 continue
             self.commits += 1
@@ -593,13 +803,17 @@ class Outbox:
         and may also use the reserve, or go over the bound (an alarm is never refused a place).
         """
         cap = self.storage.max_bytes
+        bulk_cap = cap - self.storage.reserve_bytes
+        if self._disk_cap is not None:  # disk-full mode: what the disk holds, with the reserve left to alarms
+            cap = min(cap, self._disk_cap)
+            bulk_cap = min(bulk_cap, self._disk_cap)
         total = self._tally.total_bytes
-        if total + sum(item[3] for item in items) <= cap - self.storage.reserve_bytes:
+        if total + sum(item[3] for item in items) <= bulk_cap:
             return items  # the usual case: room for everything
         keep = []
         for item in items:
             size, event = item[3], item[4]
-            limit = cap if event.priority is Priority.ALARM else cap - self.storage.reserve_bytes
+            limit = cap if event.priority is Priority.ALARM else bulk_cap
             victims = [p for p in (Priority.TELEMETRY, Priority.STATUS) if p.rank >= event.priority.rank]
             for victim in victims:
                 while total + size > limit:
@@ -631,30 +845,111 @@ class Outbox:
         shed.extend((device_id or "?", priority) for device_id, _ in gone)
         return len(gone), sum(size + ROW_OVERHEAD_BYTES for _, size in gone)
 
-    def _shed_for_full_disk(self, exc: Exception) -> bool:
-        """The disk (or SQLite's page limit) is full: shed the oldest telemetry, else status."""
+    def _on_full_disk(self, exc: Exception, alarms: bool) -> bool:
+        """SQLITE_FULL: enter disk-full mode, shed the oldest telemetry, else status (with the
+        reserve's room if the delete itself cannot be written); with nothing left to shed, an
+        alarm gets the reserve. True when the commit may be tried again."""
+        self.disk_full_errors += 1
+        if self._disk_cap is None:
+            log.error(
+                "outbox %s: the disk is full (%s) at %.1f MB of events; until it has room again, status and "
+                "telemetry only replace the oldest of their kind and alarms are always kept",
+                self.path,
+                exc,
+                self._tally.total_bytes / 1e6,
+            )
+            self.faults.append(
+                {"fault": "disk_full", "free_bytes": self._free_bytes(), "events": sum(self._tally.rows.values())}
+            )
         for priority in (Priority.TELEMETRY, Priority.STATUS):
             if self._tally.rows[priority] == 0:
                 continue
-            shed: list[tuple[str, Priority]] = []
-            try:
-                with self._transaction() as conn:
-                    n, size = self._evict(conn, priority, DISK_FULL_SHED_ROWS, shed)
-                    self._record_shed(conn, shed)
-            except sqlite3.OperationalError as delete_failed:
-                log.error(
-                    "outbox %s: disk full, and even shedding %s events failed (%s): in WAL mode a delete needs free "
-                    "space too",
-                    self.path,
-                    priority.value,
-                    delete_failed,
-                )
-                return False
+            for attempt in range(2):
+                shed: list[tuple[str, Priority]] = []
+                try:
+                    with self._transaction() as conn:
+                        n, size = self._evict(conn, priority, DISK_FULL_SHED_ROWS, shed)
+                        self._record_shed(conn, shed)
+                    break
+                except sqlite3.OperationalError as delete_failed:
+                    if attempt or not self._give_up_reserve(
+                        f"shedding {priority.value} failed ({delete_failed})", "the oldest events can be shed"
+                    ):
+                        log.error(
+                            "outbox %s: the disk is full and even shedding %s events failed (%s); the disk reserve "
+                            "is used up",
+                            self.path,
+                            priority.value,
+                            delete_failed,
+                        )
+                        return False
             self._tally.add(priority, -size, -n)
+            self._disk_cap = self._tally.total_bytes  # what this disk holds, now with room for the event
             self._apply_shed(shed)
-            log.error("outbox %s: disk full (%s); shed %d %s events to make room", self.path, exc, n, priority.value)
+            log.error(
+                "outbox %s: the disk is full; shed the %d oldest %s events to make room", self.path, n, priority.value
+            )
             return n > 0
+        if alarms and self._give_up_reserve("only alarms are left in the outbox", "the alarm can be kept"):
+            self._disk_cap = self._tally.total_bytes
+            return True
+        self._disk_cap = self._tally.total_bytes
         return False
+
+    def _give_up_reserve(self, why: str, so_that: str) -> bool:
+        """Release the disk reserve (if still held) so that `so_that`; True if it was released."""
+        released = self.reserve.release()
+        if not released:
+            return False
+        log.error(
+            "outbox %s: %s: the %d MiB disk reserve %s was given back to the filesystem so that %s; it is made "
+            "again once %s has room",
+            self.path,
+            why,
+            released // 2**20,
+            self.reserve.path,
+            so_that,
+            self.path.parent,
+        )
+        self.faults.append({"fault": "disk_reserve_used", "why": why, "bytes": released})
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):  # lets the next write start the WAL from its beginning
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return True
+
+    def _look_after_disk(self) -> None:
+        """Every SPACE_CHECK_S: open an outbox that could not be; delete what the broker
+        acknowledged while the disk was full; make the reserve again and leave disk-full mode
+        once the disk has room (giving the outbox's free pages back first if they make it)."""
+        if self._db is None:
+            self._open_or_wait()
+            return
+        if self._acked_unsaved or self._state_unsaved:
+            self._delete([])
+        if self.reserve.held and self._disk_cap is None:
+            return  # the usual case
+        if not self.reserve.held:
+            want = self.reserve.size + SPACE_MARGIN_BYTES
+            free = self._free_bytes()
+            if free < want:
+                page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+                free_pages = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+                if free + free_pages * page_size < want:
+                    return
+                self._set_sync("NORMAL")
+                self.db.execute(f"PRAGMA incremental_vacuum({free_pages})")  # the file gives its free pages back
+                self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self.reserve.make():
+                return
+            log.warning(
+                "outbox %s: the disk has room again; the %d MiB reserve is held again",
+                self.path,
+                self.reserve.size // 2**20,
+            )
+        if self._disk_cap is not None and self._free_bytes() >= SPACE_MARGIN_BYTES:
+            log.warning("outbox %s: the disk has room again: events are kept as usual", self.path)
+            self.faults.append({"fault": "disk_space_back", "free_bytes": self._free_bytes()})
+            self._disk_cap = None
 
     def _record_shed(self, conn: sqlite3.Connection, shed: list[tuple[str, Priority]]) -> None:
         counts: dict[tuple[str, Priority], int] = {}
@@ -674,10 +969,11 @@ class Outbox:
         if any(self._shed_unlogged.values()) and now - self._last_shed_log >= SHED_LOG_INTERVAL_S:
             self._last_shed_log = now
             log.warning(
-                "outbox full (%.1f of %.1f MB): shed %s since the last report (oldest first; alarms are never "
+                "outbox full (%.1f of %.1f MB%s): shed %s since the last report (oldest first; alarms are never "
                 "shed); totals per device: %s",
                 self._tally.total_bytes / 1e6,
                 self.storage.max_bytes / 1e6,
+                "" if self._disk_cap is None else f", the disk is full at {self._disk_cap / 1e6:.1f} MB",
                 ", ".join(f"{n} {p.value}" for p, n in self._shed_unlogged.items() if n),
                 self._shed_by_device(),
             )
@@ -692,6 +988,8 @@ class Outbox:
     def _expire(self) -> None:
         """Shed status and telemetry older than max_age_days (alarms are kept)."""
         assert self.storage.max_age_days
+        if self._db is None:
+            return
         cutoff_ms = int((time.time() - self.storage.max_age_days * 86400) * 1000)
         self._set_sync("NORMAL")
         for priority in (Priority.TELEMETRY, Priority.STATUS):
@@ -712,16 +1010,24 @@ class Outbox:
                     break
 
     def _select(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
-        """The rows to send; a row that cannot be (not UTF-8, not JSON, no id) is quarantined."""
+        """The rows to send; a row that cannot be (not UTF-8, not JSON, no id) is quarantined.
+        Rows acknowledged (or found bad) whose delete did not fit on a full disk are skipped."""
+        if self._db is None:
+            return []
         prefix = f'{self._station_prefix}{priority.value}",'
+        skip = self._acked_unsaved | self._bad_unsaved
         rows = self.db.execute(
             "SELECT seq, created_ms, CAST(payload AS BLOB), json_valid(payload) FROM outbox "
             "WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (priority.rank, after_seq, limit),
+            (priority.rank, after_seq, limit + len(skip)),
         ).fetchall()
         out: list[OutboxRow] = []
         bad: list[tuple[int, int, bytes, str]] = []
         for seq, created_ms, raw, valid in rows:
+            if seq in skip:
+                continue
+            if len(out) + len(bad) == limit:
+                break
             problem = None if valid else "not valid JSON"
             try:
                 stored = raw.decode()
@@ -741,14 +1047,21 @@ class Outbox:
     def _quarantine(self, priority: Priority, bad: list[tuple[int, int, bytes, str]]) -> None:
         """Move rows that cannot be sent out of the queue, keeping them (and why) for a person."""
         now_ms = int(time.time() * 1000)
-        with self._transaction() as conn:
-            conn.executemany(
-                "INSERT OR REPLACE INTO quarantine (seq, priority, created_ms, payload, reason, quarantined_ms) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(seq, priority.rank, created_ms, raw, why, now_ms) for seq, created_ms, raw, why in bad],
-            )
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _, _ in bad])
-        self._tally.add(priority, -sum(len(raw) + ROW_OVERHEAD_BYTES for _, _, raw, _ in bad), -len(bad))
+        try:
+            with self._transaction() as conn:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO quarantine (seq, priority, created_ms, payload, reason, quarantined_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(seq, priority.rank, created_ms, raw, why, now_ms) for seq, created_ms, raw, why in bad],
+                )
+                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _, _ in bad])
+        except sqlite3.OperationalError as exc:  # a full disk: the rows stay where they are, skipped
+            if not _for_want_of_space(exc):
+                raise
+            self.disk_full_errors += 1
+            self._bad_unsaved.update(seq for seq, _, _, _ in bad)
+        else:
+            self._tally.add(priority, -sum(len(raw) + ROW_OVERHEAD_BYTES for _, _, raw, _ in bad), -len(bad))
         for seq, _, raw, why in bad:
             self.quarantined += 1
             log.error(
@@ -763,23 +1076,65 @@ class Outbox:
             )
 
     def _delete(self, seqs: list[int], state: CareState | None = None) -> None:
+        """Delete acknowledged rows (with the state that says so). On a full disk, with the
+        reserve's room; failing even that, they are remembered, never sent again, and the
+        delete is tried again (see _look_after_disk): a drain never re-sends in a loop."""
+        if self._db is None:
+            return
+        seqs = [*seqs, *self._acked_unsaved]
+        state = {**self._state_unsaved, **(state or {})}
         # a delete lost to a power cut only means a harmless re-send; a state change is kept
         self._set_sync("FULL" if state else "NORMAL")
         freed = _Tally()
-        with self._transaction() as conn:
-            gone = conn.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
-                "RETURNING priority, length(CAST(payload AS BLOB))",
-                (json.dumps(seqs),),
-            ).fetchall()
-            if state:
-                _write_state(conn, state)
-        for rank, size in gone:  # rows shed while in flight are gone already: not counted twice
+        for attempt in range(2):
+            try:
+                with self._transaction() as conn:
+                    gone = conn.execute(
+                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
+                        "RETURNING seq, priority, length(CAST(payload AS BLOB))",
+                        (json.dumps(seqs),),
+                    ).fetchall()
+                    if state:
+                        _write_state(conn, state)
+                break
+            except sqlite3.OperationalError as exc:
+                if not _for_want_of_space(exc):
+                    raise
+                self.disk_full_errors += 1
+                if attempt or not self._give_up_reserve(
+                    f"deleting delivered events failed ({exc})", "they can be deleted"
+                ):
+                    if not self._acked_unsaved:
+                        log.error(
+                            "outbox %s: the disk is full: %d delivered events cannot be deleted yet (%s); they are "
+                            "not sent again, and deleted once there is room",
+                            self.path,
+                            len(seqs),
+                            exc,
+                        )
+                    self._acked_unsaved.update(seqs)
+                    self._state_unsaved = state
+                    return
+        self._acked_unsaved.clear()
+        self._state_unsaved = {}
+        for _, rank, size in gone:  # rows shed while in flight are gone already: not counted twice
             freed.add(_PRIORITY_OF_RANK[rank], size + ROW_OVERHEAD_BYTES)
         for priority in Priority:
             self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
     def _rebase(self, offset_ms: int) -> int:
+        if self._db is None:
+            return 0
+        try:
+            return self._rebase_rows(offset_ms)
+        except sqlite3.OperationalError as exc:  # a full disk: the events keep their unsynchronised time
+            if not _for_want_of_space(exc):
+                raise
+            self.disk_full_errors += 1
+            log.error("outbox %s: the waiting events could not be re-based to the true time (%s)", self.path, exc)
+            return 0
+
+    def _rebase_rows(self, offset_ms: int) -> int:
         with self._transaction() as conn:
             changed = conn.execute(
                 "UPDATE outbox SET created_ms = mono_ms + ?1, payload = json_set(payload, "
@@ -794,13 +1149,17 @@ class Outbox:
 
     def _read_state(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = {}
+        if self._db is None:
+            return out
         for key, value in self.db.execute("SELECT key, value FROM care_state"):
             with contextlib.suppress(ValueError):
                 out[key] = json.loads(value)
         return out
 
     def _snapshot(self) -> OutboxSnapshot:
-        row = self.db.execute("SELECT created_ms FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)").fetchone()
+        row = None
+        if self._db is not None:
+            row = self.db.execute("SELECT created_ms FROM outbox WHERE seq = (SELECT min(seq) FROM outbox)").fetchone()
         return OutboxSnapshot(
             rows=dict(self._tally.rows),
             bytes=dict(self._tally.bytes),
@@ -808,6 +1167,13 @@ class Outbox:
             shed=self._shed_by_device(),
             max_bytes=self.storage.max_bytes,
             disk_full_errors=self.disk_full_errors,
+            disk={
+                "reserve_bytes": self.reserve.size if self.reserve.held else 0,
+                "disk_full": self._disk_cap is not None or self.not_open is not None,
+                "not_open": self.not_open,
+                "delivered_not_deleted": len(self._acked_unsaved),
+                "quarantined": self.quarantined,
+            },
         )
 
 
@@ -938,6 +1304,33 @@ def inspect_wal(path: Path) -> WalDamage | None:
     return WalDamage(bad + 1, commits, len(ours)) if commits else None
 
 
+def _replay_wal(db: Path, wal: Path, bad_frame: int, into: Path) -> None:
+    """Write a copy of the database with every frame of this WAL (its salt) applied in order,
+    the damaged one left out: as SQLite would have, had it not stopped at the damage. Pages a
+    bad frame leaves stale are found by the tolerant reader (_readable_rows)."""
+    data = wal.read_bytes()
+    page_size, salt = struct.unpack(">I", data[8:12])[0], data[16:24]
+    frame_bytes = WAL_FRAME_HEADER_BYTES + page_size
+    if db.exists():
+        shutil.copyfile(db, into)
+    else:
+        into.write_bytes(b"")
+    pages = into.stat().st_size // page_size
+    with into.open("r+b") as f:
+        for n, at in enumerate(range(WAL_HEADER_BYTES, len(data) - frame_bytes + 1, frame_bytes), start=1):
+            pgno, commit_pages = struct.unpack(">2I", data[at : at + 8])
+            if n == bad_frame or data[at + 8 : at + 16] != salt or pgno == 0:
+                continue
+            f.seek((pgno - 1) * page_size)
+            f.write(data[at + WAL_FRAME_HEADER_BYTES : at + frame_bytes])
+            pages = commit_pages or max(pages, pgno)
+        f.truncate(pages * page_size)
+        f.seek(0)
+        header = f.read(100)
+        f.seek(0)
+        f.write(_mended_header(header, pages))
+
+
 def _last_seq(conn: sqlite3.Connection) -> int | None:
     """The highest seq ever used, from the table or from AUTOINCREMENT's record of it."""
     for sql in ("SELECT max(seq) FROM outbox", "SELECT seq FROM sqlite_sequence WHERE name = 'outbox'"):
@@ -970,3 +1363,11 @@ def _is_event_json(text: object) -> bool:
         return isinstance(json.loads(text).get("id"), str)
     except (ValueError, AttributeError):
         return False
+
+
+def _for_want_of_space(exc: BaseException) -> bool:
+    """A full disk or quota, or an I/O error: waited out, never taken for a corrupt file."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (SQLITE_FULL, SQLITE_IOERR)

@@ -584,6 +584,10 @@ class CareBook:
         changes, self._changes = self._changes, {}
         return changes
 
+    def give_back(self, changes: dict[str, JsonValue | None]) -> None:
+        """Changes taken for a commit that failed: written with the next one (newer ones win)."""
+        self._changes = {**changes, **self._changes}
+
     def _set(self, key: str, value: JsonValue | None) -> None:
         if value is None:
             self.state.pop(key, None)

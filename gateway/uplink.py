@@ -1000,7 +1000,7 @@ class Uplink:
             ),
             "estimated_drain_s": drain_s,
             "shed": snap.shed,
-            "storage": {"max_bytes": snap.max_bytes, "disk_full_errors": snap.disk_full_errors},
+            "storage": {"max_bytes": snap.max_bytes, "disk_full_errors": snap.disk_full_errors, **snap.disk},
             "published_since_start": {p.value: n for p, n in self.published.items()},
         }
 

@@ -166,7 +166,9 @@ async def test_disk_full_sheds_and_only_refuses_when_nothing_is_left(tmp_path: P
                 await outbox.append(make(EventKind.SOS, device="rx", pad="z" * 400))
 
         with pytest.raises(
-            OutboxFull, match=r"the disk is full and nothing could be freed to take the event \(0 telemetry"
+            OutboxFull,
+            match=r"the disk is full and nothing more can be freed: 0 telemetry, 0 status and \d+ alarm events are "
+            r"kept, the 8 MiB reserve is used up",
         ):
             await alarms_until_refused()
         assert (await outbox.counts())[Priority.TELEMETRY] == 0
