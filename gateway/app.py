@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -44,6 +45,7 @@ CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks
 STATUS_FILE_INTERVAL_S = 1.0
 PLATFORM_TIME_KEY = "clock:platform_time_boot"  # care state: the boot in which the platform's time was taken
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
+UNSTORED_LOG_INTERVAL_S = 60.0  # the station's own events that cannot be stored: logged at most this often
 
 
 class StationFailed(Exception):
@@ -91,6 +93,8 @@ class Station:
         self.config = config
         self.clock = clock or Clock(config.station.trust_clock)
         self.started_mono = time.monotonic()
+        self._unstored = 0  # the station's own commits that failed since the last log line about them
+        self._unstored_logged_at = -math.inf
         self._run_started_steady = self.clock.steady().timestamp()
         self.links: list[SerialLink] = []
         self._outbox: Outbox | None = None
@@ -131,8 +135,21 @@ class Station:
         try:
             await self.commit(events)
         except OutboxFull as exc:
+            self._not_stored(events, exc)
+
+    def _not_stored(self, events: list[Event], exc: OutboxFull) -> None:
+        """Log what of the station's own could not be stored: at once, then once a minute."""
+        self._unstored += 1
+        now = time.monotonic()
+        if now - self._unstored_logged_at >= UNSTORED_LOG_INTERVAL_S:
             kinds = ", ".join(sorted({e.kind.value for e in events})) or "care state"
-            log.error("the station's own %s could not be stored: %s", kinds, exc)
+            log.error(
+                "the station's own %s could not be stored (%d time(s) since the last report): %s",
+                kinds,
+                self._unstored,
+                exc,
+            )
+            self._unstored_logged_at, self._unstored = now, 0
 
     def _log_alarm(self, event: Event) -> None:
         if event.priority is Priority.ALARM:
@@ -150,13 +167,18 @@ class Station:
     async def on_events(self, device_id: str, drafts: list[EventDraft]) -> None:
         """Pass what a device's rules made of its readings through the care rules, and commit
         the result (one commit for all; a press folded into an open alarm commits its count)."""
+        checkpoint = self.care.checkpoint()
         try:
             events = self.care.triage(device_id, drafts, self.clock.steady())
         except Exception:  # a bug in a care rule must not cost the report itself
             log.exception("care rules failed on %d event(s) from %s; storing them as they came", len(drafts), device_id)
-            self.care.take_changes()  # whatever the failed rule half-did is not written
+            self.care.rollback(checkpoint)  # whatever the failed rule half-did is not kept
             events = [self.make_event(device_id, kind, data) for kind, data in drafts]
-        await self.commit(events)
+        try:
+            await self.commit(events)
+        except OutboxFull:  # not stored: the book forgets the triage, the device's resend is new again
+            self.care.rollback(checkpoint)
+            raise
 
     async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
         kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
@@ -247,7 +269,13 @@ class Station:
         """Time-driven care rules: re-announcements, inactivity, absence, tests, faults."""
         while True:
             await asyncio.sleep(CARE_TICK_S)
-            await self.record(self.care.tick(self.clock.steady()))
+            checkpoint = self.care.checkpoint()
+            events = self.care.tick(self.clock.steady())
+            try:
+                await self.commit(events)
+            except OutboxFull as exc:  # the tick is done again (its alarms raised again) once there is room
+                self.care.rollback(checkpoint)
+                self._not_stored(events, exc)
 
     def status_snapshot(self) -> dict[str, Any]:
         """The station part of the status (the uplink adds link, backlog and TLS)."""

@@ -801,27 +801,35 @@ class Outbox:
 
         Telemetry evicts telemetry; status evicts telemetry, then status; alarms evict both
         and may also use the reserve, or go over the bound (an alarm is never refused a place).
+        In disk-full mode the bound is what the disk holds: telemetry only replaces telemetry,
+        status may take a quarter of the disk reserve once no telemetry is left, alarms the rest.
         """
         cap = self.storage.max_bytes
         bulk_cap = cap - self.storage.reserve_bytes
-        if self._disk_cap is not None:  # disk-full mode: what the disk holds, with the reserve left to alarms
+        status_cap = bulk_cap
+        if self._disk_cap is not None:
             cap = min(cap, self._disk_cap)
+            status_cap = min(bulk_cap, self._disk_cap + self.reserve.size // 4)
             bulk_cap = min(bulk_cap, self._disk_cap)
         total = self._tally.total_bytes
         if total + sum(item[3] for item in items) <= bulk_cap:
             return items  # the usual case: room for everything
+        steps = {  # per class: (victim, evict down to) in turn, then the bound the newcomer must fit
+            Priority.TELEMETRY: ([(Priority.TELEMETRY, bulk_cap)], bulk_cap),
+            Priority.STATUS: ([(Priority.TELEMETRY, bulk_cap), (Priority.STATUS, status_cap)], status_cap),
+            Priority.ALARM: ([(Priority.TELEMETRY, cap), (Priority.STATUS, max(cap, status_cap))], cap),
+        }
         keep = []
         for item in items:
             size, event = item[3], item[4]
-            limit = cap if event.priority is Priority.ALARM else bulk_cap
-            victims = [p for p in (Priority.TELEMETRY, Priority.STATUS) if p.rank >= event.priority.rank]
-            for victim in victims:
-                while total + size > limit:
+            evictions, limit = steps[event.priority]
+            for victim, down_to in evictions:
+                while total + size > down_to:
                     have = self._tally.rows[victim] + freed.rows[victim]
                     if have <= 0:
                         break
                     average = max(1, (self._tally.bytes[victim] + freed.bytes[victim]) // have)
-                    n, size_freed = self._evict(conn, victim, -(-(total + size - limit) // average), shed)
+                    n, size_freed = self._evict(conn, victim, -(-(total + size - down_to) // average), shed)
                     if n == 0:
                         break
                     freed.add(victim, -size_freed, -n)

@@ -540,6 +540,15 @@ def _zone(data: dict[str, JsonValue]) -> JsonValue:
     return data.get("zone", data.get("user"))
 
 
+@dataclass(frozen=True)
+class CareCheckpoint:
+    state: dict[str, JsonValue]
+    alarms: dict[str, Alarm]
+    closed: dict[str, Alarm]
+    changes: dict[str, JsonValue | None]
+    next_check: float
+
+
 class CareBook:
     """The care rules of the whole station, fed with every event draft and the wall clock.
 
@@ -587,6 +596,25 @@ class CareBook:
     def give_back(self, changes: dict[str, JsonValue | None]) -> None:
         """Changes taken for a commit that failed: written with the next one (newer ones win)."""
         self._changes = {**changes, **self._changes}
+
+    def checkpoint(self) -> CareCheckpoint:
+        """The book as it is, to go back to when the events of a triage or tick cannot be
+        stored: else the alarm would be open here but never reported, and the device's resend
+        of the press taken for a repeat of it."""
+        return CareCheckpoint(
+            dict(self.state),
+            {key: dataclasses.replace(alarm) for key, alarm in self.alarms.items()},
+            dict(self._closed),
+            dict(self._changes),
+            self._next_check,
+        )
+
+    def rollback(self, checkpoint: CareCheckpoint) -> None:
+        self.state = dict(checkpoint.state)
+        self.alarms = {key: dataclasses.replace(alarm) for key, alarm in checkpoint.alarms.items()}
+        self._closed = dict(checkpoint.closed)
+        self._changes = dict(checkpoint.changes)
+        self._next_check = checkpoint.next_check
 
     def _set(self, key: str, value: JsonValue | None) -> None:
         if value is None:

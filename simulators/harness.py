@@ -45,6 +45,7 @@ def station_toml(
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LOG_LINE_LIMIT_BYTES = 1024 * 1024  # a longer log line is kept cut short
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -137,6 +138,7 @@ class GatewayProcess:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             preexec_fn=self._preexec,
+            limit=LOG_LINE_LIMIT_BYTES,
         )
         self._pump = asyncio.create_task(self._read_lines(), name="gateway-log")
 
@@ -150,7 +152,13 @@ class GatewayProcess:
     async def _read_lines(self) -> None:
         assert self.proc is not None
         assert self.proc.stdout is not None
-        while raw := await self.proc.stdout.readline():
+        while True:
+            try:
+                raw = await self.proc.stdout.readline()
+            except ValueError:  # a line past the limit: kept cut short, the reading goes on
+                raw = await self.proc.stdout.read(LOG_LINE_LIMIT_BYTES) + b" [cut]"
+            if not raw:
+                break
             line = raw.decode(errors="replace").rstrip()
             async with self._seen:
                 self.lines.append(line)

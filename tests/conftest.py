@@ -116,6 +116,7 @@ async def running_station(
     station_extra: str = "",
     obey_file_modes: bool = False,
     receiver_extra: str = "",
+    storage_extra: str = "",
 ) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
@@ -136,6 +137,7 @@ async def running_station(
             extra_devices=extra_devices,
             station_extra=station_extra,
             receiver_extra=receiver_extra,
+            storage_extra=storage_extra,
         )
     )
     seeded = await seed_outbox(db_path, seed_telemetry) if seed_telemetry else []

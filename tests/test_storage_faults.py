@@ -95,7 +95,6 @@ async def test_garbage_in_the_wal_is_kept_reported_and_its_events_recovered(tmp_
     import shutil
 
     from gateway.events import Priority
-
     from gateway.outbox import inspect_wal
 
     live, crashed = tmp_path / "live", tmp_path / "crashed"

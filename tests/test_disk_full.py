@@ -1,0 +1,176 @@
+"""A station whose disk fills up (issue 12), on small real filesystems the test mounts: an
+ext4 image on a loop device and a tmpfs, each 8 MiB. Needs root (skipped otherwise)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from simulators.broker import Mosquitto
+from simulators.button_receiver import surgard_report
+from simulators.link import LinkProxy
+from tests.conftest import Station, events_of, running_station, wait_until
+
+MIB = 1024 * 1024
+DISK_BYTES = 8 * MIB
+RESERVE = f"disk_reserve_bytes = {2 * MIB}"
+
+
+def _mount(kind: str, where: Path, image: Path) -> None:
+    where.mkdir()
+    if kind == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(where)]
+    else:
+        with image.open("wb") as f:
+            f.truncate(DISK_BYTES)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, text=True)
+        if made.returncode:
+            pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
+        command = ["mount", "-o", "loop", str(image), str(where)]
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small {kind} filesystem here: {mounted.stderr.strip()}")
+
+
+@pytest.fixture(params=["ext4", "tmpfs"])
+def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    where = tmp_path / "disk"
+    _mount(request.param, where, tmp_path / "disk.img")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the filesystem to the last block with a file (as a log that ran away would); again
+    after a sync, until nothing more fits (ext4 gives back blocks it held for delayed allocation)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            written = 0
+            for chunk in (bytes(65536), bytes(4096), bytes(512), bytes(1)):
+                while True:
+                    try:
+                        written += os.write(fd, chunk)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+            os.fsync(fd)
+            os.sync()
+            if not written:
+                break
+    finally:
+        os.close(fd)
+    st = os.statvfs(disk)
+    assert st.f_bavail * st.f_frsize < 4096, "the disk is full"
+    return filler
+
+
+def sos_zones(station: Station) -> list[int]:
+    return [e["data"]["zone"] for e in events_of(station, "sos")]
+
+
+def faults(station: Station) -> set[str]:
+    return {e["data"]["fault"] for e in events_of(station, "storage_fault")}
+
+
+def shed_telemetry(station: Station) -> int:
+    shed = (station.sink.status or {}).get("shed", {})
+    return sum(per_class.get("telemetry", 0) for per_class in shed.values())
+
+
+async def test_a_disk_that_fills_in_an_outage_keeps_every_alarm_sheds_telemetry_and_drains_once(
+    small_disk: Path, broker: Mosquitto
+) -> None:
+    async with LinkProxy(broker.host, broker.port) as link:
+        link.cut()
+        async with running_station(
+            small_disk, broker, uplink_port=link.port, seed_telemetry=5000, storage_extra=RESERVE
+        ) as station:
+            assert (small_disk / "outbox.db.reserve").stat().st_size == 2 * MIB
+            filler = fill(small_disk)
+            pressed = []
+            for zone in range(1, 61):  # alarms and test reports (status) while the disk is full
+                code = 602 if zone % 5 == 0 else 101
+                assert (await station.receiver.send(surgard_report(code=code, zone=zone))).acked, zone
+                pressed.append(zone)
+            assert station.gateway.proc is not None
+            assert station.gateway.proc.returncode is None
+            assert await station.gateway.wait_for_line("the disk is full")
+
+            filler.unlink()  # the technician frees space; then the link comes back
+            link.restore()
+            alarms = [z for z in pressed if z % 5]
+            assert await wait_until(lambda: sorted(sos_zones(station)) == alarms), station.gateway.lines[-20:]
+            seeded = set(station.seeded)
+            # every seeded reading arrives, or was shed and counted in the status message
+            assert await wait_until(
+                lambda: (
+                    len(seeded & set(station.sink.events)) + shed_telemetry(station) == len(seeded)
+                    and not (station.sink.status or {}).get("storage", {}).get("disk_full")
+                ),
+                timeout=90,
+            ), (len(seeded & set(station.sink.events)), shed_telemetry(station), station.gateway.lines[-20:])
+            assert shed_telemetry(station) > 0  # telemetry made the room
+            assert await wait_until(lambda: {"disk_full", "disk_space_back"} <= faults(station))
+            assert len(events_of(station, "test")) == len(pressed) - len(alarms)  # status kept too
+            assert station.sink.duplicates == 0  # nothing acknowledged was sent again
+            assert await wait_until(lambda: (small_disk / "outbox.db.reserve").exists())  # the reserve is back
+
+
+async def test_the_daemon_starts_on_a_full_disk_and_takes_alarms_into_its_reserve(
+    small_disk: Path, broker: Mosquitto
+) -> None:
+    async with running_station(small_disk, broker, storage_extra=RESERVE) as station:
+        assert (await station.receiver.send(surgard_report(code=101, zone=1))).acked
+        assert await wait_until(lambda: sos_zones(station) == [1])
+        await station.gateway.stop()
+        filler = fill(small_disk)  # the disk filled up while the daemon was stopped
+        await station.restart_gateway()
+        assert await station.gateway.wait_for_line("the disk is full at start-up")
+        for zone in (2, 3, 4):
+            assert (await station.receiver.send(surgard_report(code=101, zone=zone))).acked
+        assert await wait_until(lambda: sorted(sos_zones(station)) == [1, 2, 3, 4])
+        assert await wait_until(lambda: "disk_reserve_used" in faults(station)), station.gateway.lines[-30:]
+        filler.unlink()
+        assert await wait_until(lambda: (small_disk / "outbox.db.reserve").exists())
+
+
+async def test_without_its_reserve_the_daemon_stays_up_acknowledges_nothing_it_could_not_store_and_recovers(
+    small_disk: Path, broker: Mosquitto
+) -> None:
+    """No reserve (it was deleted by hand): on the full disk the outbox cannot be opened, or
+    opened but not written (ext4 gives a few blocks back as the daemon's own files go). The
+    daemon stays up, says so, does not acknowledge the alarm (the receiver keeps it), and takes
+    it once there is room."""
+    async with running_station(small_disk, broker, storage_extra=RESERVE) as station:
+        await station.gateway.stop()
+        (small_disk / "outbox.db.reserve").unlink()
+        filler = fill(small_disk)
+        await station.restart_gateway()
+        mark = len(station.gateway.lines)
+        fill(small_disk)  # what the daemon's start gave back
+        delivery = await station.receiver.send(surgard_report(code=101, zone=9))
+        assert not delivery.acked, "\n".join(station.gateway.lines)  # not stored, so not acknowledged
+        assert await station.gateway.wait_for_line("a reading was not stored, and not acknowledged", after=mark)
+        assert any("cannot be opened" in line or "the disk is full" in line for line in station.gateway.lines)
+        assert station.gateway.proc is not None
+        assert station.gateway.proc.returncode is None
+        filler.unlink()
+        for _ in range(4):  # the receiver keeps sending it
+            if (await station.receiver.send(surgard_report(code=101, zone=9))).acked:
+                break
+        else:
+            raise AssertionError("\n".join(station.gateway.lines))
+        assert await wait_until(lambda: sos_zones(station) == [9]), "\n".join(station.gateway.lines)
+        assert await wait_until(lambda: faults(station) & {"disk_full_at_start", "disk_full"})
