@@ -54,7 +54,7 @@ JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024  # truncate the -wal file to this after c
 WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint at 1 MiB of WAL (4 KiB pages): bounds what a full disk must absorb
 SHM_PREALLOCATE_BYTES = 128 * 1024  # the WAL index's real blocks (its mmap must never touch a hole: SIGBUS)
 SPACE_MARGIN_BYTES = 1024 * 1024  # free space beyond the reserve before the outbox leaves disk-full mode
-SPACE_CHECK_S = 5.0  # how often the writer looks at the disk while in disk-full mode
+SPACE_CHECK_S = 1.0  # how often the writer looks at the disk (a statvfs call, only in disk-full mode)
 REOPEN_S = 5.0  # how often an outbox that could not be opened (disk full) is tried again
 ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the payload for the byte bound
 MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
@@ -872,7 +872,7 @@ class Outbox:
         for priority in (Priority.TELEMETRY, Priority.STATUS):
             if self._tally.rows[priority] == 0:
                 continue
-            for attempt in range(2):
+            for attempt in range(3):
                 shed: list[tuple[str, Priority]] = []
                 try:
                     with self._transaction() as conn:
@@ -880,7 +880,7 @@ class Outbox:
                         self._record_shed(conn, shed)
                     break
                 except sqlite3.OperationalError as delete_failed:
-                    if attempt or not self._give_up_reserve(
+                    if attempt == 2 or not self._find_room(
                         f"shedding {priority.value} failed ({delete_failed})", "the oldest events can be shed"
                     ):
                         log.error(
@@ -903,6 +903,19 @@ class Outbox:
             return True
         self._disk_cap = self._tally.total_bytes
         return False
+
+    def _find_room(self, why: str, so_that: str) -> bool:
+        """A write that must succeed (a shedding delete, the delete of delivered rows) failed for
+        want of space: release the reserve, or with none left, checkpoint and restart the WAL
+        so that it is written from its start again (its blocks are the outbox's already, so a
+        delete then needs no new ones). True if the write is worth trying again."""
+        if self._give_up_reserve(why, so_that):
+            return True
+        try:
+            busy = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+        except sqlite3.Error:
+            return False
+        return bool(busy == 0)
 
     def _give_up_reserve(self, why: str, so_that: str) -> bool:
         """Release the disk reserve (if still held) so that `so_that`; True if it was released."""
@@ -1094,7 +1107,7 @@ class Outbox:
         # a delete lost to a power cut only means a harmless re-send; a state change is kept
         self._set_sync("FULL" if state else "NORMAL")
         freed = _Tally()
-        for attempt in range(2):
+        for attempt in range(3):
             try:
                 with self._transaction() as conn:
                     gone = conn.execute(
@@ -1109,7 +1122,7 @@ class Outbox:
                 if not _for_want_of_space(exc):
                     raise
                 self.disk_full_errors += 1
-                if attempt or not self._give_up_reserve(
+                if attempt == 2 or not self._find_room(
                     f"deleting delivered events failed ({exc})", "they can be deleted"
                 ):
                     if not self._acked_unsaved:

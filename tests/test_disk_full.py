@@ -174,3 +174,37 @@ async def test_without_its_reserve_the_daemon_stays_up_acknowledges_nothing_it_c
             raise AssertionError("\n".join(station.gateway.lines))
         assert await wait_until(lambda: sos_zones(station) == [9]), "\n".join(station.gateway.lines)
         assert await wait_until(lambda: faults(station) & {"disk_full_at_start", "disk_full"})
+
+
+async def test_delivered_events_whose_delete_does_not_fit_are_never_sent_again(small_disk: Path) -> None:
+    """The broker has acknowledged them, but the disk is so full that not even the delete can
+    be written (reserve gone, WAL emptied): they are not offered again, and go once there is room."""
+    import asyncio
+
+    from gateway.clock import Clock
+    from gateway.config import StorageSection
+    from gateway.events import EventKind, Priority, new_event
+    from gateway.outbox import Outbox
+
+    clock = Clock()
+    storage = StorageSection(path=small_disk / "outbox.db", disk_reserve_bytes=2 * MIB)
+    async with Outbox(storage, "st") as outbox:
+        sent = [new_event(clock, "st", "rx", EventKind.SOS, {"n": n}) for n in range(20)]
+        await outbox.append(*sent)
+        await outbox._run(lambda: outbox.db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+        (small_disk / "outbox.db.reserve").unlink()
+        outbox.reserve.look()
+        filler = fill(small_disk)
+        rows = await outbox.rows_after(Priority.ALARM, 0, 10)
+        await outbox.ack(rows)  # PUBACKed; the delete cannot be written
+        assert (await outbox.snapshot()).disk["delivered_not_deleted"] == 10
+        again = await outbox.rows_after(Priority.ALARM, 0, 100)
+        assert [r.seq for r in again] == list(range(11, 21))  # the delivered ten are not offered again
+        filler.unlink()
+        for _ in range(100):
+            if not (await outbox.snapshot()).disk["delivered_not_deleted"]:
+                break
+            await asyncio.sleep(0.1)
+        assert (await outbox.counts())[Priority.ALARM] == 10  # deleted once there was room
+    async with Outbox(storage, "st") as reopened:
+        assert [r.seq for r in await reopened.rows_after(Priority.ALARM, 0, 100)] == list(range(11, 21))
