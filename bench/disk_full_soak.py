@@ -1,6 +1,6 @@
 """Disk-full soak: the outbox on a small real filesystem that fills up and empties, again and again.
 
-    sudo python bench/disk_full_soak.py [--fs tmpfs|ext4] [--cycles 10] [--disk-mib 8] [--out result.json]
+    sudo .venv/bin/python bench/disk_full_soak.py [--fs tmpfs|ext4] [--cycles 10] [--disk-mib 8] [--out result.json]
 
 Needs root (it mounts an 8 MiB tmpfs, or an ext4 image on a loop device). Each cycle: the link
 goes down; alarms, status reports and telemetry keep arriving (the mix of a busy station:
@@ -28,12 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gateway.clock import Clock  # noqa: E402
-from gateway.config import StorageSection  # noqa: E402
-from gateway.events import EventKind, Priority, new_event  # noqa: E402
-from gateway.outbox import Outbox, OutboxFull  # noqa: E402
+from gateway.clock import Clock
+from gateway.config import StorageSection
+from gateway.events import EventKind, Priority, new_event
+from gateway.outbox import Outbox, OutboxFull
 
 MIB = 1024 * 1024
 KINDS = {Priority.ALARM: EventKind.SOS, Priority.STATUS: EventKind.TEST, Priority.TELEMETRY: EventKind.ACTIVITY}
@@ -83,7 +81,9 @@ class Soak:
         while time.monotonic() < end:
             for priority in ROUND:
                 self.n += 1
-                event = new_event(self.clock, "soak", f"dev-{self.n % 7}", KINDS[priority], {"n": self.n, "pad": "p" * 120})
+                event = new_event(
+                    self.clock, "soak", f"dev-{self.n % 7}", KINDS[priority], {"n": self.n, "pad": "p" * 120}
+                )
                 try:
                     await self.outbox.append(event)
                 except OutboxFull:

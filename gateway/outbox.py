@@ -10,10 +10,14 @@
   batch at a time: a backlog of millions is never loaded into memory.
 - Rows are deleted only by `ack`, which the uplink calls after the broker's PUBACK.
 - Bounded in bytes: when full, the oldest telemetry is shed, then status, never alarms (they
-  have a reserve and may exceed the bound). A full disk (SQLITE_FULL) sheds the same way.
-  Every shed row is counted per device and class, in the database itself.
+  have a reserve and may exceed the bound). Every shed row is counted per device and class,
+  in the database itself.
+- A full disk (SQLITE_FULL) enters disk-full mode: what the disk holds is the bound, and a
+  reserve file of real blocks (DiskReserve) is given back to the filesystem so that shedding
+  deletes, checkpoints and alarms can still be written; it is made again when there is room.
+  A full disk at start-up is waited out, never taken for corruption (docs/storage.md).
 - A corrupt file found at start-up is moved aside (never deleted) and what can be read from
-  it is salvaged into a new one.
+  it is salvaged into a new one; a damaged WAL is kept and replayed by hand.
 - sqlite3 connections belong to one thread, so every call runs on one dedicated thread.
 """
 

@@ -168,3 +168,73 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
     ticking.cancel()
     assert "device radar-1: a summary was not stored: the disk is full" in caplog.text
     assert "device radar-1: its state change was not stored: the disk is full" in caplog.text
+
+
+def _zero_header(db: Path) -> None:
+    with db.open("r+b") as f:
+        f.write(b"\0" * 100)
+
+
+def _cut_in_half(db: Path) -> None:
+    import os
+
+    os.truncate(db, db.stat().st_size // 2)
+
+
+def _three_random_pages(db: Path) -> None:
+    import random
+
+    data = bytearray(db.read_bytes())
+    pages = len(data) // 4096
+    for page in random.Random(12).sample(range(2, pages), 3):
+        data[page * 4096 : (page + 1) * 4096] = bytes(random.Random(page).randrange(256) for _ in range(4096))
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", [_zero_header, _cut_in_half, _three_random_pages], ids=lambda f: f.__name__[1:])
+async def test_a_station_with_a_damaged_file_stays_up_and_delivers_every_row_it_could_read(
+    tmp_path: Path, broker: Mosquitto, damage: object
+) -> None:
+    assert callable(damage)
+    ids = await seeded_file(tmp_path / "outbox.db", 840)
+    damage(tmp_path / "outbox.db")
+    async with running_station(tmp_path, broker) as station:
+        assert await wait_until(lambda: events_of(station, "storage_fault"))
+        [fault] = events_of(station, "storage_fault")
+        assert fault["data"]["fault"] == "corrupt_database"
+        salvaged = fault["data"]["salvaged_events"]
+        assert salvaged >= 300
+        assert await wait_until(lambda: len(set(ids) & set(station.sink.events)) == salvaged)
+        assert Path(fault["data"]["moved_aside"]).exists()  # the original is kept
+        assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked  # and the station goes on
+        assert await wait_until(lambda: any(e["data"].get("zone") == 3 for e in events_of(station, "sos")))
+
+
+async def test_a_station_with_garbage_in_its_wal_delivers_the_events_sqlite_would_drop(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    import shutil
+
+    live = tmp_path / "live"
+    live.mkdir()
+    clock = Clock()
+    ids = []
+    async with Outbox(StorageSection(path=live / "outbox.db"), STATION_ID) as outbox:
+        for n in range(12):
+            event = new_event(clock, STATION_ID, "rx", EventKind.SOS, {"n": n})
+            await outbox.append(event)
+            ids.append(event.id)
+        for name in ("outbox.db", "outbox.db-wal"):  # the disk as a power cut leaves it
+            shutil.copyfile(live / name, tmp_path / name)
+    wal = tmp_path / "outbox.db-wal"
+    data = bytearray(wal.read_bytes())
+    page = int.from_bytes(data[8:12], "big")
+    frame = 32 + 4 * (24 + page)
+    data[frame + 24 + 300 : frame + 24 + 400] = b"\x5a" * 100
+    wal.write_bytes(bytes(data))
+    async with running_station(tmp_path, broker) as station:
+        assert await wait_until(lambda: set(ids) <= set(station.sink.events)), station.gateway.lines[-10:]
+        [fault] = [e["data"] for e in events_of(station, "storage_fault")]
+        assert (fault["fault"], fault["bad_frame"]) == ("damaged_wal", 5)
+        assert fault["recovered_events"] >= 9
+        assert Path(fault["kept"]).read_bytes() == bytes(data)
