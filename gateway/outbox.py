@@ -57,6 +57,7 @@ BUSY_TIMEOUT_S = 5.0  # another process (care-gateway status) may hold a read lo
 JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024  # truncate the -wal file to this after checkpoints
 WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint at 1 MiB of WAL (4 KiB pages): bounds what a full disk must absorb
 SHM_PREALLOCATE_BYTES = 128 * 1024  # the WAL index's real blocks (its mmap must never touch a hole: SIGBUS)
+MIN_FREE_TO_OPEN_BYTES = 64 * 1024  # below this SQLite's first mapping of the WAL index may hit a hole: not opened
 SPACE_MARGIN_BYTES = 1024 * 1024  # free space beyond the reserve before the outbox leaves disk-full mode
 SPACE_CHECK_S = 1.0  # how often the writer looks at the disk (a statvfs call, only in disk-full mode)
 REOPEN_S = 5.0  # how often an outbox that could not be opened (disk full) is tried again
@@ -539,6 +540,14 @@ class Outbox:
         released = False
         if self.reserve.held and self._free_bytes() < SPACE_MARGIN_BYTES:
             released = self._give_up_reserve("the disk is full at start-up", "the outbox can be opened")
+        shm = Path(f"{self.path}-shm")
+        shm_blocks = shm.stat().st_blocks * 512 if shm.exists() else 0  # SQLite truncates it when it opens
+        if self._free_bytes() + shm_blocks < MIN_FREE_TO_OPEN_BYTES:
+            # SQLite would extend the WAL index by one byte per 4 KiB and map it: on a filesystem of
+            # 1 KiB blocks the rest are holes, and touching one on a full disk is SIGBUS, not an error
+            raise _NoRoom(
+                f"less than {MIN_FREE_TO_OPEN_BYTES // 1024} KiB free, too little to open the database safely"
+            )
         try:
             self._open_database()
         except (sqlite3.Error, OSError) as exc:

@@ -208,3 +208,40 @@ async def test_delivered_events_whose_delete_does_not_fit_are_never_sent_again(s
         assert (await outbox.counts())[Priority.ALARM] == 10  # deleted once there was room
     async with Outbox(storage, "st") as reopened:
         assert [r.seq for r in await reopened.rows_after(Priority.ALARM, 0, 100)] == list(range(11, 21))
+
+
+async def test_a_disk_with_a_few_blocks_left_is_waited_out_not_a_sigbus(small_disk: Path) -> None:
+    """With nine 1 KiB blocks free, plain SQLite opening a WAL database dies of SIGBUS on ext4
+    (measured: rc 135). The outbox does not open it until there is room."""
+    import asyncio
+    import sys
+
+    from gateway.config import StorageSection
+    from gateway.outbox import Outbox
+
+    storage = StorageSection(path=small_disk / "outbox.db", disk_reserve_bytes=2 * MIB)
+    async with Outbox(storage, "st"):
+        pass
+    (small_disk / "outbox.db.reserve").unlink()
+    filler = fill(small_disk)
+    st = os.statvfs(small_disk)
+    os.truncate(filler, filler.stat().st_size - 9 * 1024)  # nine blocks back
+    os.sync()
+    script = (
+        "import asyncio, sys; from pathlib import Path; from gateway.config import StorageSection; "
+        "from gateway.outbox import Outbox\n"
+        "async def main():\n"
+        f"    async with Outbox(StorageSection(path=Path({str(storage.path)!r}), disk_reserve_bytes={2 * MIB}), 'st')"
+        " as o:\n"
+        "        print('not_open' if o.not_open else 'open', flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 60)
+    assert child.returncode == 0, (child.returncode, err[-2000:], st.f_bavail)  # not -7: SIGBUS
+    assert out.decode().strip() == "not_open"
+    filler.unlink()
+    async with Outbox(storage, "st") as outbox:
+        assert outbox.not_open is None
