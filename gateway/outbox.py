@@ -286,6 +286,7 @@ class Outbox:
         # then only replace older ones of their kind (alarms still go in, into the reserve)
         self._disk_cap: int | None = None
         self._wal_fault: dict[str, JsonValue] = {}
+        self.read_only = False  # opened read-only on a full disk: its rows are sent, nothing is written
         self.not_open: str | None = None  # why the database could not be opened (the disk is full): retried
         self._open_tried = 0.0
         self._space_checked = 0.0
@@ -505,9 +506,13 @@ class Outbox:
         """Open the database; when the disk is too full even for that, stay up without it
         (appends refused with OutboxFull, nothing to send) and try again every REOPEN_S."""
         self._open_tried = time.monotonic()
+        if self.read_only:  # try to open it for writing again
+            self._close()
+            self.read_only = False
         try:
             self._open()
         except _NoRoom as exc:
+            self._open_read_only(announce=self.not_open is None)
             if self.not_open is None:
                 log.error(
                     "outbox %s cannot be opened: %s (%d bytes free on %s); no event is accepted until there is "
@@ -524,6 +529,45 @@ class Outbox:
             log.warning("outbox %s opened: the disk has room again", self.path)
             self.faults.append({"fault": "disk_full_at_start", "detail": self.not_open})
         self.not_open = None
+
+    def _open_read_only(self, announce: bool) -> None:
+        """On a disk too full to open the database for writing: read it as it is, without the
+        WAL index (immutable), so that the backlog still goes out; what is delivered is deleted
+        once it can be opened for writing. Not possible with a WAL that holds transactions (they
+        are in no file SQLite could read without its index): then nothing is sent until then."""
+        wal = Path(f"{self.path}-wal")
+        try:
+            if not self.path.exists() or (wal.exists() and wal.stat().st_size > 0):
+                return
+            conn = sqlite3.connect(f"file:{self.path}?immutable=1", uri=True, check_same_thread=False)
+        except (OSError, sqlite3.Error):
+            return
+        try:
+            db = sqlite_utils.Database(conn)
+            self._load_counts(db)
+        except sqlite3.Error:
+            conn.close()
+            return
+        self._db, self.read_only = db, True
+        if not announce:
+            return
+        log.warning(
+            "outbox %s opened read-only: its %d waiting events are sent, no new event is accepted until there is room",
+            self.path,
+            sum(self._tally.rows.values()),
+        )
+
+    def _load_counts(self, db: sqlite_utils.Database) -> None:
+        """The tally, shed counts and newest time of what the file holds."""
+        self._tally = _Tally()
+        for rank, n, size in db.execute(
+            "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox GROUP BY priority"
+        ):
+            self._tally.add(_PRIORITY_OF_RANK[rank], size + n * ROW_OVERHEAD_BYTES, n)
+        for device_id, rank, count in db.execute("SELECT device_id, priority, count FROM shed"):
+            self._shed[(device_id, _PRIORITY_OF_RANK[rank])] = count
+        newest = db.execute("SELECT max(created_ms) FROM outbox").fetchone()[0]
+        self.newest_ms = int(newest) if newest else None
 
     def _free_bytes(self) -> int:
         try:
@@ -612,15 +656,7 @@ class Outbox:
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         if self.salvage:
             self._import_salvage()
-        self._tally = _Tally()
-        for rank, n, size in db.execute(
-            "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox GROUP BY priority"
-        ):
-            self._tally.add(_PRIORITY_OF_RANK[rank], size + n * ROW_OVERHEAD_BYTES, n)
-        for device_id, rank, count in db.execute("SELECT device_id, priority, count FROM shed"):
-            self._shed[(device_id, _PRIORITY_OF_RANK[rank])] = count
-        newest = db.execute("SELECT max(created_ms) FROM outbox").fetchone()[0]
-        self.newest_ms = int(newest) if newest else None
+        self._load_counts(db)
 
     def _keep_a_damaged_wal(self) -> Path | None:
         """SQLite replays the WAL up to its first bad frame and silently ignores the rest, even
@@ -725,8 +761,9 @@ class Outbox:
 
     def _close(self) -> None:
         if self._db is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if not self.read_only:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.conn.close()
             self._db = None
 
@@ -750,12 +787,13 @@ class Outbox:
 
     def _commit(self, events: list[Event], state: CareState | None = None) -> None:
         """Insert a group of events, making room first; shed what cannot be kept."""
-        if self._db is None:
+        if self._db is None or self.read_only:
             if time.monotonic() - self._open_tried >= 1.0:
                 self._open_or_wait()
-            if self._db is None:
+            if self._db is None or self.read_only:
                 raise OutboxFull(
-                    f"outbox {self.path} is not open ({self.not_open}): the event was not accepted; "
+                    f"outbox {self.path} is {'read-only' if self.read_only else 'not open'} ({self.not_open}): "
+                    "the event was not accepted; "
                     f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
                 )
         durable = bool(state) or any(e.priority is not Priority.TELEMETRY for e in events)
@@ -955,8 +993,9 @@ class Outbox:
         """Every SPACE_CHECK_S: open an outbox that could not be; delete what the broker
         acknowledged while the disk was full; make the reserve again and leave disk-full mode
         once the disk has room (giving the outbox's free pages back first if they make it)."""
-        if self._db is None:
-            self._open_or_wait()
+        if self._db is None or self.read_only:
+            if time.monotonic() - self._open_tried >= REOPEN_S:
+                self._open_or_wait()
             return
         if self._acked_unsaved or self._state_unsaved:
             self._delete([])
@@ -1022,7 +1061,7 @@ class Outbox:
     def _expire(self) -> None:
         """Shed status and telemetry older than max_age_days (alarms are kept)."""
         assert self.storage.max_age_days
-        if self._db is None:
+        if self._db is None or self.read_only:
             return
         cutoff_ms = int((time.time() - self.storage.max_age_days * 86400) * 1000)
         self._set_sync("NORMAL")
@@ -1082,6 +1121,8 @@ class Outbox:
         """Move rows that cannot be sent out of the queue, keeping them (and why) for a person."""
         now_ms = int(time.time() * 1000)
         try:
+            if self.read_only:
+                raise sqlite3.OperationalError("the outbox is read-only (the disk is full)")
             with self._transaction() as conn:
                 conn.executemany(
                     "INSERT OR REPLACE INTO quarantine (seq, priority, created_ms, payload, reason, quarantined_ms) "
@@ -1090,7 +1131,7 @@ class Outbox:
                 )
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _, _, _ in bad])
         except sqlite3.OperationalError as exc:  # a full disk: the rows stay where they are, skipped
-            if not _for_want_of_space(exc):
+            if not (self.read_only or _for_want_of_space(exc)):
                 raise
             self.disk_full_errors += 1
             self._bad_unsaved.update(seq for seq, _, _, _ in bad)
@@ -1114,6 +1155,10 @@ class Outbox:
         reserve's room; failing even that, they are remembered, never sent again, and the
         delete is tried again (see _look_after_disk): a drain never re-sends in a loop."""
         if self._db is None:
+            return
+        if self.read_only:  # deleted once the outbox can be written
+            self._acked_unsaved.update(seqs)
+            self._state_unsaved.update(state or {})
             return
         seqs = [*seqs, *self._acked_unsaved]
         state = {**self._state_unsaved, **(state or {})}
@@ -1157,7 +1202,7 @@ class Outbox:
             self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
     def _rebase(self, offset_ms: int) -> int:
-        if self._db is None:
+        if self._db is None or self.read_only:
             return 0
         try:
             return self._rebase_rows(offset_ms)
@@ -1205,6 +1250,7 @@ class Outbox:
                 "reserve_bytes": self.reserve.size if self.reserve.held else 0,
                 "disk_full": self._disk_cap is not None or self.not_open is not None,
                 "not_open": self.not_open,
+                "read_only": self.read_only,
                 "delivered_not_deleted": len(self._acked_unsaved),
                 "quarantined": self.quarantined,
             },

@@ -245,3 +245,35 @@ async def test_a_disk_with_a_few_blocks_left_is_waited_out_not_a_sigbus(small_di
     filler.unlink()
     async with Outbox(storage, "st") as outbox:
         assert outbox.not_open is None
+
+
+async def test_on_a_disk_too_full_to_open_it_the_backlog_is_still_sent_read_only(small_disk: Path) -> None:
+    import asyncio
+
+    from gateway.clock import Clock
+    from gateway.config import StorageSection
+    from gateway.events import EventKind, Priority, new_event
+    from gateway.outbox import Outbox, OutboxFull
+
+    clock = Clock()
+    storage = StorageSection(path=small_disk / "outbox.db", disk_reserve_bytes=2 * MIB)
+    async with Outbox(storage, "st") as outbox:
+        await outbox.append(*[new_event(clock, "st", "rx", EventKind.SOS, {"n": n}) for n in range(10)])
+    (small_disk / "outbox.db.reserve").unlink()
+    filler = fill(small_disk)
+    async with Outbox(storage, "st") as outbox:
+        assert outbox.read_only
+        rows = await outbox.rows_after(Priority.ALARM, 0, 100)
+        assert len(rows) == 10  # the backlog still goes out
+        await outbox.ack(rows[:6])
+        assert [r.seq for r in await outbox.rows_after(Priority.ALARM, 0, 100)] == [7, 8, 9, 10]
+        with pytest.raises(OutboxFull, match="read-only"):
+            await outbox.append(new_event(clock, "st", "rx", EventKind.SOS, {"n": 99}))
+        filler.unlink()
+        for _ in range(150):
+            if not outbox.read_only and not (await outbox.snapshot()).disk["delivered_not_deleted"]:
+                break
+            await asyncio.sleep(0.1)
+        assert not outbox.read_only
+        assert (await outbox.counts())[Priority.ALARM] == 4  # what was delivered read-only is deleted now
+        await outbox.append(new_event(clock, "st", "rx", EventKind.SOS, {"n": 99}))
