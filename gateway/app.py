@@ -388,6 +388,7 @@ class Station:
                     "detail": outbox.salvage.reason,
                     "moved_aside": str(outbox.salvage.moved_aside),
                     "salvaged_events": outbox.salvage.salvaged,
+                    "rejected_rows": outbox.salvage.rejected,
                 }
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.on_command)

@@ -209,6 +209,7 @@ class Salvage:
     moved_aside: Path
     reason: str
     salvaged: int
+    rejected: int = 0  # rows read but not events (torn, not JSON, no id): counted, not copied
 
 
 @dataclass
@@ -512,8 +513,8 @@ class Outbox:
         try:
             self._open()
         except _NoRoom as exc:
-            self._open_read_only(announce=self.not_open is None)
-            if self.not_open is None:
+            first = self.not_open is None
+            if first:
                 log.error(
                     "outbox %s cannot be opened: %s (%d bytes free on %s); no event is accepted until there is "
                     "room: free space there (journalctl --vacuum-size, old logs); trying again every %.0f s",
@@ -524,6 +525,7 @@ class Outbox:
                     REOPEN_S,
                 )
             self.not_open = str(exc)
+            self._open_read_only(announce=first)
             return
         if self.not_open is not None:
             log.warning("outbox %s opened: the disk has room again", self.path)
@@ -702,16 +704,16 @@ class Outbox:
         the transactions SQLite dropped. Whatever cannot be read is reported with the counts."""
         row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
         floor = int(row[0]) if row else 0
-        recovered = 0
+        recovered = rejected = 0
         try:
-            recovered = self._copy_rows_from(replayed, floor)
+            recovered, rejected = self._copy_rows_from(replayed, floor)
         except (sqlite3.Error, OSError) as exc:
             log.error("outbox %s: the damaged write-ahead log could not be replayed: %s", self.path, exc)
         finally:
             replayed.unlink(missing_ok=True)
             replayed.with_name(replayed.name + ".header-mended").unlink(missing_ok=True)
         log.warning("outbox %s: %d events recovered from the damaged write-ahead log", self.path, recovered)
-        self.faults.append({**self._wal_fault, "recovered_events": recovered})
+        self.faults.append({**self._wal_fault, "recovered_events": recovered, "rejected_rows": rejected})
 
     def _advice(self, exc: Exception) -> str:
         return (
@@ -734,16 +736,17 @@ class Outbox:
         """Copy every row still readable in the file moved aside into the new outbox."""
         assert self.salvage is not None
         try:
-            salvaged = self._copy_rows_from(self.salvage.moved_aside, 0)
+            salvaged, rejected = self._copy_rows_from(self.salvage.moved_aside, 0)
         except sqlite3.Error as exc:
             log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
             return
-        self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged)
+        self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged, rejected)
         log.warning("salvaged %d events from the corrupt outbox %s", salvaged, self.salvage.moved_aside)
 
-    def _copy_rows_from(self, path: Path, after_seq: int) -> int:
-        """Copy every readable event row with seq > after_seq of a damaged file into the outbox."""
-        copied = 0
+    def _copy_rows_from(self, path: Path, after_seq: int) -> tuple[int, int]:
+        """Copy every readable event row with seq > after_seq of a damaged file into the outbox;
+        returns (rows copied, rows read that were not events)."""
+        copied = rejected = 0
         old = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         with contextlib.closing(old):
             old = _readable(old, path)
@@ -753,11 +756,12 @@ class Outbox:
             for low in range(after_seq, last_seq, SALVAGE_STEP_ROWS):
                 rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
                 good = [r for r in rows if _is_event_json(r[2])]
+                rejected += len(rows) - len(good)
                 if good:
                     with self._transaction() as conn:
                         conn.executemany("INSERT INTO outbox (priority, created_ms, payload) VALUES (?, ?, ?)", good)
                     copied += len(good)
-        return copied
+        return copied, rejected
 
     def _close(self) -> None:
         if self._db is not None:
