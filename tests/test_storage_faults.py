@@ -234,6 +234,7 @@ async def test_a_station_with_garbage_in_its_wal_delivers_the_events_sqlite_woul
     wal.write_bytes(bytes(data))
     async with running_station(tmp_path, broker) as station:
         assert await wait_until(lambda: set(ids) <= set(station.sink.events)), station.gateway.lines[-10:]
+        assert await wait_until(lambda: events_of(station, "storage_fault"))  # (reported after the recovered alarms)
         [fault] = [e["data"] for e in events_of(station, "storage_fault")]
         assert (fault["fault"], fault["bad_frame"]) == ("damaged_wal", 5)
         assert fault["recovered_events"] >= 9
