@@ -457,8 +457,11 @@ class Station:
             if failure is not None:
                 raise StationFailed(f"the outbox writer stopped ({failure!r}); no event can be accepted") from failure
             while self.outbox.faults:  # found by the outbox (a row that cannot be sent ...): reported
-                fault = self.outbox.faults.pop(0)
-                await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
+                try:
+                    await self.commit([self.make_event("gateway", EventKind.STORAGE_FAULT, self.outbox.faults[0])])
+                except OutboxFull:
+                    break  # (the disk is full) reported once there is room
+                self.outbox.faults.pop(0)
             if ping:
                 stuck = [
                     (what, seconds)
