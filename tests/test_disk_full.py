@@ -14,7 +14,9 @@ import pytest
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
+from simulators.radar import RadarSim
 from tests.conftest import Station, events_of, running_station, wait_until
+from tests.test_serial_field import radar_toml
 
 MIB = 1024 * 1024
 DISK_BYTES = 8 * MIB
@@ -92,40 +94,54 @@ def shed_telemetry(station: Station) -> int:
 async def test_a_disk_that_fills_in_an_outage_keeps_every_alarm_sheds_telemetry_and_drains_once(
     small_disk: Path, broker: Mosquitto
 ) -> None:
-    async with LinkProxy(broker.host, broker.port) as link:
-        link.cut()
-        async with running_station(
-            small_disk, broker, uplink_port=link.port, seed_telemetry=5000, storage_extra=RESERVE
-        ) as station:
-            assert (small_disk / "outbox.db.reserve").stat().st_size == 2 * MIB
-            filler = fill(small_disk)
-            pressed = []
-            for zone in range(1, 61):  # alarms and test reports (status) while the disk is full
-                code = 602 if zone % 5 == 0 else 101
-                assert (await station.receiver.send(surgard_report(code=code, zone=zone))).acked, zone
-                pressed.append(zone)
-            assert station.gateway.proc is not None
-            assert station.gateway.proc.returncode is None
-            assert await station.gateway.wait_for_line("the disk is full")
+    radar = RadarSim("mr60fda1")  # live telemetry: presence changes of a room
+    radar.start()
+    try:
+        async with LinkProxy(broker.host, broker.port) as link:
+            link.cut()
+            async with running_station(
+                small_disk,
+                broker,
+                uplink_port=link.port,
+                seed_telemetry=5000,
+                storage_extra=RESERVE,
+                extra_devices=radar_toml("radar-room", radar.path),
+            ) as station:
+                assert (small_disk / "outbox.db.reserve").stat().st_size == 2 * MIB
+                filler = fill(small_disk)
+                pressed = []
+                for zone in range(1, 61):  # alarms and test reports (status) while the disk is full
+                    code = 602 if zone % 5 == 0 else 101
+                    assert (await station.receiver.send(surgard_report(code=code, zone=zone))).acked, zone
+                    pressed.append(zone)
+                    radar.presence(zone % 2 == 0)
+                assert station.gateway.proc is not None
+                assert station.gateway.proc.returncode is None
+                assert await station.gateway.wait_for_line("the disk is full")
 
-            filler.unlink()  # the technician frees space; then the link comes back
-            link.restore()
-            alarms = [z for z in pressed if z % 5]
-            assert await wait_until(lambda: sorted(sos_zones(station)) == alarms), station.gateway.lines[-20:]
-            seeded = set(station.seeded)
-            # every seeded reading arrives, or was shed and counted in the status message
-            assert await wait_until(
-                lambda: (
-                    len(seeded & set(station.sink.events)) + shed_telemetry(station) == len(seeded)
-                    and not (station.sink.status or {}).get("storage", {}).get("disk_full")
-                ),
-                timeout=90,
-            ), (len(seeded & set(station.sink.events)), shed_telemetry(station), station.gateway.lines[-20:])
-            assert shed_telemetry(station) > 0  # telemetry made the room
-            assert await wait_until(lambda: {"disk_full", "disk_space_back"} <= faults(station))
-            assert len(events_of(station, "test")) == len(pressed) - len(alarms)  # status kept too
-            assert station.sink.duplicates == 0  # nothing acknowledged was sent again
-            assert await wait_until(lambda: (small_disk / "outbox.db.reserve").exists())  # the reserve is back
+                filler.unlink()  # the technician frees space; then the link comes back
+                link.restore()
+                alarms = [z for z in pressed if z % 5]
+                assert await wait_until(lambda: sorted(sos_zones(station)) == alarms), station.gateway.lines[-20:]
+                seeded = set(station.seeded)
+                # every seeded reading arrives, or was shed and counted in the status message
+                assert await wait_until(
+                    lambda: (
+                        len(seeded & set(station.sink.events)) + shed_telemetry(station) == len(seeded)
+                        and not (station.sink.status or {}).get("storage", {}).get("disk_full")
+                    ),
+                    timeout=90,
+                ), (len(seeded & set(station.sink.events)), shed_telemetry(station), station.gateway.lines[-20:])
+                assert shed_telemetry(station) > 0  # telemetry made the room
+                assert await wait_until(lambda: {"disk_full", "disk_space_back"} <= faults(station))
+                assert len(events_of(station, "test")) == len(pressed) - len(alarms)  # status kept too
+                assert station.sink.duplicates == 0  # nothing acknowledged was sent again
+                assert await wait_until(lambda: (small_disk / "outbox.db.reserve").exists())  # the reserve is back
+                radar.presence(True)
+                radar.presence(False)  # and the room's readings flow as before
+                assert await wait_until(lambda: events_of(station, "activity", "radar-room"), timeout=20)
+    finally:
+        radar.close()
 
 
 async def test_the_daemon_starts_on_a_full_disk_and_takes_alarms_into_its_reserve(
