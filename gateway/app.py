@@ -26,6 +26,15 @@ from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BleLink
 from gateway.clock import Clock, utc_text
+from gateway.commands import (
+    AckCommand,
+    CommandRefused,
+    CommandTable,
+    PingCommand,
+    ResolveCommand,
+    StatusCommand,
+    TimeCommand,
+)
 from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
@@ -33,7 +42,7 @@ from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
 from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
-from gateway.uplink import AckCommand, CommandRefused, ResolveCommand, TimeCommand, Uplink
+from gateway.uplink import Uplink
 
 log = logging.getLogger("care_gateway")
 
@@ -194,34 +203,61 @@ class Station:
             self.care.delivered(alarm_id, now)
         return self.care.take_changes()
 
-    async def on_command(self, command: object) -> dict[str, Any]:
-        """ack, resolve and time from the platform (validated by the uplink); raises CommandRefused."""
-        if isinstance(command, TimeCommand):
-            newest = self.outbox.newest_ms
-            latest = datetime.fromtimestamp(newest / 1000, UTC) if newest else None
-            try:
-                taken = self.care.state.get(PLATFORM_TIME_KEY) == self.clock.boot_id
-                offset = self.clock.set_from_platform(command.utc, latest, taken_this_boot=taken)
-            except (ValueError, OverflowError) as exc:
-                raise CommandRefused(f"the platform's time is refused: {exc}") from None
-            self.care.remember(PLATFORM_TIME_KEY, self.clock.boot_id)  # survives a restart of the daemon
-            await self.record([])
-            log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
-            return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
-        if not isinstance(command, AckCommand | ResolveCommand):
-            raise CommandRefused("not a station command")
-        now = self.clock.steady()
+    def command_table(self) -> CommandTable:
+        """Every downlink command and the station's handler for it (docs/mqtt.md)."""
+        return CommandTable(
+            {
+                "ping": self.on_ping,
+                "status": self.on_status_request,
+                "time": self.on_time,
+                "ack": self.on_ack,
+                "resolve": self.on_resolve,
+            }
+        )
+
+    async def on_ping(self, command: PingCommand) -> dict[str, Any]:
+        now = self.clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"pong": True, "station_id": self.config.station.id, "ts": now}
+
+    async def on_status_request(self, command: StatusCommand) -> dict[str, Any]:
+        if self._uplink:
+            self._uplink.request_status()
+        return {"status": "publishing"}
+
+    async def on_time(self, command: TimeCommand) -> dict[str, Any]:
+        newest = self.outbox.newest_ms
+        latest = datetime.fromtimestamp(newest / 1000, UTC) if newest else None
         try:
-            if isinstance(command, AckCommand):
-                state, events = self.care.acknowledge(command.alarm_id, command.by, now)
-            else:
-                state, events = self.care.resolve(command.alarm_id, command.by, command.resolution, now)
+            taken = self.care.state.get(PLATFORM_TIME_KEY) == self.clock.boot_id
+            offset = self.clock.set_from_platform(command.utc, latest, taken_this_boot=taken)
+        except (ValueError, OverflowError) as exc:
+            raise CommandRefused(f"the platform's time is refused: {exc}") from None
+        self.care.remember(PLATFORM_TIME_KEY, self.clock.boot_id)  # survives a restart of the daemon
+        await self.record([])
+        log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
+        return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
+
+    async def on_ack(self, command: AckCommand) -> dict[str, Any]:
+        try:
+            state, events = self.care.acknowledge(command.alarm_id, command.by, self.clock.steady(), command.note)
         except KeyError:
-            raise CommandRefused(
-                f"alarm {command.alarm_id} is not open on this station (unknown, or resolved long ago)"
-            ) from None
+            raise self._not_open(command.alarm_id) from None
         await self.record(events)  # (on a full disk the change is written with the next commit)
         return {"alarm_id": command.alarm_id, "state": state}
+
+    async def on_resolve(self, command: ResolveCommand) -> dict[str, Any]:
+        try:
+            state, events = self.care.resolve(
+                command.alarm_id, command.by, command.resolution, self.clock.steady(), command.note
+            )
+        except KeyError:
+            raise self._not_open(command.alarm_id) from None
+        await self.record(events)
+        return {"alarm_id": command.alarm_id, "state": state}
+
+    @staticmethod
+    def _not_open(alarm_id: str) -> CommandRefused:
+        return CommandRefused(f"alarm {alarm_id} is not open on this station (unknown, or resolved long ago)")
 
     async def _status_file_loop(self) -> None:
         """Keep status.json fresh; a stale file tells `care-gateway status` the daemon is gone."""
@@ -391,7 +427,7 @@ class Station:
                     "rejected_rows": outbox.salvage.rejected,
                 }
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
-            self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.on_command)
+            self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.command_table())
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:

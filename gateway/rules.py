@@ -536,6 +536,11 @@ class Alarm:
         return self.state in ("acknowledged", "resolved")
 
 
+def _noted(note: str | None) -> dict[str, JsonValue]:
+    """The platform's note on an ack or resolve, for the alarm_update event."""
+    return {} if note is None else {"note": note}
+
+
 def _zone(data: dict[str, JsonValue]) -> JsonValue:
     return data.get("zone", data.get("user"))
 
@@ -1050,7 +1055,7 @@ class CareBook:
     def find(self, alarm_id: str) -> Alarm | None:
         return self.alarms.get(alarm_id) or self._closed.get(alarm_id)
 
-    def acknowledge(self, alarm_id: str, by: str, now: datetime) -> tuple[str, list[Event]]:
+    def acknowledge(self, alarm_id: str, by: str, now: datetime, note: str | None = None) -> tuple[str, list[Event]]:
         """A person took the alarm: stop re-announcing and escalating it. Returns its state."""
         alarm = self.find(alarm_id)
         if alarm is None:
@@ -1061,15 +1066,17 @@ class CareBook:
         alarm.state, alarm.acked_at, alarm.acked_by = "acknowledged", t, by
         alarm.sms_due = False
         self._save(alarm)
-        return alarm.state, [self._update(alarm, t, "acknowledged", {"by": by})]
+        return alarm.state, [self._update(alarm, t, "acknowledged", {"by": by, **_noted(note)})]
 
-    def resolve(self, alarm_id: str, by: str, resolution: str, now: datetime) -> tuple[str, list[Event]]:
+    def resolve(
+        self, alarm_id: str, by: str, resolution: str, now: datetime, note: str | None = None
+    ) -> tuple[str, list[Event]]:
         alarm = self.find(alarm_id)
         if alarm is None:
             raise KeyError(alarm_id)
         if not alarm.open:
             return alarm.state, []
-        return "resolved", [self._close(alarm, now.timestamp(), by, resolution, {})]
+        return "resolved", [self._close(alarm, now.timestamp(), by, resolution, _noted(note))]
 
     # --- escalation bookkeeping (gateway/escalation.py sends) ---------------------------------
 

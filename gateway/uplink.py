@@ -36,11 +36,11 @@ import random
 import ssl
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -50,11 +50,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.clock import utc_text
-from gateway.config import StationConfig, UplinkSection, key_path, read_secrets
-from gateway.events import ULID_PATTERN, Priority
+from gateway.commands import COMMANDS, CommandRefused, CommandTable
+from gateway.config import StationConfig, UplinkSection, read_secrets
+from gateway.events import Priority
 from gateway.outbox import CareState, Outbox, OutboxRow, OutboxSnapshot
 
 log = logging.getLogger("care_gateway.uplink")
@@ -95,73 +95,6 @@ UNSUPPORTED_PROTOCOL = (1, 0x84)  # CONNACK: 3.1.1 "unacceptable protocol versio
 StatusSource = Callable[[], dict[str, Any]]
 # the broker has these alarms (their ids): the care state that says so, written with the delete
 DeliveredSink = Callable[[list[str]], CareState]
-MAX_COMMAND_BYTES = 4096  # a downlink command is a few hundred bytes; more is refused unread
-COMMAND_ID_RULE = "a string of 1-64 printable characters"
-
-
-class CommandRefused(Exception):
-    """A well-formed command that cannot be carried out; the message is the reply's error."""
-
-
-def valid_command_id(value: object) -> bool:
-    return isinstance(value, str) and 1 <= len(value) <= 64 and value.isprintable()
-
-
-class _Command(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    id: str = Field(
-        min_length=1, max_length=64, description=f"correlation id, returned in the reply: {COMMAND_ID_RULE}"
-    )
-
-    @field_validator("id")
-    @classmethod
-    def _printable(cls, value: str) -> str:
-        if not value.isprintable():
-            raise ValueError(f"must be {COMMAND_ID_RULE}")
-        return value
-
-
-class AckCommand(_Command):
-    """A person has taken the alarm: stop re-announcing and escalating it."""
-
-    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
-    by: str = Field(min_length=1, max_length=100, description="who took it")
-    note: str | None = Field(None, max_length=500)
-
-
-class ResolveCommand(_Command):
-    """The alarm is over (the person was visited, or it was a false alarm)."""
-
-    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
-    by: str = Field(min_length=1, max_length=100, description="who resolved it")
-    resolution: Literal["handled", "false_alarm", "test", "other"] = "handled"
-    note: str | None = Field(None, max_length=500)
-
-
-class TimeCommand(_Command):
-    """The platform's time, for a station whose clock is not synchronised (no NTP reachable)."""
-
-    utc: AwareDatetime = Field(description="the platform's current time, RFC 3339 with an offset")
-
-
-class PingCommand(_Command):
-    """Is the station there? Answered at once with its time."""
-
-
-class StatusCommand(_Command):
-    """Publish the retained status message now."""
-
-
-Command = AckCommand | ResolveCommand | PingCommand | StatusCommand | TimeCommand
-COMMANDS: dict[str, type[_Command]] = {
-    "ack": AckCommand,
-    "resolve": ResolveCommand,
-    "time": TimeCommand,
-    "ping": PingCommand,
-    "status": StatusCommand,
-}
-CommandHandler = Callable[[_Command], Awaitable[dict[str, Any]]]  # raises CommandRefused
 
 
 class Topics:
@@ -330,11 +263,11 @@ class Uplink:
         outbox: Outbox,
         status_source: StatusSource,
         on_delivered: DeliveredSink | None = None,
-        commands: CommandHandler | None = None,
+        commands: CommandTable | None = None,
     ) -> None:
         self._config = config
         self._on_delivered = on_delivered
-        self._commands = commands
+        self._commands = commands or CommandTable(dict.fromkeys(COMMANDS, self._not_handled))
         self._outbox = outbox
         self._status_source = status_source
         self.link = config.uplink.link
@@ -708,6 +641,10 @@ class Uplink:
                     self.topics.commands,
                 )
 
+    @staticmethod
+    async def _not_handled(command: object) -> dict[str, Any]:
+        raise CommandRefused(f"{type(command).__name__} is not handled by this station")
+
     def _ignore(self, why: str, topic: str) -> None:
         self.commands_ignored[why] = self.commands_ignored.get(why, 0) + 1
         log.warning("downlink: message on %r ignored: %s", topic[:200], why)
@@ -726,7 +663,7 @@ class Uplink:
         try:
             try:
                 async with asyncio.timeout(COMMAND_TIMEOUT_S):
-                    reply = await self.answer(name, message.payload)
+                    reply = await self._commands.answer(name, message.payload)
             except TimeoutError:
                 reply = {"id": None, "command": name, "ok": False, "error": "timed out"}
                 log.error("downlink command %r timed out after %.0f s", name[:40], COMMAND_TIMEOUT_S)
@@ -737,49 +674,6 @@ class Uplink:
             raise
         except Exception:
             log.exception("downlink command %r could not be answered", name[:40])
-
-    async def answer(self, name: str, payload: Any) -> dict[str, Any]:
-        """The reply to a command: `{"id", "command", "ok", "result" | "error"}`."""
-        reply: dict[str, Any] = {"id": None, "command": name[:40], "ok": False}
-        try:
-            raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-            if len(raw) > MAX_COMMAND_BYTES:
-                raise CommandRefused(f"payload of {len(raw)} bytes is over the {MAX_COMMAND_BYTES}-byte limit")
-            try:
-                body = json.loads(raw or b"{}")
-            except ValueError as exc:
-                raise CommandRefused(f"payload is not JSON: {exc}") from exc
-            if not isinstance(body, dict):
-                raise CommandRefused("payload is not a JSON object")
-            if not valid_command_id(body.get("id")):
-                raise CommandRefused(f"id must be {COMMAND_ID_RULE}")
-            reply["id"] = body["id"]
-            model = COMMANDS.get(name)
-            if model is None:
-                raise CommandRefused(f"unknown command {name[:40]!r} (known: {', '.join(COMMANDS)})")
-            try:
-                command = model.model_validate(body)
-            except ValidationError as exc:
-                problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
-                raise CommandRefused(f"invalid {name} command: {problems}") from exc
-            if isinstance(command, StatusCommand):
-                self._status_due.set()
-                result: dict[str, Any] = {"status": "publishing"}
-            elif isinstance(command, PingCommand):
-                result = {"pong": True, "station_id": self._config.station.id, "ts": _now_iso()}
-            elif self._commands is None:
-                raise CommandRefused(f"{name} is not handled by this station")
-            else:
-                result = await self._commands(command)
-            reply.update(ok=True, result=result)
-            log.info("downlink command %s (id %r) carried out: %s", name, reply["id"], result)
-        except CommandRefused as exc:
-            reply["error"] = str(exc)
-            log.warning("downlink command %r (id %r) refused: %s", name[:40], reply["id"], ascii(str(exc)))
-        except Exception as exc:  # a bug in a handler must not take the uplink down
-            reply["error"] = f"internal error: {type(exc).__name__}"
-            log.exception("downlink command %r (id %r) failed", name[:40], reply["id"])
-        return reply
 
     # --- uplink -----------------------------------------------------------------------------------
 
@@ -1140,10 +1034,6 @@ def _refusal_advice(code: int, client_id: str) -> str:
     if code == 0x95:
         return "; the message is larger than the broker accepts: lower [uplink] batch_max_events"
     return ""
-
-
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _event_id(payload: str) -> str:

@@ -220,10 +220,10 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
 
     from gateway import clock as clock_module
     from gateway.clock import Clock
+    from gateway.commands import CommandRefused, TimeCommand
     from gateway.config import parse_config
     from gateway.events import EventKind, Priority
     from gateway.outbox import Outbox
-    from gateway.uplink import CommandRefused, TimeCommand
 
     monkeypatch.setattr(app, "CLOCK_CHECK_S", 0.1)
     synchronised = False
@@ -239,7 +239,7 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
         await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
         watcher = asyncio.create_task(watch_clock(station, 0.5))
         await asyncio.sleep(0.15)
-        result = await station.on_command(TimeCommand(id="t-1", utc=platform_time))
+        result = await station.on_time(TimeCommand(id="t-1", utc=platform_time))
         assert result["offset_s"] == pytest.approx(3600, abs=2)
         await watcher
         [rebased, synced] = [json.loads(r.payload) for r in await outbox.rows_after(Priority.STATUS, 0, 10)]
@@ -258,7 +258,7 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
         assert jump["data"]["jump_s"] == pytest.approx(-3600, abs=2)
         assert clock.source == "ntp"
         with pytest.raises(CommandRefused, match="already trusted"):
-            await station.on_command(TimeCommand(id="t-2", utc=platform_time))
+            await station.on_time(TimeCommand(id="t-2", utc=platform_time))
 
 
 async def test_a_failing_retention_sweep_is_logged_and_events_are_still_committed(

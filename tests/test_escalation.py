@@ -98,7 +98,9 @@ async def test_sms_when_the_link_is_down_then_the_alarm_and_the_sms_records_reac
         assert await wait_until(lambda: len(modem.messages) == 4, timeout=10)
         assert "第2次短信通知" in modem.messages[-1].text
 
-        await station.sink.command("ack", {"id": "c-1", "alarm_id": sos["id"], "by": "张医生"})
+        await station.sink.command(
+            "ack", {"id": "c-1", "alarm_id": sos["id"], "by": "张医生", "note": "已电话联系家属"}
+        )
         assert await wait_until(lambda: "c-1" in station.sink.replies)
         reply = station.sink.replies["c-1"]
         assert reply == {
@@ -108,7 +110,8 @@ async def test_sms_when_the_link_is_down_then_the_alarm_and_the_sms_records_reac
             "result": {"alarm_id": sos["id"], "state": "acknowledged"},
         }
         assert await wait_until(lambda: len(events_of(station, "alarm_update")) == 1)
-        assert events_of(station, "alarm_update")[0]["data"]["by"] == "张医生"
+        update = events_of(station, "alarm_update")[0]["data"]
+        assert (update["by"], update["note"]) == ("张医生", "已电话联系家属")  # the note is kept, not dropped
         await asyncio.sleep(12)  # longer than ack_timeout_s: nothing more once acknowledged
         assert len(events_of(station, "alarm_reminder")) == 1
         assert len(modem.messages) == 4

@@ -12,10 +12,11 @@ import pytest
 
 from gateway import app
 from gateway.clock import Clock
+from gateway.commands import TimeCommand
 from gateway.config import ConfigError, parse_config
 from gateway.events import EventKind, Priority
 from gateway.outbox import Outbox
-from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, TimeCommand, Topics, Uplink
+from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, Topics, Uplink
 
 RAW: dict[str, Any] = {
     "station": {"id": "st", "name": "s"},
@@ -69,8 +70,10 @@ def test_only_the_exact_command_topic_names_a_command() -> None:
 async def test_a_command_id_is_checked_before_it_is_used_and_replies_are_ascii(
     payload: bytes, reply_id: str | None, error: str | None
 ) -> None:
-    uplink = Uplink(parse_config({**RAW, "storage": {"path": "/tmp/x.db"}}), None, dict)  # type: ignore[arg-type]
-    reply = await uplink.answer("ping", payload)
+    from gateway.app import Station
+
+    station = Station(parse_config({**RAW, "storage": {"path": "/tmp/x.db"}}))
+    reply = await station.command_table().answer("ping", payload)
     assert reply["id"] == reply_id
     assert reply.get("error") == error
     assert reply["ok"] is (error is None)
@@ -169,7 +172,7 @@ async def test_a_wall_clock_a_year_back_silences_no_care_timer(tmp_path: Path) -
 
 
 async def test_a_time_command_a_year_back_is_refused_by_the_station(tmp_path: Path) -> None:
-    from gateway.uplink import CommandRefused
+    from gateway.commands import CommandRefused
 
     config = parse_config({**RAW, "storage": {"path": str(tmp_path / "o.db")}})
     station = app.Station(config, clock=Clock("auto"))
@@ -178,7 +181,7 @@ async def test_a_time_command_a_year_back_is_refused_by_the_station(tmp_path: Pa
         await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
         year_back = datetime.now(UTC) - timedelta(days=365)
         with pytest.raises(CommandRefused, match=r"the platform's time is refused: .* is before"):
-            await station.on_command(TimeCommand(id="t", utc=year_back))
+            await station.on_time(TimeCommand(id="t", utc=year_back))
 
 
 async def test_a_session_task_that_swallows_its_cancellation_is_abandoned_and_a_fresh_session_starts(
@@ -228,7 +231,7 @@ async def test_the_platform_time_is_taken_once_per_boot_even_across_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from gateway import clock as clock_module
-    from gateway.uplink import CommandRefused
+    from gateway.commands import CommandRefused
 
     monkeypatch.setattr(clock_module, "_kernel_says_synchronised", lambda: False)
     config = parse_config({**RAW, "storage": {"path": str(tmp_path / "o.db")}})
@@ -239,7 +242,7 @@ async def test_the_platform_time_is_taken_once_per_boot_even_across_a_restart(
             station._outbox = outbox
             station.care.load(await outbox.load_state())
             if run == "first":
-                assert (await station.on_command(TimeCommand(id="t-1", utc=platform_time)))["offset_s"] > 500
+                assert (await station.on_time(TimeCommand(id="t-1", utc=platform_time)))["offset_s"] > 500
             else:
                 with pytest.raises(CommandRefused, match="already taken in this boot"):
-                    await station.on_command(TimeCommand(id="t-2", utc=platform_time))
+                    await station.on_time(TimeCommand(id="t-2", utc=platform_time))

@@ -1,0 +1,150 @@
+"""Downlink commands: everything the platform may ask of a station, in one table.
+
+The uplink only carries them: it hands each message on `{prefix}/{station}/cmd/<name>` to
+`CommandTable.answer` and publishes the reply. Here a payload is checked (size, JSON, the
+correlation id, the command's model) and passed, typed, to the one handler of its name; the
+station (gateway/app.py) supplies the handlers. The contract is in docs/mqtt.md ("Downlink
+commands").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.config import key_path
+from gateway.events import ULID_PATTERN
+
+__all__ = [
+    "COMMANDS",
+    "MAX_COMMAND_BYTES",
+    "AckCommand",
+    "CommandRefused",
+    "CommandTable",
+    "PingCommand",
+    "ResolveCommand",
+    "StatusCommand",
+    "TimeCommand",
+]
+
+log = logging.getLogger("care_gateway.commands")
+
+MAX_COMMAND_BYTES = 4096  # a downlink command is a few hundred bytes; more is refused unread
+COMMAND_ID_RULE = "a string of 1-64 printable characters"
+
+
+class CommandRefused(Exception):
+    """A command that cannot be carried out; the message is the reply's error."""
+
+
+def valid_command_id(value: object) -> bool:
+    return isinstance(value, str) and 1 <= len(value) <= 64 and value.isprintable()
+
+
+class _Command(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(
+        min_length=1, max_length=64, description=f"correlation id, returned in the reply: {COMMAND_ID_RULE}"
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not value.isprintable():
+            raise ValueError(f"must be {COMMAND_ID_RULE}")
+        return value
+
+
+class AckCommand(_Command):
+    """A person has taken the alarm: stop re-announcing and escalating it."""
+
+    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
+    by: str = Field(min_length=1, max_length=100, description="who took it")
+    note: str | None = Field(None, max_length=500, description="kept in the alarm_update event")
+
+
+class ResolveCommand(_Command):
+    """The alarm is over (the person was visited, or it was a false alarm)."""
+
+    alarm_id: str = Field(pattern=ULID_PATTERN, description="id of the event that raised the alarm")
+    by: str = Field(min_length=1, max_length=100, description="who resolved it")
+    resolution: Literal["handled", "false_alarm", "test", "other"] = "handled"
+    note: str | None = Field(None, max_length=500, description="kept in the alarm_update event")
+
+
+class TimeCommand(_Command):
+    """The platform's time, for a station whose clock is not synchronised (no NTP reachable)."""
+
+    utc: AwareDatetime = Field(description="the platform's current time, RFC 3339 with an offset")
+
+
+class PingCommand(_Command):
+    """Is the station there? Answered at once with its time."""
+
+
+class StatusCommand(_Command):
+    """Publish the retained status message now."""
+
+
+COMMANDS: dict[str, type[_Command]] = {
+    "ack": AckCommand,
+    "resolve": ResolveCommand,
+    "time": TimeCommand,
+    "ping": PingCommand,
+    "status": StatusCommand,
+}
+Handler = Callable[[Any], Awaitable[dict[str, Any]]]  # takes its command's model; raises CommandRefused
+
+
+class CommandTable:
+    """The handler of each command name (every name of COMMANDS, no other)."""
+
+    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+        if set(handlers) != set(COMMANDS):
+            raise ValueError(f"handlers for {sorted(handlers)}, commands are {sorted(COMMANDS)}")
+        self._handlers = dict(handlers)
+
+    async def answer(self, name: str, payload: object) -> dict[str, Any]:
+        """The reply to a command: `{"id", "command", "ok", "result" | "error"}` (ASCII-safe)."""
+        reply: dict[str, Any] = {"id": None, "command": name[:40], "ok": False}
+        try:
+            raw = bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+            if len(raw) > MAX_COMMAND_BYTES:
+                raise CommandRefused(f"payload of {len(raw)} bytes is over the {MAX_COMMAND_BYTES}-byte limit")
+            body = _json_object(raw)
+            if not valid_command_id(body.get("id")):
+                raise CommandRefused(f"id must be {COMMAND_ID_RULE}")
+            reply["id"] = body["id"]
+            model = COMMANDS.get(name)
+            if model is None:
+                raise CommandRefused(f"unknown command {name[:40]!r} (known: {', '.join(COMMANDS)})")
+            try:
+                command = model.model_validate(body)
+            except ValidationError as exc:
+                problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
+                raise CommandRefused(f"invalid {name} command: {problems}") from exc
+            result = await self._handlers[name](command)
+            reply.update(ok=True, result=result)
+            log.info("downlink command %s (id %r) carried out: %s", name, reply["id"], result)
+        except CommandRefused as exc:
+            reply["error"] = str(exc)
+            log.warning("downlink command %r (id %r) refused: %s", name[:40], reply["id"], ascii(str(exc)))
+        except Exception as exc:  # a bug in a handler must not take the uplink down
+            reply["error"] = f"internal error: {type(exc).__name__}"
+            log.exception("downlink command %r (id %r) failed", name[:40], reply["id"])
+        return reply
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as exc:
+        raise CommandRefused(f"payload is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise CommandRefused("payload is not a JSON object")
+    return body
