@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gateway.clock import Clock
 from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
-from gateway.escalation import Modem, ModemError
+from gateway.modem_link import Modem, ModemError
 from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after, probe_broker
 
 BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK

@@ -4,7 +4,7 @@ An alarm that the uplink has not delivered within `[sms] undelivered_after_s` (t
 PUBACK never came), or that the platform has not acknowledged within `[care] ack_timeout_s`
 (each re-announcement), is sent by SMS, in Chinese, to the resident's contacts and to the
 station's on-duty numbers: who, what, where, when. The care rules (CareBook) decide when;
-this module only sends, through the modem on a serial port (drivers/modem.py codec).
+this module keeps the policy and the text; gateway/modem_link.py talks to the modem.
 
 - a send is retried (tenacity) only for network causes (no service, network timeout,
   congestion...); a barred or unassigned number is not;
@@ -18,45 +18,24 @@ this module only sends, through the modem on a serial port (drivers/modem.py cod
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from pydantic import JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from drivers.modem import (
-    CME_ERROR_NAMES,
-    CME_NETWORK_CAUSES,
-    CMS_ERROR_NAMES,
-    CTRL_Z,
-    ESC,
-    NETWORK_CAUSES,
-    REGISTERED,
-    REGISTRATION,
-    ModemCodec,
-    ModemLine,
-    parse_cmgs,
-    parse_csq,
-    parse_registration,
-    sms_submit_pdus,
-)
 from gateway.clock import Clock
-from gateway.config import Contact, ResidentSection, SmsSection, StationConfig
+from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
+from gateway.modem_link import Modem, ModemError
 from gateway.rules import Alarm, CareBook
-from gateway.serial_link import PORT_ERRORS, explain_port_error, open_port
 
 log = logging.getLogger("care_gateway.sms")
 
 ESCALATION_TICK_S = 1.0  # how often due escalations are looked for
-COMMAND_TIMEOUT_S = 5.0  # an AT command's final result
-PROMPT_TIMEOUT_S = 10.0  # the '> ' after AT+CMGS=<n>
-AT_ATTEMPTS = 3  # 'AT' is repeated until the modem answers (it may still be booting)
 SEND_ATTEMPTS = 3  # network causes: first try and two retries
 SEND_RETRY_FIRST_S = 2.0  # then doubling, at most SEND_RETRY_MAX_S
 SEND_RETRY_MAX_S = 30.0
@@ -75,147 +54,6 @@ WHAT = {
     "vitals_alert": "生命体征异常",
 }
 VITAL_NAMES = {"heart_rate": "心率", "spo2": "血氧", "temperature": "体温", "systolic": "收缩压"}
-
-
-class ModemError(Exception):
-    """The modem refused or failed; `code` is its raw +CMS/+CME code when it gave one."""
-
-    def __init__(self, message: str, code: int | None = None, network: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.network = network  # worth a retry: the network, not the message or the SIM
-
-
-@dataclass(frozen=True)
-class ModemState:
-    signal_dbm: int | None
-    registration: str
-
-
-class Modem:
-    """The modem's port, open for one round of SMS (re-opened each time: a replugged or
-    rebooted modem is simply found again)."""
-
-    def __init__(self, section: SmsSection) -> None:
-        self.section = section
-        self.codec = ModemCodec()
-        self._lines: asyncio.Queue[ModemLine] = asyncio.Queue()
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._pump: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Modem:
-        try:
-            self._reader, self._writer = await open_port(self.section.port, self.section.baudrate)
-        except PORT_ERRORS as exc:
-            raise ModemError(explain_port_error(self.section.port, exc)) from exc
-        self._pump = asyncio.create_task(self._read(), name="modem-read")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._pump:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, *PORT_ERRORS):
-                await self._pump
-        if self._writer:
-            self._writer.close()
-            with contextlib.suppress(Exception):
-                await self._writer.wait_closed()
-
-    async def _read(self) -> None:
-        assert self._reader is not None
-        while True:
-            data = await self._reader.read(1024)
-            if not data:
-                return
-            for line in self.codec.feed(data):
-                self._lines.put_nowait(line)
-
-    async def _write(self, data: bytes) -> None:
-        assert self._writer is not None
-        self._writer.write(data)
-        await self._writer.drain()
-
-    async def _until(self, timeout: float, done: Callable[[ModemLine], bool]) -> list[ModemLine]:
-        lines: list[ModemLine] = []
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    line = await self._lines.get()
-                    lines.append(line)
-                    if done(line):
-                        return lines
-        except TimeoutError:
-            raise ModemError(f"{self.section.port}: no answer within {timeout:.0f} s", network=True) from None
-
-    async def command(self, command: str, timeout: float = COMMAND_TIMEOUT_S) -> list[str]:
-        """Send one AT command; return its information lines, or raise ModemError."""
-        while not self._lines.empty():  # drop leftovers (URCs, a late answer to a timed-out command)
-            self._lines.get_nowait()
-        await self._write(command.encode() + b"\r")
-        lines = await self._until(timeout, lambda line: line.final)
-        final = lines[-1]
-        if final.kind != "ok":
-            raise _error(command, final)
-        return [line.text for line in lines[:-1] if line.kind == "info" and line.text != command]
-
-    async def bring_up(self) -> ModemState:
-        """AT, echo off, numeric errors, SIM, signal, registration, PDU mode."""
-        for attempt in range(AT_ATTEMPTS):
-            try:
-                await self.command("AT", timeout=2.0)
-                break
-            except ModemError:
-                if attempt == AT_ATTEMPTS - 1:
-                    raise
-        await self.command("ATE0")
-        await self.command("AT+CMEE=1")
-        pin = " ".join(await self.command("AT+CPIN?"))
-        if "READY" not in pin:
-            raise ModemError(f"SIM not ready ({pin or 'no answer'}); unlock or replace the SIM card")
-        dbm, _ = parse_csq(" ".join(await self.command("AT+CSQ")))
-        stat = None
-        for query in ("AT+CREG?", "AT+CEREG?"):
-            with contextlib.suppress(ModemError):
-                for text in await self.command(query):
-                    stat = parse_registration(text) if stat not in REGISTERED else stat
-        if stat not in REGISTERED:
-            name = REGISTRATION.get(stat, "no answer") if stat is not None else "no answer"
-            signal = f"{dbm} dBm" if dbm is not None else "unknown"
-            raise ModemError(f"not registered on a network ({name}; signal {signal})", network=True)
-        await self.command("AT+CMGF=0")
-        return ModemState(dbm, REGISTERED[stat])
-
-    async def send(self, number: str, text: str, reference: int) -> list[int]:
-        """Send one SMS (all its parts); return the network's message references."""
-        refs: list[int] = []
-        for pdu in sms_submit_pdus(number, text, reference):
-            while not self._lines.empty():
-                self._lines.get_nowait()
-            await self._write(f"AT+CMGS={pdu.tpdu_octets}\r".encode())
-            first = await self._until(PROMPT_TIMEOUT_S, lambda line: line.kind == "prompt" or line.final)
-            if first[-1].kind != "prompt":
-                raise _error("AT+CMGS", first[-1])
-            await self._write(pdu.hex.encode() + CTRL_Z)
-            try:
-                lines = await self._until(self.section.send_timeout_s, lambda line: line.final)
-            except ModemError:
-                await self._write(ESC)
-                raise
-            if lines[-1].kind != "ok":
-                raise _error("AT+CMGS", lines[-1])
-            refs.extend(r for r in (parse_cmgs(line.text) for line in lines) if r is not None)
-        return refs
-
-
-def _error(command: str, final: ModemLine) -> ModemError:
-    names = CMS_ERROR_NAMES if final.kind == "cms_error" else CME_ERROR_NAMES
-    name = names.get(final.code, "") if final.code is not None else ""
-    network = (final.kind == "cms_error" and final.code in NETWORK_CAUSES) or (
-        final.kind == "cme_error" and final.code in CME_NETWORK_CAUSES
-    )
-    detail = f"{final.text}" + (f" ({name})" if name else "")
-    return ModemError(f"{command}: {detail}", final.code, network)
 
 
 def sms_text(alarm: Alarm, config: StationConfig, resident: ResidentSection | None, clock_zone: str, why: str) -> str:
