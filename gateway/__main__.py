@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -12,10 +13,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import ConfigError, StationConfig, load_config, status_files
+from gateway.config import BleSection, ConfigError, StationConfig, load_config, status_files
+
+if TYPE_CHECKING:
+    from gateway.ble_link import Radio
 
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a crash loop on a bad file
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: a part the station cannot run without failed; systemd restarts it
@@ -51,6 +55,21 @@ def _config_or_none(path: Path) -> StationConfig | None:
         return None
 
 
+def radio_for(ble: BleSection) -> Radio:
+    """The composition root's choice of BLE radio: BlueZ, or for `adapter = "simulated:<socket>"`
+    the simulated radio's bleak backends (the only place the daemon reaches into simulators/)."""
+    from gateway.ble_link import BLUEZ, Radio
+
+    socket_path = ble.simulated_socket
+    if socket_path is None:
+        return BLUEZ
+    from simulators.ble_backend import SimulatedClient, SimulatedScanner, reset_radio
+
+    return Radio(
+        SimulatedScanner, SimulatedClient, {"socket_path": socket_path}, functools.partial(reset_radio, socket_path)
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StationFailed, run_station
     from gateway.outbox import OutboxUnavailable
@@ -63,7 +82,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             logging.error("configuration: %s", line)
         return EXIT_CONFIG
     try:
-        asyncio.run(run_station(config, Path(args.config)))
+        asyncio.run(run_station(config, Path(args.config), radio_for))
     except OutboxUnavailable as exc:
         logging.critical("%s", exc)
         return EXIT_UNAVAILABLE
@@ -203,7 +222,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_CONFIG
     known = [d for d in config.devices if isinstance(d, BLE_KINDS)]
-    found = asyncio.run(scan(config.ble, known, args.seconds))
+    found = asyncio.run(scan(config.ble, known, args.seconds, radio_for(config.ble)))
     if args.json:
         print(json.dumps([{**vars(d), "decoded": sorted(d.decoded)} for d in found], indent=2))
         return 0

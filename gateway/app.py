@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from drivers import codec_for
 from gateway import __version__
-from gateway.ble_link import BleLink
+from gateway.ble_link import BLUEZ, BleLink, Radio
 from gateway.clock import Clock, utc_text
 from gateway.commands import (
     AckCommand,
@@ -35,7 +35,15 @@ from gateway.commands import (
     StatusCommand,
     TimeCommand,
 )
-from gateway.config import BLE_KINDS, SERIAL_KINDS, STATUS_FILE_NAME, ConfigError, StationConfig, load_config
+from gateway.config import (
+    BLE_KINDS,
+    SERIAL_KINDS,
+    STATUS_FILE_NAME,
+    BleSection,
+    ConfigError,
+    StationConfig,
+    load_config,
+)
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
@@ -98,8 +106,9 @@ def watchdog_interval_s() -> float | None:
 
 
 class Station:
-    def __init__(self, config: StationConfig, clock: Clock | None = None) -> None:
+    def __init__(self, config: StationConfig, clock: Clock | None = None, radio: Radio = BLUEZ) -> None:
         self.config = config
+        self.radio = radio  # the BLE radio (the CLI injects the demo's simulated one)
         self.clock = clock or Clock(config.station.trust_clock)
         self.started_mono = time.monotonic()
         self._unstored = 0  # the station's own commits that failed since the last log line about them
@@ -450,6 +459,7 @@ class Station:
                     ble_devices,
                     {d.id: rules_for(d, self.location, cfg.ble) for d in ble_devices},
                     self.on_events,
+                    self.radio,
                 )
                 if ble_devices
                 else None
@@ -537,7 +547,9 @@ class Station:
             await asyncio.sleep(tick)
 
 
-async def run_station(config: StationConfig, config_path: Path | None = None) -> None:
+async def run_station(
+    config: StationConfig, config_path: Path | None = None, radio_for: Callable[[BleSection], Radio] | None = None
+) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly (offline status, WAL checkpoint).
 
     SIGHUP re-reads `config_path`: a file with errors is refused (each error logged) and the
@@ -551,7 +563,7 @@ async def run_station(config: StationConfig, config_path: Path | None = None) ->
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
     while True:
-        station = Station(config)
+        station = Station(config, radio=radio_for(config.ble) if radio_for else BLUEZ)
         running = asyncio.create_task(station.run(), name="station")
         while True:
             signals = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]

@@ -2,8 +2,9 @@
 decodes their advertisements, reads health devices over GATT when they advertise, and keeps
 the radio alive (restart the scan, then reset the adapter, when nothing is heard).
 
-The radio is bleak's: `[ble] adapter = "hci0"` uses BlueZ; `"simulated:/path.sock"` passes
-the simulator's backend classes as bleak's `backend=` — the code path here is the same.
+The radio is bleak's: `[ble] adapter = "hci0"` uses BlueZ; other backend classes come in as a
+`Radio` (the CLI injects the simulated one for `"simulated:/path.sock"`), passed to bleak as
+`backend=` — the code path here is the same.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bleak import BleakClient, BleakScanner
 from bleak.args.bluez import OrPattern
 from bleak.assigned_numbers import AdvertisementDataType
+from bleak.backends.client import BaseBleakClient
 from bleak.backends.device import BLEDevice
-from bleak.backends.scanner import AdvertisementData
+from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 from tenacity import (
     AsyncRetrying,
@@ -71,15 +73,28 @@ def bind_keys(devices: Sequence[BleDevice]) -> dict[str, bytes]:
     return {d.id: bytes.fromhex(d.bind_key) for d in devices if isinstance(d, KEYED) and d.bind_key}
 
 
-def make_scanner(ble: BleSection, callback: Callable[[BLEDevice, AdvertisementData], None]) -> BleakScanner:
-    """A scanner on the configured adapter (BlueZ, or the simulated radio), duplicates kept."""
-    socket_path = ble.simulated_socket
-    if socket_path is not None:
-        from simulators.ble_backend import SimulatedScanner
+@dataclass(frozen=True)
+class Radio:
+    """The radio bleak drives: BlueZ on `[ble] adapter` (the default), or other bleak backend
+    classes with their options (the demo's simulated radio, which the CLI resolves from
+    `adapter = "simulated:..."` and injects: no module here knows the simulators); `reset`
+    power-cycles it (default: `bluetoothctl power off/on`)."""
 
-        return BleakScanner(
-            callback, scanning_mode=ble.scanning_mode, backend=SimulatedScanner, socket_path=socket_path
-        )
+    scanner_backend: type[BaseBleakScanner] | None = None
+    client_backend: type[BaseBleakClient] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    reset: Callable[[], Awaitable[None]] | None = None
+
+
+BLUEZ = Radio()
+
+
+def make_scanner(
+    ble: BleSection, callback: Callable[[BLEDevice, AdvertisementData], None], radio: Radio = BLUEZ
+) -> BleakScanner:
+    """A scanner on the configured adapter (BlueZ, or the injected radio), duplicates kept."""
+    if radio.scanner_backend is not None:
+        return BleakScanner(callback, scanning_mode=ble.scanning_mode, backend=radio.scanner_backend, **radio.options)
     bluez: dict[str, Any] = {"adapter": ble.adapter, "filters": {"DuplicateData": True}}
     if ble.scanning_mode == "passive":
         bluez["or_patterns"] = PASSIVE_PATTERNS
@@ -119,7 +134,7 @@ def describe(reading: object) -> str:
     return type(reading).__name__
 
 
-async def scan(ble: BleSection, devices: Sequence[BleDevice], seconds: float) -> list[SeenDevice]:
+async def scan(ble: BleSection, devices: Sequence[BleDevice], seconds: float, radio: Radio = BLUEZ) -> list[SeenDevice]:
     """Listen for `seconds`; every device heard, strongest first, with its decodable content."""
     by_address = {d.address.upper(): d for d in devices if d.address}
     keys = bind_keys(devices)
@@ -149,7 +164,7 @@ async def scan(ble: BleSection, devices: Sequence[BleDevice], seconds: float) ->
         if configured is not None:
             entry.configured_as = configured.id
 
-    async with make_scanner(ble, heard):
+    async with make_scanner(ble, heard, radio):
         await asyncio.sleep(seconds)
     return sorted(seen.values(), key=lambda d: -d.rssi)
 
@@ -158,9 +173,15 @@ class BleLink:
     """Every configured BLE device, through one scanner, for as long as the daemon runs."""
 
     def __init__(
-        self, ble: BleSection, devices: list[BleDevice], rules: dict[str, DeviceRules], on_events: EventSink
+        self,
+        ble: BleSection,
+        devices: list[BleDevice],
+        rules: dict[str, DeviceRules],
+        on_events: EventSink,
+        radio: Radio = BLUEZ,
     ) -> None:
         self.ble = ble
+        self.radio = radio
         self.devices = devices
         self.rules = rules
         self._on_events = on_events
@@ -177,15 +198,6 @@ class BleLink:
         self.last_advert = time.monotonic()
         self.stats: dict[str, int] = collections.Counter()
         self._last_reject_log = -REJECT_LOG_INTERVAL_S
-        self._backend: dict[str, Any] = self._backend_arguments()
-
-    def _backend_arguments(self) -> dict[str, Any]:
-        socket_path = self.ble.simulated_socket
-        if socket_path is None:
-            return {}
-        from simulators.ble_backend import SimulatedClient
-
-        return {"client": SimulatedClient, "socket_path": socket_path}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -196,7 +208,7 @@ class BleLink:
     # --- scanning and its self-healing ---------------------------------------------------------
 
     def _scanner(self) -> BleakScanner:
-        return make_scanner(self.ble, self._on_advertisement)
+        return make_scanner(self.ble, self._on_advertisement, self.radio)
 
     async def _scan_forever(self) -> None:
         failures = 0
@@ -247,10 +259,8 @@ class BleLink:
         )
         ok, detail = True, ""
         try:
-            if "socket_path" in self._backend:
-                from simulators.ble_backend import reset_radio
-
-                await reset_radio(self._backend["socket_path"])
+            if self.radio.reset is not None:
+                await self.radio.reset()
             else:
                 for step in ("off", "on"):
                     proc = await asyncio.create_subprocess_exec(
@@ -368,13 +378,9 @@ class BleLink:
             self._cooldown_until[configured.id] = time.monotonic() + configured.cooldown_s
 
     def _client(self, device: BLEDevice, on_disconnect: Callable[[BleakClient], None]) -> BleakClient:
-        if "client" in self._backend:
+        if self.radio.client_backend is not None:
             return BleakClient(
-                device,
-                on_disconnect,
-                backend=self._backend["client"],
-                socket_path=self._backend["socket_path"],
-                timeout=10.0,
+                device, on_disconnect, backend=self.radio.client_backend, timeout=10.0, **self.radio.options
             )
         return BleakClient(device, on_disconnect, timeout=10.0, bluez={"adapter": self.ble.adapter})
 
