@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import os
-import sqlite3
 import sys
 import time
 from datetime import datetime
@@ -93,20 +92,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 STATUS_FRESH_S = 5.0  # the daemon rewrites status.json every second; older means it is not running
-PRIORITY_NAMES = {0: "alarm", 1: "status", 2: "telemetry"}
 
 
 def _outbox_waiting(path: Path) -> dict[str, Any]:
     """What waits in the outbox, read directly (works whether or not the daemon runs)."""
+    from gateway.outbox import peek
+
     if not path.exists():
         return {"outbox": str(path), "exists": False}
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-        rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
-        oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
+    view = peek(path)
     return {
         "outbox": str(path),
-        "waiting": {name: rows.get(rank, 0) for rank, name in PRIORITY_NAMES.items()},
-        "oldest_created_ms": oldest,
+        "waiting": {priority.value: n for priority, n in view.waiting.items()},
+        "oldest_created_ms": view.oldest_created_ms,
     }
 
 

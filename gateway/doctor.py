@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import socket
-import sqlite3
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from gateway.clock import Clock
 from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
 from gateway.modem_link import Modem, ModemError
+from gateway.outbox import OutboxUnavailable, peek
 from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after, probe_broker
 
 BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK
@@ -89,12 +89,11 @@ def _storage(config: StationConfig) -> Iterator[Finding]:
         yield ok("storage", f"{free_mb} MiB free on {folder}")
     if db.exists():
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-                verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
-                waiting = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-        except sqlite3.Error as exc:
-            yield fail("outbox", f"{db} cannot be read: {exc}", "the daemon moves a corrupt file aside at start")
+            view = peek(db, check=True)
+        except OutboxUnavailable as exc:
+            yield fail("outbox", str(exc), "the daemon moves a corrupt file aside at start")
             return
+        verdict, waiting = view.verdict, sum(view.waiting.values())
         if verdict == "ok":
             yield ok("outbox", f"{db}: intact, {waiting} events waiting")
         else:

@@ -1261,6 +1261,35 @@ class Outbox:
         )
 
 
+@dataclass(frozen=True)
+class OutboxView:
+    """What an outbox file holds, read without the daemon (`care-gateway status`, `doctor`)."""
+
+    waiting: dict[Priority, int]
+    oldest_created_ms: int | None
+    verdict: str | None  # the first line of PRAGMA quick_check, when asked for
+
+
+def peek(path: Path, check: bool = False) -> OutboxView:
+    """A read-only look at an outbox file, safe while the daemon runs. On a disk with too
+    little room to map the WAL index safely (see MIN_FREE_TO_OPEN_BYTES) the main file is read
+    as it is (immutable), without what waits in its WAL. Raises OutboxUnavailable."""
+    try:
+        st = os.statvfs(path.parent)
+        free = st.f_bavail * st.f_frsize
+    except OSError:
+        free = 0
+    mode = "mode=ro" if free >= MIN_FREE_TO_OPEN_BYTES else "immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?{mode}", uri=True, timeout=BUSY_TIMEOUT_S)) as conn:
+            verdict = str(conn.execute("PRAGMA quick_check").fetchone()[0]) if check else None
+            rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
+            oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise OutboxUnavailable(f"{path} cannot be read: {exc}") from exc
+    return OutboxView({p: int(rows.get(p.rank, 0)) for p in Priority}, oldest, verdict)
+
+
 def boot_key(boot_id: str) -> int:
     """A boot id (a UUID) as a small integer for the boot column: its first 32 bits."""
     try:
