@@ -1,0 +1,97 @@
+"""The import rules of the code base, read from the source (AST), not from a running process.
+
+- the codecs (drivers/) do no I/O: no event loop, port, radio, broker, database, socket, process;
+- the per-device and care rules (gateway/rules.py) are pure in the same way;
+- each I/O library has one owner: SQLite gateway/outbox.py, MQTT gateway/uplink.py, bleak
+  gateway/ble_link.py, pyserial gateway/serial_link.py;
+- product code (drivers/, gateway/) never imports the simulators, except the composition root
+  (gateway/__main__.py: the command line resolves the demo and the simulated radio).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+IO_LIBRARIES = {
+    "asyncio",
+    "serial",
+    "serial_asyncio",
+    "bleak",
+    "aiomqtt",
+    "paho",
+    "sqlite3",
+    "sqlite_utils",
+    "socket",
+    "subprocess",
+    "ssl",
+}
+OWNERS = {  # library -> the one module that may import it
+    "sqlite3": "gateway/outbox.py",
+    "sqlite_utils": "gateway/outbox.py",
+    "aiomqtt": "gateway/uplink.py",
+    "paho": "gateway/uplink.py",
+    "bleak": "gateway/ble_link.py",
+    "serial": "gateway/serial_link.py",
+    "serial_asyncio": "gateway/serial_link.py",
+}
+COMPOSITION_ROOT = "gateway/__main__.py"
+
+
+def imports_of(path: Path) -> set[str]:
+    """Top-level package names a module imports, anywhere in it (lazy imports count too);
+    imports only for type checking (under `if TYPE_CHECKING:`) do not."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            typing_only.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def modules(*folders: str) -> list[Path]:
+    return sorted(p for folder in folders for p in (ROOT / folder).glob("*.py"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+@pytest.mark.parametrize("path", modules("drivers"), ids=rel)
+def test_codecs_do_no_io(path: Path) -> None:
+    assert not imports_of(path) & IO_LIBRARIES
+
+
+def test_the_rules_are_pure() -> None:
+    assert not imports_of(ROOT / "gateway/rules.py") & IO_LIBRARIES
+
+
+@pytest.mark.parametrize("path", modules("gateway", "drivers"), ids=rel)
+def test_each_io_library_has_one_owner(path: Path) -> None:
+    strays = {lib for lib in imports_of(path) if lib in OWNERS and OWNERS[lib] != rel(path)}
+    assert not strays, f"{rel(path)} imports {sorted(strays)}: go through {sorted({OWNERS[s] for s in strays})}"
+
+
+@pytest.mark.parametrize("path", modules("gateway", "drivers"), ids=rel)
+def test_product_code_never_imports_the_simulators(path: Path) -> None:
+    if rel(path) == COMPOSITION_ROOT:
+        return
+    assert "simulators" not in imports_of(path)
+
+
+def test_the_rules_see_what_they_are_meant_to() -> None:
+    """The checker itself: it sees lazy imports and skips type-checking-only ones."""
+    assert {"simulators", "functools"} <= imports_of(ROOT / COMPOSITION_ROOT)
+    assert "sqlite3" in imports_of(ROOT / "gateway/outbox.py")
+    assert "bleak" in imports_of(ROOT / "gateway/ble_link.py")
