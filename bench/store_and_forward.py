@@ -300,7 +300,8 @@ def bench_wire() -> dict[str, Any]:
 
     for name, link in LINK_PROFILES.items():
         n = link.batch_max_events
-        rows = [OutboxRow(i, Priority.TELEMETRY, 0, varied_reading(clock, rng, i).to_json()) for i in range(n)]
+        events = [varied_reading(clock, rng, i) for i in range(n)]
+        rows = [OutboxRow(i, Priority.TELEMETRY, 0, e.to_json(), e.id) for i, e in enumerate(events)]
         payload = encode_batch(rows, link.compress)
         out[name] = {
             "batch_events": n,

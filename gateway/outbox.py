@@ -200,6 +200,7 @@ class OutboxRow:
     priority: Priority
     created_ms: int
     payload: str  # the event as published (JSON)
+    event_id: str  # its id (checked when the row was read), for the acks of alarms
 
 
 @dataclass(frozen=True)
@@ -1116,7 +1117,7 @@ class Outbox:
             if problem:
                 bad.append((seq, created_ms, raw, problem))
             else:
-                out.append(OutboxRow(seq, priority, created_ms, prefix + stored[1:]))
+                out.append(OutboxRow(seq, priority, created_ms, prefix + stored[1:], stored[len(ID_PREFIX) : ID_END]))
         if bad:
             self._quarantine(priority, bad)
         return out

@@ -721,7 +721,7 @@ class Uplink:
                 if isinstance(result, Verdict) and result.accepted:
                     self._note_verdict(result, topic, 1)
             if acked:
-                ids = [_event_id(row.payload) for row in acked]
+                ids = [row.event_id for row in acked]
                 # the rows go and the alarms become "delivered" in one transaction
                 await self._outbox.ack(acked, state=self._on_delivered(ids) if self._on_delivered else None)
                 self.published[Priority.ALARM] += len(acked)
@@ -1034,10 +1034,6 @@ def _refusal_advice(code: int, client_id: str) -> str:
     if code == 0x95:
         return "; the message is larger than the broker accepts: lower [uplink] batch_max_events"
     return ""
-
-
-def _event_id(payload: str) -> str:
-    return str(json.loads(payload)["id"])
 
 
 def _brief(payload: str) -> str:

@@ -84,6 +84,7 @@ async def test_stored_form_is_compact_and_published_form_is_the_whole_event(tmp_
         assert "station_id" not in stored
         [row] = await outbox.rows_after(Priority.ALARM, 0, 10)
         assert json.loads(row.payload) == json.loads(event.to_json())
+        assert row.event_id == event.id  # read with the row, not parsed again from the payload
 
 
 async def test_alarms_commit_with_full_sync_telemetry_alone_with_normal(tmp_path: Path) -> None:
