@@ -44,6 +44,7 @@ from gateway.config import (
     StationConfig,
     load_config,
 )
+from gateway.errors import GatewayError
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
@@ -65,7 +66,7 @@ TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after
 UNSTORED_LOG_INTERVAL_S = 60.0  # the station's own events that cannot be stored: logged at most this often
 
 
-class StationFailed(Exception):
+class StationFailed(GatewayError):
     """Something the station cannot run without has failed for good (the outbox writer): the
     daemon exits non-zero and systemd starts it afresh."""
 

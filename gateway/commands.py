@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config import key_path
+from gateway.errors import GatewayError
 from gateway.events import ULID_PATTERN
 
 __all__ = [
@@ -37,7 +38,7 @@ MAX_COMMAND_BYTES = 4096  # a downlink command is a few hundred bytes; more is r
 COMMAND_ID_RULE = "a string of 1-64 printable characters"
 
 
-class CommandRefused(Exception):
+class CommandRefused(GatewayError):
     """A command that cannot be carried out; the message is the reply's error."""
 
 

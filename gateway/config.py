@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.errors import GatewayError
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # safe inside an MQTT topic level and a file name
 ID_ALLOWED = "lower-case letters, digits, '-' and '_', 1-64 characters, starting with a letter or digit"
 SERIAL_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -653,7 +655,7 @@ def status_files(config: StationConfig) -> list[Path]:
     return [RUNTIME_DIR / STATUS_FILE_NAME, config.storage.path.with_name(STATUS_FILE_NAME)]
 
 
-class ConfigError(Exception):
+class ConfigError(GatewayError):
     """The configuration cannot be used; `problems` holds one technician-readable line each."""
 
     def __init__(self, problems: Sequence[str]) -> None:

@@ -27,6 +27,7 @@ from drivers.modem import (
     sms_submit_pdus,
 )
 from gateway.config import SmsSection
+from gateway.errors import GatewayError
 from gateway.serial_link import PORT_ERRORS, explain_port_error, open_port
 
 __all__ = ["Modem", "ModemError", "ModemState"]
@@ -36,7 +37,7 @@ PROMPT_TIMEOUT_S = 10.0  # the '> ' after AT+CMGS=<n>
 AT_ATTEMPTS = 3  # 'AT' is repeated until the modem answers (it may still be booting)
 
 
-class ModemError(Exception):
+class ModemError(GatewayError):
     """The modem refused or failed; `code` is its raw +CMS/+CME code when it gave one."""
 
     def __init__(self, message: str, code: int | None = None, network: bool = False) -> None:

@@ -48,6 +48,7 @@ from pydantic import JsonValue
 
 from gateway.clock import read_boot_id
 from gateway.config import StorageSection
+from gateway.errors import GatewayError
 from gateway.events import Event, Priority
 
 log = logging.getLogger("care_gateway.outbox")
@@ -119,15 +120,15 @@ _Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "CareState | None"]
 CareState = Mapping[str, JsonValue | None]  # key -> JSON value; None deletes the key
 
 
-class OutboxUnavailable(Exception):
+class OutboxUnavailable(GatewayError):
     """The database cannot be opened; the message says what to check on site."""
 
 
-class WriterStopped(Exception):
+class WriterStopped(GatewayError):
     """The outbox's writer task has ended: no event can be accepted until the daemon restarts."""
 
 
-class OutboxFull(Exception):
+class OutboxFull(GatewayError):
     """The disk is full and nothing is left to shed (or the outbox could not be opened for
     want of space): the event was not accepted."""
 
@@ -582,7 +583,7 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutboxUnavailable(self._advice(exc)) from exc
+            raise self._advice(exc) from exc
         self.reserve.look()
         released = False
         if self.reserve.held and self._free_bytes() < SPACE_MARGIN_BYTES:
@@ -642,12 +643,12 @@ class Outbox:
             if _for_want_of_space(exc):
                 raise
             if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
-                raise OutboxUnavailable(self._advice(exc)) from exc
+                raise self._advice(exc) from exc
             db = self._move_aside_and_recreate(exc)
         except OSError as exc:
             if _for_want_of_space(exc):
                 raise
-            raise OutboxUnavailable(self._advice(exc)) from exc
+            raise self._advice(exc) from exc
         self._db = db
         db.executescript(SCHEMA)
         if replayed is not None:
@@ -716,11 +717,14 @@ class Outbox:
         log.warning("outbox %s: %d events recovered from the damaged write-ahead log", self.path, recovered)
         self.faults.append({**self._wal_fault, "recovered_events": recovered, "rejected_rows": rejected})
 
-    def _advice(self, exc: Exception) -> str:
-        return (
-            f"cannot open the outbox {self.path}: {exc}; check that {self.path.parent} exists, "
-            "is writable by the service user and that the disk is mounted"
+    def _advice(self, exc: Exception) -> OutboxUnavailable:
+        return OutboxUnavailable(
+            f"cannot open the outbox {self.path}: {exc}",
+            f"check that {self.path.parent} exists, is writable by the service user and that the disk is mounted",
         )
+
+    def _free_space_advice(self) -> str:
+        return f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
 
     def _move_aside_and_recreate(self, exc: Exception) -> sqlite_utils.Database:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -798,8 +802,8 @@ class Outbox:
             if self._db is None or self.read_only:
                 raise OutboxFull(
                     f"outbox {self.path} is {'read-only' if self.read_only else 'not open'} ({self.not_open}): "
-                    "the event was not accepted; "
-                    f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
+                    "the event was not accepted",
+                    self._free_space_advice(),
                 )
         durable = bool(state) or any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
@@ -832,8 +836,8 @@ class Outbox:
                         f"outbox {self.path}: the disk is full and nothing more can be freed: "
                         f"{rows[Priority.TELEMETRY]} telemetry, {rows[Priority.STATUS]} status and "
                         f"{rows[Priority.ALARM]} alarm events are kept, the "
-                        f"{self.reserve.size // 2**20} MiB reserve is {'held' if self.reserve.held else 'used up'}; "
-                        f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
+                        f"{self.reserve.size // 2**20} MiB reserve is {'held' if self.reserve.held else 'used up'}",
+                        self._free_space_advice(),
                     ) from exc
                 continue
             self.commits += 1

@@ -54,6 +54,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.clock import utc_text
 from gateway.commands import COMMANDS, CommandRefused, CommandTable
 from gateway.config import StationConfig, UplinkSection, read_secrets
+from gateway.errors import GatewayError
 from gateway.events import Priority
 from gateway.outbox import CareState, Outbox, OutboxRow, OutboxSnapshot
 
@@ -135,11 +136,11 @@ class Verdict:
         return f"0x{self.code:02X} {self.reason}"
 
 
-class PublishRefused(Exception):
+class PublishRefused(GatewayError):
     """The broker answered a publish with a reason code >= 0x80: it does not have the events."""
 
-    def __init__(self, verdict: Verdict, topic: str, events: int) -> None:
-        super().__init__(f"{verdict.label} for {events} event(s) on {topic}")
+    def __init__(self, verdict: Verdict, topic: str, events: int, advice: str = "") -> None:
+        super().__init__(f"{verdict.label} for {events} event(s) on {topic}", advice)
         self.verdict, self.topic, self.events = verdict, topic, events
 
 

@@ -95,3 +95,18 @@ def test_the_rules_see_what_they_are_meant_to() -> None:
     assert {"simulators", "functools"} <= imports_of(ROOT / COMPOSITION_ROOT)
     assert "sqlite3" in imports_of(ROOT / "gateway/outbox.py")
     assert "bleak" in imports_of(ROOT / "gateway/ble_link.py")
+
+
+def test_the_gateways_errors_share_one_base() -> None:
+    from gateway.app import StationFailed
+    from gateway.commands import CommandRefused
+    from gateway.config import ConfigError
+    from gateway.errors import GatewayError
+    from gateway.modem_link import ModemError
+    from gateway.outbox import OutboxFull, OutboxUnavailable, WriterStopped
+    from gateway.uplink import PublishRefused
+
+    kinds = (StationFailed, CommandRefused, ConfigError, ModemError, OutboxFull, OutboxUnavailable, WriterStopped)
+    assert all(issubclass(kind, GatewayError) for kind in (*kinds, PublishRefused))
+    error = GatewayError("the outbox cannot be opened", "check the disk")
+    assert (str(error), error.advice) == ("the outbox cannot be opened; check the disk", "check the disk")

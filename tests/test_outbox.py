@@ -170,8 +170,9 @@ async def test_disk_full_sheds_and_only_refuses_when_nothing_is_left(tmp_path: P
             OutboxFull,
             match=r"the disk is full and nothing more can be freed: 0 telemetry, 0 status and \d+ alarm events are "
             r"kept, the 8 MiB reserve is used up",
-        ):
+        ) as refused:
             await alarms_until_refused()
+        assert refused.value.advice == f"free space on {tmp_path} (journalctl --vacuum-size, old logs)"
         assert (await outbox.counts())[Priority.TELEMETRY] == 0
 
 
