@@ -446,7 +446,7 @@ class Station:
                 SerialLink(
                     device,
                     codec_for(device.kind, codec_variant(device)),
-                    rules_for(device, self.location),
+                    rules_for(device, self.location, self.clock.monotonic()),
                     self.on_events,
                     self.on_device_state,
                 )
@@ -458,7 +458,7 @@ class Station:
                 BleLink(
                     cfg.ble,
                     ble_devices,
-                    {d.id: rules_for(d, self.location, cfg.ble) for d in ble_devices},
+                    {d.id: rules_for(d, self.location, self.clock.monotonic(), cfg.ble) for d in ble_devices},
                     self.on_events,
                     self.radio,
                 )

@@ -31,7 +31,7 @@ from gateway.clock import Clock
 from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
 from gateway.modem_link import Modem, ModemError
-from gateway.rules import Alarm, CareBook
+from gateway.rules import Alarm, CareBook, button_number
 
 log = logging.getLogger("care_gateway.sms")
 
@@ -61,7 +61,7 @@ def sms_text(alarm: Alarm, config: StationConfig, resident: ResidentSection | No
     when = datetime.fromtimestamp(alarm.raised_at, ZoneInfo(clock_zone))
     who = resident.name if resident else f"设备{alarm.device_id}"
     where = resident.room if resident and resident.room else ""
-    zone = alarm.detail.get("zone", alarm.detail.get("user"))
+    zone = button_number(alarm.detail)
     if not resident and zone is not None:
         where = f"防区{zone}"
     what = WHAT.get(alarm.kind, alarm.kind)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import zoneinfo
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -115,7 +114,7 @@ class RadarRules:
     _last_change_event: float = -1e9
     _change_pending: bool = False
     _state_since: float = 0.0
-    _window: _ActivityWindow = field(default_factory=lambda: _ActivityWindow(started=time.monotonic()))
+    _window: _ActivityWindow = field(kw_only=True)  # rules_for opens the first at the clock's time
 
     def on_reading(self, reading: object, now: float) -> list[EventDraft]:
         if isinstance(reading, RadarFall):
@@ -223,7 +222,7 @@ class GpsRules:
 
     location: StationLocation
     lost_after_s: float
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(kw_only=True)  # the clock's monotonic time when the rules were made
     state: str = "starting"  # "starting", "acquired", "lost"
 
     def on_reading(self, reading: object, now: float) -> list[EventDraft]:
@@ -398,14 +397,14 @@ _MEASUREMENT_NAMES = {
 }
 
 
-def rules_for(device: Device, location: StationLocation, ble: BleSection | None = None) -> DeviceRules:
-    """The care rules of one configured device."""
+def rules_for(device: Device, location: StationLocation, now: float, ble: BleSection | None = None) -> DeviceRules:
+    """The care rules of one configured device, started at `now` (the clock's monotonic time)."""
     if isinstance(device, ContactIdReceiverDevice):
         return ContactIdRules()
     if isinstance(device, RadarDevice):
-        return RadarRules(summary_s=device.activity_summary_s, label=device.label)
+        return RadarRules(summary_s=device.activity_summary_s, label=device.label, _window=_ActivityWindow(started=now))
     if isinstance(device, GpsDevice):
-        return GpsRules(location, device.fix_lost_after_s)
+        return GpsRules(location, device.fix_lost_after_s, started=now)
     presence_timeout = ble.presence_timeout_s if ble else 120.0
     rules: DeviceRules
     if isinstance(device, PendantDevice):
@@ -416,7 +415,7 @@ def rules_for(device: Device, location: StationLocation, ble: BleSection | None 
         rules = BadgeRules(device.caregiver, device.visit_min_s, device.visit_end_s)
     else:
         rules = HealthRules(device.wearer)
-    return Supervised(rules, device.supervision_s) if device.supervision_s else rules
+    return Supervised(rules, device.supervision_s, started=now) if device.supervision_s else rules
 
 
 def codec_variant(device: SerialDevice) -> str:
@@ -435,7 +434,7 @@ class Supervised:
 
     inner: DeviceRules
     window_s: float
-    started: float = field(default_factory=time.monotonic)
+    started: float = field(kw_only=True)  # the clock's monotonic time when the rules were made
     last_seen: float | None = None
     online: bool | None = None
 
@@ -541,7 +540,9 @@ def _noted(note: str | None) -> dict[str, JsonValue]:
     return {} if note is None else {"note": note}
 
 
-def _zone(data: dict[str, JsonValue]) -> JsonValue:
+def button_number(data: dict[str, JsonValue]) -> JsonValue:
+    """The number a Contact ID report names its button by: the zone, or for a user-coded
+    report (panic, duress) the user. The one place this is decided."""
     return data.get("zone", data.get("user"))
 
 
@@ -671,14 +672,14 @@ class CareBook:
         if device is None:
             return None
         if isinstance(device, ContactIdReceiverDevice):
-            number = data.get("zone", data.get("user"))
+            number = button_number(data)
             return device.residents.get(str(number)) if isinstance(number, int) else None
         return getattr(device, "resident", None)
 
     def _button_key(self, device_id: str, data: dict[str, JsonValue]) -> str | None:
         device = self.devices.get(device_id)
         if isinstance(device, ContactIdReceiverDevice):
-            number = data.get("zone", data.get("user"))
+            number = button_number(data)
             return f"{device_id}:{number}" if str(number) in device.residents else None
         return device_id if isinstance(device, PendantDevice) else None
 
@@ -781,13 +782,14 @@ class CareBook:
         out: list[Event],
     ) -> None:
         family = STORM_FAMILY.get(kind)
-        who = resident or f"{device_id}:{data.get('account', '')}:{_zone(data)}"  # one button of one panel
+        who = resident or f"{device_id}:{data.get('account', '')}:{button_number(data)}"  # one button of one panel
         storm_key = f"{who}/{family}" if family else None
         qualifier = data.get("qualifier")
         matching = [a for a in self.alarms.values() if storm_key and a.storm_key == storm_key]
         current = matching[-1] if matching else None  # the newest open alarm of this resident and kind
         if qualifier == "restore":
-            if current is not None and (current.device_id, _zone(current.detail)) != (device_id, _zone(data)):
+            same_button = (device_id, button_number(data))
+            if current is not None and (current.device_id, button_number(current.detail)) != same_button:
                 current = None  # another of the resident's buttons: it does not end this alarm
             event = self.stamp(device_id, kind, {**data, **({"alarm_id": current.id} if current else {})})
             out.append(event)

@@ -1,7 +1,8 @@
 """The import rules of the code base, read from the source (AST), not from a running process.
 
 - the codecs (drivers/) do no I/O: no event loop, port, radio, broker, database, socket, process;
-- the per-device and care rules (gateway/rules.py) are pure in the same way;
+- the per-device and care rules (gateway/rules.py) are pure in the same way, and read no
+  clock of their own (their time comes from gateway/clock.py through the station);
 - each I/O library has one owner: SQLite gateway/outbox.py, MQTT gateway/uplink.py, bleak
   gateway/ble_link.py, pyserial gateway/serial_link.py;
 - product code (drivers/, gateway/) never imports the simulators, except the composition root
@@ -75,6 +76,7 @@ def test_codecs_do_no_io(path: Path) -> None:
 
 def test_the_rules_are_pure() -> None:
     assert not imports_of(ROOT / "gateway/rules.py") & IO_LIBRARIES
+    assert "time" not in imports_of(ROOT / "gateway/rules.py")  # their time comes from the one clock
 
 
 @pytest.mark.parametrize("path", modules("gateway", "drivers"), ids=rel)

@@ -157,7 +157,7 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
     async def full(*_: object) -> None:
         raise OutboxFull("the disk is full")
 
-    rules = rules_for(device, StationLocation(None))
+    rules = rules_for(device, StationLocation(None), 0.0)
     monkeypatch.setattr(rules, "on_tick", lambda now: [(EventKind.ACTIVITY, {"summary": {}})])
     link = serial_link.SerialLink(device, codec_for(device.kind, codec_variant(device)), rules, full, full)  # type: ignore[arg-type]
     monkeypatch.setattr(serial_link, "TICK_S", 0.01)
