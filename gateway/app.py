@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BLUEZ, BleLink, Radio
+from gateway.care import CareBook
 from gateway.clock import Clock, utc_text
 from gateway.commands import (
     AckCommand,
@@ -48,7 +49,7 @@ from gateway.errors import GatewayError
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
-from gateway.rules import CareBook, EventDraft, StationLocation, codec_variant, rules_for
+from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink

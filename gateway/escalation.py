@@ -27,11 +27,11 @@ from zoneinfo import ZoneInfo
 from pydantic import JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
+from gateway.care import Alarm, CareBook, button_number
 from gateway.clock import Clock
 from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
 from gateway.modem_link import Modem, ModemError
-from gateway.rules import Alarm, CareBook, button_number
 
 log = logging.getLogger("care_gateway.sms")
 

@@ -7,10 +7,11 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from gateway.care import CareBook
 from gateway.clock import Clock
 from gateway.config import StationConfig, parse_config
 from gateway.events import Event, EventKind, new_event
-from gateway.rules import CareBook, Seen, Supervised, WearableRules
+from gateway.rules import Seen, Supervised, WearableRules
 
 START = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: waking hours
 SOS: tuple[EventKind, dict[str, JsonValue]] = (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "new"})

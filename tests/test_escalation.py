@@ -13,11 +13,11 @@ import pytest
 from pydantic import JsonValue
 
 import gateway.escalation as escalation
+from gateway.care import CareBook
 from gateway.clock import Clock
 from gateway.config import parse_config
 from gateway.escalation import Escalator
 from gateway.events import Event, EventKind, new_event
-from gateway.rules import CareBook
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
