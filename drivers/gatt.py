@@ -269,6 +269,27 @@ CHARACTERISTICS: dict[str, tuple[str, Callable[[_Reader], Measurement]]] = {
 }
 
 
+# the GATT health profiles a [devices] entry may name: the measurement characteristic each one
+# indicates or notifies (Bluetooth SIG: BLP, HTP, PLXP, WSP, HRP; assigned numbers 16-bit UUIDs)
+PROFILE_CHARACTERISTICS = {
+    "blood_pressure": uuid16(0x2A35),
+    "thermometer": uuid16(0x2A1C),
+    "oximeter": uuid16(0x2A5E),
+    "oximeter_continuous": uuid16(0x2A5F),
+    "scale": uuid16(0x2A9D),
+    "heart_rate": uuid16(0x2A37),
+}
+BATTERY_LEVEL = uuid16(0x2A19)  # Battery Service's Battery Level, read before the measurement
+# advertised service UUID -> the profile to configure (care-gateway scan suggests it)
+HEALTH_SERVICES = {
+    uuid16(0x1810): "blood_pressure",
+    uuid16(0x1809): "thermometer",
+    uuid16(0x1822): "oximeter",
+    uuid16(0x181D): "scale",
+    uuid16(0x180D): "heart_rate",
+}
+
+
 def decode_characteristic(uuid: str, value: bytes) -> Measurement | GattError:
     """Decode one value of a known characteristic; never raises."""
     known = CHARACTERISTICS.get(uuid.lower())

@@ -34,7 +34,7 @@ from tenacity import (
 )
 
 from drivers.adverts import AdvertError, BTHomePacket, IBeacon, decode_advertisement
-from drivers.gatt import GattError, decode_characteristic, uuid16
+from drivers.gatt import BATTERY_LEVEL, HEALTH_SERVICES, PROFILE_CHARACTERISTICS, GattError, decode_characteristic
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
 from gateway.outbox import OutboxFull
@@ -49,15 +49,6 @@ CONNECT_ATTEMPTS = 3
 CONNECT_GIVE_UP_S = 30.0
 ADAPTER_RESET_TIMEOUT_S = 15.0
 BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
-PROFILE_CHARACTERISTICS = {  # the measurement each health profile indicates or notifies
-    "blood_pressure": uuid16(0x2A35),
-    "thermometer": uuid16(0x2A1C),
-    "oximeter": uuid16(0x2A5E),
-    "oximeter_continuous": uuid16(0x2A5F),
-    "scale": uuid16(0x2A9D),
-    "heart_rate": uuid16(0x2A37),
-}
-BATTERY_LEVEL = uuid16(0x2A19)
 # passive scanning on BlueZ needs patterns: BTHome service data (D2 FC) and Apple's iBeacons
 PASSIVE_PATTERNS = [
     OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
@@ -99,15 +90,6 @@ def make_scanner(
     if ble.scanning_mode == "passive":
         bluez["or_patterns"] = PASSIVE_PATTERNS
     return BleakScanner(callback, scanning_mode=ble.scanning_mode, bluez=bluez)  # type: ignore[arg-type]
-
-
-HEALTH_SERVICES = {  # advertised service UUIDs -> the [devices] profile to configure
-    uuid16(0x1810): "blood_pressure",
-    uuid16(0x1809): "thermometer",
-    uuid16(0x1822): "oximeter",
-    uuid16(0x181D): "scale",
-    uuid16(0x180D): "heart_rate",
-}
 
 
 @dataclass

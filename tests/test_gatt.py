@@ -80,3 +80,15 @@ def test_truncated_and_unknown_values_are_errors_not_exceptions() -> None:
 @given(uuid=st.sampled_from(sorted(CHARACTERISTICS)), value=st.binary(max_size=40))
 def test_fuzz_never_raises(uuid: str, value: bytes) -> None:
     decode_characteristic(uuid, value)
+
+
+def test_every_configurable_profile_has_a_measurement_this_gateway_decodes() -> None:
+    from typing import get_args
+
+    from drivers.gatt import CHARACTERISTICS, HEALTH_SERVICES, PROFILE_CHARACTERISTICS
+    from gateway.config import HealthBleDevice
+
+    profiles = set(get_args(HealthBleDevice.model_fields["profile"].annotation))
+    assert set(PROFILE_CHARACTERISTICS) == profiles  # the station file's choices and the table agree
+    assert set(PROFILE_CHARACTERISTICS.values()) <= set(CHARACTERISTICS)
+    assert set(HEALTH_SERVICES.values()) <= profiles
