@@ -18,6 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+__all__ = [
+    "BufferedCodec",
+    "Codec",
+    "CodecStats",
+    "Decoded",
+    "codec_for",
+]
+
 
 @dataclass(frozen=True)
 class Decoded:

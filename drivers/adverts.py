@@ -14,6 +14,20 @@ from dataclasses import dataclass, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
+__all__ = [
+    "APPLE",
+    "BTHOME_UUID",
+    "AdFields",
+    "AdvertError",
+    "BTHomePacket",
+    "IBeacon",
+    "decode_advertisement",
+    "decode_bthome",
+    "decode_ibeacon",
+    "parse_ad",
+    "uuid16",
+]
+
 APPLE = 0x004C
 IBEACON_PREFIX = b"\x02\x15"  # iBeacon type and length after Apple's company id
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"

@@ -31,6 +31,18 @@ from pydantic import JsonValue
 from drivers import BufferedCodec, Decoded
 from gateway.events import EventKind
 
+__all__ = [
+    "ACK",
+    "CR",
+    "DC4",
+    "MAX_LINE_BYTES",
+    "NAK",
+    "Ademco685Codec",
+    "ContactIdReport",
+    "SurGardCodec",
+    "kind_of_code",
+]
+
 ACK = b"\x06"
 NAK = b"\x15"
 DC4 = 0x14  # terminator of every automation-output line

@@ -12,6 +12,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+__all__ = [
+    "BATTERY_LEVEL",
+    "CHARACTERISTICS",
+    "HEALTH_SERVICES",
+    "PROFILE_CHARACTERISTICS",
+    "BatteryLevel",
+    "BloodPressure",
+    "GattError",
+    "HeartRate",
+    "Measurement",
+    "OximeterReading",
+    "Temperature",
+    "Weight",
+    "decode_characteristic",
+    "float32",
+    "sfloat",
+    "uuid16",
+]
+
 # --- IEEE-11073 ----------------------------------------------------------------------------
 
 SFLOAT_SPECIAL = {0x07FF, 0x0800, 0x07FE, 0x0802, 0x0801}  # NaN, NRes, +INF, -INF, reserved

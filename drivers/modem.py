@@ -22,6 +22,28 @@ from typing import Literal
 
 from drivers import CodecStats
 
+__all__ = [
+    "CME_ERROR_NAMES",
+    "CME_NETWORK_CAUSES",
+    "CMS_ERROR_NAMES",
+    "CTRL_Z",
+    "ESC",
+    "MAX_LINE_BYTES",
+    "NETWORK_CAUSES",
+    "REGISTERED",
+    "REGISTRATION",
+    "ModemCodec",
+    "ModemLine",
+    "SmsPdu",
+    "classify",
+    "encode_address",
+    "parse_cmgs",
+    "parse_csq",
+    "parse_registration",
+    "sms_submit_pdus",
+    "split_ucs2",
+]
+
 # --- SMS-SUBMIT PDU -------------------------------------------------------------------------
 
 SINGLE_UCS2_UNITS = 70  # 140 octets of user data

@@ -15,6 +15,13 @@ from dataclasses import dataclass
 
 from drivers import BufferedCodec, Decoded
 
+__all__ = [
+    "MAX_SENTENCE_BYTES",
+    "GpsFix",
+    "NmeaCodec",
+    "nmea_checksum",
+]
+
 MAX_SENTENCE_BYTES = 82  # NMEA 0183: "$" to <LF> inclusive
 _SENTENCE = re.compile(rb"\$(?P<body>(?P<talker>[A-Z]{2})(?P<type>[A-Z]{3}),[ -~]*?)\*(?P<sum>[0-9A-Fa-f]{2})$")
 

@@ -22,6 +22,23 @@ from typing import Literal
 
 from drivers import BufferedCodec, Decoded
 
+__all__ = [
+    "FDA2_GET_PARAMETERS",
+    "SY_HEARTBEAT_QUERY",
+    "RadarDwell",
+    "RadarFall",
+    "RadarHeartbeat",
+    "RadarInfo",
+    "RadarMotion",
+    "RadarMovement",
+    "RadarPresence",
+    "SeeedFda2Codec",
+    "SeeedRadarCodec",
+    "fda2_checksum",
+    "fda2_frame",
+    "sy_frame",
+]
+
 # --- readings ------------------------------------------------------------------------------
 
 Motion = Literal["none", "stationary", "moving"]

@@ -54,6 +54,17 @@ from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink
 
+__all__ = [
+    "CLOCK_CHECK_S",
+    "TASK_RESTART_DELAY_S",
+    "Station",
+    "StationFailed",
+    "keep_running",
+    "run_station",
+    "sd_notify",
+    "watchdog_interval_s",
+]
+
 log = logging.getLogger("care_gateway")
 
 BACKLOG_LOG_INTERVAL_S = 30.0  # how often a non-empty backlog is logged

@@ -40,6 +40,19 @@ from gateway.events import EventKind
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
 
+__all__ = [
+    "BLUEZ",
+    "REJECT_LOG_INTERVAL_S",
+    "BleLink",
+    "EventSink",
+    "Radio",
+    "SeenDevice",
+    "bind_keys",
+    "describe",
+    "make_scanner",
+    "scan",
+]
+
 log = logging.getLogger("care_gateway.ble")
 
 QUEUE_LIMIT = 10_000  # advertisements waiting to be decoded; beyond it the oldest are dropped

@@ -32,6 +32,14 @@ from gateway.config import (
 from gateway.events import Event, EventKind
 from gateway.rules import EventDraft
 
+__all__ = [
+    "Alarm",
+    "CareBook",
+    "CareCheckpoint",
+    "Stamp",
+    "button_number",
+]
+
 OPENS_ALARM = frozenset(
     {
         EventKind.SOS,

@@ -16,6 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+__all__ = [
+    "Clock",
+    "read_boot_id",
+    "utc_text",
+]
+
 TIME_ERROR = 5  # adjtimex(2) return value: "clock not synchronized"
 ADJTIMEX_BUFFER_BYTES = 512  # > sizeof(struct timex) on every Linux ABI (208 on x86_64)
 TIMESYNCD_MARKER = Path("/run/systemd/timesync/synchronized")  # touched by systemd-timesyncd

@@ -20,6 +20,51 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.errors import GatewayError
 
+__all__ = [
+    "BLE_KINDS",
+    "LINK_PROFILES",
+    "MIB",
+    "SERIAL_KINDS",
+    "STATUS_FILE_NAME",
+    "BadgeDevice",
+    "BleDevice",
+    "BleSection",
+    "BrokerSecrets",
+    "CareSection",
+    "ConfigError",
+    "Contact",
+    "ContactIdReceiverDevice",
+    "Device",
+    "GpsDevice",
+    "HealthBleDevice",
+    "IBeaconMatch",
+    "LinkSettings",
+    "LocationSection",
+    "PendantDevice",
+    "RadarDevice",
+    "ResidentSection",
+    "SerialDevice",
+    "SmsSection",
+    "StationConfig",
+    "StationSection",
+    "StatusPageSection",
+    "StorageSection",
+    "TlsSection",
+    "UplinkSection",
+    "VitalLimits",
+    "WristbandDevice",
+    "cross_check",
+    "describe_errors",
+    "in_hours",
+    "is_loopback",
+    "key_path",
+    "load_config",
+    "parse_config",
+    "parse_hours",
+    "read_secrets",
+    "status_files",
+]
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"  # safe inside an MQTT topic level and a file name
 ID_ALLOWED = "lower-case letters, digits, '-' and '_', 1-64 characters, starting with a letter or digit"
 SERIAL_BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)

@@ -23,6 +23,15 @@ from gateway.modem_link import Modem, ModemError
 from gateway.outbox import OutboxUnavailable, peek
 from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after, probe_broker
 
+__all__ = [
+    "Finding",
+    "examine",
+    "fail",
+    "ok",
+    "run",
+    "warn",
+]
+
 BROKER_TIMEOUT_S = 8.0  # reaching the broker, TLS handshake and CONNACK
 BY_ID = Path("/dev/serial/by-id")  # stable names of USB serial adapters
 MIN_FREE_FRACTION = 0.10  # warn when the outbox's disk has less free space than this

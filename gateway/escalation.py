@@ -33,6 +33,15 @@ from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
 from gateway.modem_link import Modem, ModemError
 
+__all__ = [
+    "SEND_RETRY_FIRST_S",
+    "SEND_RETRY_MAX_S",
+    "Commit",
+    "Escalator",
+    "masked",
+    "sms_text",
+]
+
 log = logging.getLogger("care_gateway.sms")
 
 ESCALATION_TICK_S = 1.0  # how often due escalations are looked for

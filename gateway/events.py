@@ -19,6 +19,16 @@ from typing_extensions import TypeAliasType
 
 from gateway.clock import Clock
 
+__all__ = [
+    "PRIORITY_OF_KIND",
+    "ULID_PATTERN",
+    "Event",
+    "EventKind",
+    "Priority",
+    "event_json_schema",
+    "new_event",
+]
+
 # JSON values, validated by a plain union: pydantic's JsonValue picks its member with a Python
 # callback per value, which costs about a microsecond per event on the ingest path.
 Json = TypeAliasType("Json", "str | bool | int | float | list[Json] | dict[str, Json] | None")

@@ -51,6 +51,28 @@ from gateway.config import StorageSection
 from gateway.errors import GatewayError
 from gateway.events import Event, Priority
 
+__all__ = [
+    "RETENTION_SWEEP_S",
+    "WRITER_STALL_S",
+    "WRITER_TICK_S",
+    "CareState",
+    "DiskReserve",
+    "Outbox",
+    "OutboxFull",
+    "OutboxRow",
+    "OutboxSnapshot",
+    "OutboxUnavailable",
+    "OutboxView",
+    "Salvage",
+    "WalDamage",
+    "WriterStopped",
+    "boot_key",
+    "inspect_wal",
+    "peek",
+    "row_bytes",
+    "stored_form",
+]
+
 log = logging.getLogger("care_gateway.outbox")
 
 T = TypeVar("T")

@@ -41,6 +41,23 @@ from gateway.config import (
 )
 from gateway.events import EventKind
 
+__all__ = [
+    "BadgeRules",
+    "ContactIdRules",
+    "DeviceRules",
+    "EventDraft",
+    "GpsRules",
+    "HealthRules",
+    "RadarRules",
+    "Seen",
+    "StationLocation",
+    "Supervised",
+    "WearableRules",
+    "codec_variant",
+    "ibeacon_matches",
+    "rules_for",
+]
+
 EventDraft = tuple[EventKind, dict[str, JsonValue]]
 
 ACTIVITY_CHANGE_MIN_GAP_S = 5.0  # at most one presence/motion change event per device per 5 s

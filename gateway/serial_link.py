@@ -30,6 +30,16 @@ from gateway.config import SerialDevice
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
 
+__all__ = [
+    "PORT_ERRORS",
+    "REJECT_LOG_INTERVAL_S",
+    "TICK_S",
+    "EventSink",
+    "SerialLink",
+    "explain_port_error",
+    "open_port",
+]
+
 log = logging.getLogger("care_gateway.serial")
 
 READ_CHUNK_BYTES = 4096  # one read; the codec bounds its own buffer

@@ -21,6 +21,11 @@ from zoneinfo import ZoneInfo
 
 from gateway.config import StatusPageSection
 
+__all__ = [
+    "StatusPage",
+    "render_page",
+]
+
 log = logging.getLogger("care_gateway.status_page")
 
 REQUEST_LIMIT_BYTES = 8192  # a request line and headers; anything longer is refused

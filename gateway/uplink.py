@@ -58,6 +58,29 @@ from gateway.errors import GatewayError
 from gateway.events import Priority
 from gateway.outbox import CareState, Outbox, OutboxRow, OutboxSnapshot
 
+__all__ = [
+    "ALARM_RETRY_MAX_S",
+    "ALARM_RETRY_MIN_S",
+    "COMMAND_TIMEOUT_S",
+    "MQTT_OVERHEAD_BYTES",
+    "SESSION_ABANDON_S",
+    "TLS_EXPIRY_WARNING_DAYS",
+    "Backoff",
+    "BrokerClient",
+    "BrokerProbe",
+    "ByteBudget",
+    "PublishRefused",
+    "Topics",
+    "Uplink",
+    "Verdict",
+    "broker_login",
+    "certificate_not_after",
+    "encode_batch",
+    "probe_broker",
+    "subscribe_commands",
+    "tls_parameters",
+]
+
 log = logging.getLogger("care_gateway.uplink")
 # paho logs every socket error at ERROR level; the uplink reports each outage itself, once,
 # with what it means for the backlog, so paho's own lines only add noise to the journal.

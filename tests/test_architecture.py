@@ -114,3 +114,32 @@ def test_the_gateways_errors_share_one_base() -> None:
     assert all(issubclass(kind, GatewayError) for kind in (*kinds, PublishRefused))
     error = GatewayError("the outbox cannot be opened", "check the disk")
     assert (str(error), error.advice) == ("the outbox cannot be opened; check the disk", "check the disk")
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in modules("gateway", "drivers") if p.name not in ("__init__.py", "__main__.py")], ids=rel
+)
+def test_each_module_says_what_it_offers(path: Path) -> None:
+    """`__all__` names the module's API (what other modules and the tests use), and only
+    names it defines."""
+    tree = ast.parse(path.read_text())
+    declared = [
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
+    ]
+    assert declared, f"{rel(path)} has no __all__"
+    defined = {
+        name
+        for node in tree.body
+        for name in (
+            [node.name]
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            else [t.id for t in node.targets if isinstance(t, ast.Name)]
+            if isinstance(node, ast.Assign)
+            else [node.target.id]
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+            else []
+        )
+    }
+    assert set(declared[0]) <= defined
