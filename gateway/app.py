@@ -39,11 +39,11 @@ from gateway.commands import (
 from gateway.config import (
     BLE_KINDS,
     SERIAL_KINDS,
-    STATUS_FILE_NAME,
     BleSection,
     ConfigError,
     StationConfig,
     load_config,
+    status_file_to_write,
 )
 from gateway.errors import GatewayError
 from gateway.escalation import Escalator
@@ -416,8 +416,7 @@ class Station:
             return
         body = await self.full_status()
         body["written_at"] = time.time()
-        runtime = os.environ.get("RUNTIME_DIRECTORY")  # set by systemd for RuntimeDirectory=
-        target = Path(runtime) / STATUS_FILE_NAME if runtime else self.config.storage.path.with_name(STATUS_FILE_NAME)
+        target = status_file_to_write(self.config, os.environ.get("RUNTIME_DIRECTORY"))
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body, ensure_ascii=False))
         os.replace(temporary, target)

@@ -62,6 +62,7 @@ __all__ = [
     "parse_config",
     "parse_hours",
     "read_secrets",
+    "status_file_to_write",
     "status_files",
 ]
 
@@ -694,10 +695,20 @@ STATUS_FILE_NAME = "status.json"
 RUNTIME_DIR = Path("/run/care-gateway")  # the unit's RuntimeDirectory: tmpfs, spares the SD card
 
 
-def status_files(config: StationConfig) -> list[Path]:
-    """Where the daemon keeps its status.json: the runtime directory when systemd gives one
-    (RuntimeDirectory=care-gateway), else beside the outbox. The first that exists is used."""
-    return [RUNTIME_DIR / STATUS_FILE_NAME, config.storage.path.with_name(STATUS_FILE_NAME)]
+def status_files(config: StationConfig, runtime_directory: str | None = None) -> list[Path]:
+    """Where status.json is, decided here only. The daemon writes the first: the runtime
+    directory systemd gives it (`RUNTIME_DIRECTORY`, from RuntimeDirectory=care-gateway; tmpfs,
+    spares the SD card), else beside the outbox. `care-gateway status`, outside the unit's
+    environment, reads the first of them that exists."""
+    beside_outbox = config.storage.path.with_name(STATUS_FILE_NAME)
+    if runtime_directory:
+        return [Path(runtime_directory) / STATUS_FILE_NAME, beside_outbox]
+    return [RUNTIME_DIR / STATUS_FILE_NAME, beside_outbox]
+
+
+def status_file_to_write(config: StationConfig, runtime_directory: str | None) -> Path:
+    """The daemon's status.json (see status_files)."""
+    return status_files(config, runtime_directory)[0 if runtime_directory else -1]
 
 
 class ConfigError(GatewayError):

@@ -51,3 +51,18 @@ async def test_status_reads_the_daemon_and_watches_a_backlog_drain(tmp_path: Pat
         await station.gateway.stop()
         await asyncio.sleep(5.5)  # status.json is now stale
         assert "the daemon is not running" in await status(station.config_path)
+
+
+def test_the_status_file_is_where_the_reader_looks(tmp_path: Path) -> None:
+    from gateway.config import RUNTIME_DIR, parse_config, status_file_to_write, status_files
+
+    raw = {
+        "station": {"id": "st", "name": "s"},
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": str(tmp_path / "outbox.db")},
+    }
+    config = parse_config(raw)
+    assert status_file_to_write(config, None) == tmp_path / "status.json"  # no systemd: beside the outbox
+    under_systemd = status_file_to_write(config, str(RUNTIME_DIR))
+    assert under_systemd == RUNTIME_DIR / "status.json"
+    assert {under_systemd, tmp_path / "status.json"} == set(status_files(config))  # what care-gateway status reads
