@@ -27,6 +27,7 @@ from gateway.config import (
     PendantDevice,
     ResidentSection,
     StationConfig,
+    WristbandDevice,
     in_hours,
 )
 from gateway.events import Event, EventKind
@@ -66,7 +67,7 @@ STORM_FAMILY = {
     EventKind.FALL: "fall",
 }
 BUTTON_PRESSES = frozenset({EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS})
-WEARABLE_KINDS = ("ble_pendant", "ble_wristband")
+WEARABLES = (PendantDevice, WristbandDevice)  # the kinds a resident wears
 ALARM_DETAIL_KEYS = ("code_name", "zone", "user", "room", "qualifier", "severity", "vital", "value", "last_seen_at")
 TEST_OVERDUE_REPEAT_S = 86400.0  # an overdue button is reported again each day until tested
 BATTERY_RECOVERED_MARGIN = 10  # percent above the limit before a low battery counts as replaced
@@ -314,7 +315,7 @@ class CareBook:
             for alarm in self._open_of(resident, EventKind.INACTIVITY):
                 out.append(self._close(alarm, t, "gateway", "activity", {"activity_kind": kind.value}))
         device = self.devices.get(device_id)
-        if device is not None and device.kind in WEARABLE_KINDS:
+        if isinstance(device, WEARABLES):
             if kind is EventKind.PRESENCE and data.get("state") == "away":
                 unseen = data.get("unseen_s")
                 self._set(f"seen:{resident}", t - (unseen if isinstance(unseen, int | float) else 0))
@@ -563,9 +564,7 @@ class CareBook:
             self._alarm_report(device, EventKind.INACTIVITY, data, resident.id, t, out)
 
     def _check_absence(self, resident: ResidentSection, t: float, out: list[Event]) -> None:
-        wearables = [
-            d for d in self.config.devices if d.kind in WEARABLE_KINDS and getattr(d, "resident", None) == resident.id
-        ]
+        wearables = [d for d in self.config.devices if isinstance(d, WEARABLES) and d.resident == resident.id]
         if not wearables:
             return
         last = self.state.get(f"seen:{resident.id}")

@@ -14,7 +14,7 @@ import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -443,22 +443,15 @@ class BadgeDevice(_BleDevice):
     visit_end_s: float = Field(600.0, gt=0, le=86400, description="seconds unseen before a visit is over, >0")
 
 
-Device = Annotated[
-    ContactIdReceiverDevice | RadarDevice | GpsDevice | PendantDevice | WristbandDevice | HealthBleDevice | BadgeDevice,
-    Field(discriminator="kind"),
-]
+# The device-kind registry, written once: a [[devices]] kind is one of these models (its
+# `kind` literal is the tag); the rest is derived.
 SerialDevice = ContactIdReceiverDevice | RadarDevice | GpsDevice
 BleDevice = PendantDevice | WristbandDevice | HealthBleDevice | BadgeDevice
-SERIAL_KINDS = (ContactIdReceiverDevice, RadarDevice, GpsDevice)
+Device = Annotated[SerialDevice | BleDevice, Field(discriminator="kind")]
+SERIAL_KINDS = (ContactIdReceiverDevice, RadarDevice, GpsDevice)  # (for isinstance; a test holds them to the unions)
 BLE_KINDS = (PendantDevice, WristbandDevice, HealthBleDevice, BadgeDevice)
 DEVICE_MODELS: dict[str, type[BaseModel]] = {
-    "contact_id_receiver": ContactIdReceiverDevice,
-    "mmwave_radar": RadarDevice,
-    "gps": GpsDevice,
-    "ble_pendant": PendantDevice,
-    "ble_wristband": WristbandDevice,
-    "ble_health": HealthBleDevice,
-    "caregiver_badge": BadgeDevice,
+    get_args(model.model_fields["kind"].annotation)[0]: model for model in (*SERIAL_KINDS, *BLE_KINDS)
 }
 
 

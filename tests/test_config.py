@@ -191,3 +191,22 @@ def test_residents_contacts_and_care_are_checked_with_key_paths(tmp_path: Path) 
     )
     config = load_config(path)
     assert config.residents[0].contacts[0].international == "+8613800138000"
+
+
+def test_the_device_kind_registry_is_one_list() -> None:
+    from typing import get_args
+
+    from gateway.config import BLE_KINDS, DEVICE_MODELS, SERIAL_KINDS, BleDevice, SerialDevice
+
+    assert get_args(SerialDevice) == SERIAL_KINDS
+    assert get_args(BleDevice) == BLE_KINDS
+    assert list(DEVICE_MODELS.values()) == [*SERIAL_KINDS, *BLE_KINDS]
+    assert set(DEVICE_MODELS) == {
+        "contact_id_receiver",
+        "mmwave_radar",
+        "gps",
+        "ble_pendant",
+        "ble_wristband",
+        "ble_health",
+        "caregiver_badge",
+    }
