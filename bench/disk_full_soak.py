@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import json
 import os
 import platform
@@ -32,38 +31,11 @@ from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import EventKind, Priority, new_event
 from gateway.outbox import Outbox, OutboxFull
+from simulators.harness import SmallDiskUnavailable, fill_disk, mount_small_disk
 
 MIB = 1024 * 1024
 KINDS = {Priority.ALARM: EventKind.SOS, Priority.STATUS: EventKind.TEST, Priority.TELEMETRY: EventKind.ACTIVITY}
 ROUND = [Priority.ALARM] + [Priority.STATUS] * 2 + [Priority.TELEMETRY] * 40
-
-
-def mount(kind: str, where: Path, image: Path, size: int) -> None:
-    where.mkdir()
-    if kind == "tmpfs":
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], check=True)
-        return
-    with image.open("wb") as f:
-        f.truncate(size)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(where)], check=True)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "runaway.log"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        for chunk in (bytes(65536), bytes(4096), bytes(512), bytes(1)):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return filler
 
 
 class Soak:
@@ -114,7 +86,7 @@ async def cycle(soak: Soak, disk: Path, fill_after_s: float, full_s: float) -> d
     """One outage in which the disk fills; then the space and the link come back."""
     producing = asyncio.create_task(soak.produce(fill_after_s + full_s))
     await asyncio.sleep(fill_after_s)
-    filler = fill(disk)
+    filler = fill_disk(disk)
     await producing
     filler.unlink()
     back = time.monotonic()
@@ -163,11 +135,12 @@ def main() -> None:
     parser.add_argument("--full-s", type=float, default=2.0)
     parser.add_argument("--out")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("this benchmark mounts a small filesystem: run it as root")
     with tempfile.TemporaryDirectory(prefix="disk-full-soak-") as folder:
         disk = Path(folder) / "disk"
-        mount(args.fs, disk, Path(folder) / "disk.img", args.disk_mib * MIB)
+        try:
+            mount_small_disk(args.fs, disk, Path(folder) / "disk.img", args.disk_mib * MIB)
+        except SmallDiskUnavailable as exc:
+            sys.exit(f"this benchmark mounts a small filesystem: {exc}")
         try:
             started = time.monotonic()
             result = asyncio.run(run(args, disk))

@@ -176,8 +176,7 @@ class DiskReserve:
             self.held = False
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.path.parent)
-        return st.f_bavail * st.f_frsize
+        return free_bytes(self.path.parent)
 
     def make(self) -> bool:
         """Hold the reserve if the disk has room for it and a margin; True when held."""
@@ -413,6 +412,17 @@ class Outbox:
 
     # --- group commit --------------------------------------------------------------------------
 
+    @property
+    def _disk_needs_care(self) -> bool:
+        """Something for _look_after_disk to do (else the writer does not even look)."""
+        return (
+            self._db is None
+            or self.read_only
+            or bool(self._acked_unsaved or self._state_unsaved)
+            or not self.reserve.held
+            or self._disk_cap is not None
+        )
+
     def stalled_s(self, now: float) -> float | None:
         """Seconds the writer has been stuck (appends waiting, nothing committed), or dead; else None."""
         if self._writer is not None and self._writer.done():
@@ -471,7 +481,7 @@ class Outbox:
                 for priority in {e.priority for e in events}:
                     self._arrived[priority].set()
                 self.writer_alive_at = time.monotonic()
-            if time.monotonic() - self._space_checked >= SPACE_CHECK_S:
+            if self._disk_needs_care and time.monotonic() - self._space_checked >= SPACE_CHECK_S:
                 self._space_checked = time.monotonic()
                 try:
                     await self._run(self._look_after_disk)
@@ -1031,7 +1041,7 @@ class Outbox:
         if self._acked_unsaved or self._state_unsaved:
             self._delete([])
         if self.reserve.held and self._disk_cap is None:
-            return  # the usual case
+            return
         if not self.reserve.held:
             want = self.reserve.size + SPACE_MARGIN_BYTES
             free = self._free_bytes()
@@ -1297,13 +1307,18 @@ class OutboxView:
     verdict: str | None  # the first line of PRAGMA quick_check, when asked for
 
 
+def free_bytes(folder: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem of `folder`."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
 def peek(path: Path, check: bool = False) -> OutboxView:
     """A read-only look at an outbox file, safe while the daemon runs. On a disk with too
     little room to map the WAL index safely (see MIN_FREE_TO_OPEN_BYTES) the main file is read
     as it is (immutable), without what waits in its WAL. Raises OutboxUnavailable."""
     try:
-        st = os.statvfs(path.parent)
-        free = st.f_bavail * st.f_frsize
+        free = free_bytes(path.parent)
     except OSError:
         free = 0
     mode = "mode=ro" if free >= MIN_FREE_TO_OPEN_BYTES else "immutable=1"

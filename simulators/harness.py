@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import signal
+import subprocess
 import sys
 import tty
 from collections.abc import Callable
@@ -189,3 +191,57 @@ class GatewayProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump
         return code
+
+
+class SmallDiskUnavailable(Exception):
+    """A small filesystem cannot be mounted here (not root, no loop devices, no mkfs.ext4)."""
+
+
+def mount_small_disk(kind: str, where: Path, image: Path, size: int) -> None:
+    """Mount a `size`-byte filesystem at `where` (created): a tmpfs, or an ext4 image file on a
+    loop device (1 KiB blocks at this size, no blocks reserved for root). For the disk-full
+    tests and soak; unmount with `umount -l where`."""
+    if os.geteuid() != 0:
+        raise SmallDiskUnavailable("mounting a small filesystem needs root")
+    where.mkdir()
+    if kind == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)]
+    else:
+        with image.open("wb") as f:
+            f.truncate(size)
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, text=True)
+        if made.returncode:
+            raise SmallDiskUnavailable(f"mkfs.ext4 failed: {made.stderr.strip()}")
+        command = ["mount", "-o", "loop", str(image), str(where)]
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode:
+        raise SmallDiskUnavailable(f"cannot mount a small {kind} filesystem here: {mounted.stderr.strip()}")
+
+
+def fill_disk(disk: Path) -> Path:
+    """Fill the filesystem to the last block with a file, as a log that ran away would; again
+    after a sync, until nothing more fits (ext4 gives back blocks it held for delayed
+    allocation). Returns the file (delete it to give the space back)."""
+    filler = disk / "runaway.log"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while True:
+            written = 0
+            for chunk in (bytes(65536), bytes(4096), bytes(512), bytes(1)):
+                while True:
+                    try:
+                        written += os.write(fd, chunk)
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSPC:
+                            raise
+                        break
+            os.fsync(fd)
+            os.sync()
+            if not written:
+                break
+    finally:
+        os.close(fd)
+    st = os.statvfs(disk)
+    if st.f_bavail * st.f_frsize >= 4096:
+        raise RuntimeError(f"{disk} still has {st.f_bavail * st.f_frsize} bytes free after filling it")
+    return filler

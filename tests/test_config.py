@@ -210,3 +210,12 @@ def test_the_device_kind_registry_is_one_list() -> None:
         "ble_health",
         "caregiver_badge",
     }
+
+
+def test_a_disk_reserve_too_small_or_mistyped_is_named_with_what_is_allowed(tmp_path: Path) -> None:
+    storage = 'path = "/var/lib/care-gateway/outbox.db"'
+    [small] = problems(tmp_path, GOOD.replace(storage, f"{storage}\ndisk_reserve_bytes = 1024"))
+    assert small.startswith("storage.disk_reserve_bytes: ")
+    assert "2097152" in small  # the least it may be
+    [typo] = problems(tmp_path, GOOD.replace(storage, f"{storage}\ndisk_reserve_byte = 8388608"))
+    assert typo.startswith("storage.disk_reserve_byte")

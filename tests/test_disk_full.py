@@ -3,7 +3,6 @@ ext4 image on a loop device and a tmpfs, each 8 MiB. Needs root (skipped otherwi
 
 from __future__ import annotations
 
-import errno
 import os
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
+from simulators.harness import SmallDiskUnavailable, fill_disk, mount_small_disk
 from simulators.link import LinkProxy
 from simulators.radar import RadarSim
 from tests.conftest import Station, events_of, running_station, wait_until
@@ -23,59 +23,17 @@ DISK_BYTES = 8 * MIB
 RESERVE = f"disk_reserve_bytes = {2 * MIB}"
 
 
-def _mount(kind: str, where: Path, image: Path) -> None:
-    where.mkdir()
-    if kind == "tmpfs":
-        command = ["mount", "-t", "tmpfs", "-o", f"size={DISK_BYTES}", "tmpfs", str(where)]
-    else:
-        with image.open("wb") as f:
-            f.truncate(DISK_BYTES)
-        made = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, text=True)
-        if made.returncode:
-            pytest.skip(f"mkfs.ext4 failed: {made.stderr.strip()}")
-        command = ["mount", "-o", "loop", str(image), str(where)]
-    mounted = subprocess.run(command, capture_output=True, text=True)
-    if mounted.returncode:
-        pytest.skip(f"cannot mount a small {kind} filesystem here: {mounted.stderr.strip()}")
-
-
 @pytest.fixture(params=["ext4", "tmpfs"])
 def small_disk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small filesystem needs root")
     where = tmp_path / "disk"
-    _mount(request.param, where, tmp_path / "disk.img")
+    try:
+        mount_small_disk(request.param, where, tmp_path / "disk.img", DISK_BYTES)
+    except SmallDiskUnavailable as exc:
+        pytest.skip(str(exc))  # (CI runs as root with loop devices: there these tests run)
     try:
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last block with a file (as a log that ran away would); again
-    after a sync, until nothing more fits (ext4 gives back blocks it held for delayed allocation)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        while True:
-            written = 0
-            for chunk in (bytes(65536), bytes(4096), bytes(512), bytes(1)):
-                while True:
-                    try:
-                        written += os.write(fd, chunk)
-                    except OSError as exc:
-                        if exc.errno != errno.ENOSPC:
-                            raise
-                        break
-            os.fsync(fd)
-            os.sync()
-            if not written:
-                break
-    finally:
-        os.close(fd)
-    st = os.statvfs(disk)
-    assert st.f_bavail * st.f_frsize < 4096, "the disk is full"
-    return filler
 
 
 def sos_zones(station: Station) -> list[int]:
@@ -108,7 +66,7 @@ async def test_a_disk_that_fills_in_an_outage_keeps_every_alarm_sheds_telemetry_
                 extra_devices=radar_toml("radar-room", radar.path),
             ) as station:
                 assert (small_disk / "outbox.db.reserve").stat().st_size == 2 * MIB
-                filler = fill(small_disk)
+                filler = fill_disk(small_disk)
                 pressed = []
                 for zone in range(1, 61):  # alarms and test reports (status) while the disk is full
                     code = 602 if zone % 5 == 0 else 101
@@ -151,7 +109,7 @@ async def test_the_daemon_starts_on_a_full_disk_and_takes_alarms_into_its_reserv
         assert (await station.receiver.send(surgard_report(code=101, zone=1))).acked
         assert await wait_until(lambda: sos_zones(station) == [1])
         await station.gateway.stop()
-        filler = fill(small_disk)  # the disk filled up while the daemon was stopped
+        filler = fill_disk(small_disk)  # the disk filled up while the daemon was stopped
         await station.restart_gateway()
         assert await station.gateway.wait_for_line("the disk is full at start-up")
         for zone in (2, 3, 4):
@@ -172,10 +130,10 @@ async def test_without_its_reserve_the_daemon_stays_up_acknowledges_nothing_it_c
     async with running_station(small_disk, broker, storage_extra=RESERVE) as station:
         await station.gateway.stop()
         (small_disk / "outbox.db.reserve").unlink()
-        filler = fill(small_disk)
+        filler = fill_disk(small_disk)
         await station.restart_gateway()
         mark = len(station.gateway.lines)
-        fill(small_disk)  # what the daemon's start gave back
+        fill_disk(small_disk)  # what the daemon's start gave back
         delivery = await station.receiver.send(surgard_report(code=101, zone=9))
         assert not delivery.acked, "\n".join(station.gateway.lines)  # not stored, so not acknowledged
         assert await station.gateway.wait_for_line("a reading was not stored, and not acknowledged", after=mark)
@@ -210,7 +168,7 @@ async def test_delivered_events_whose_delete_does_not_fit_are_never_sent_again(s
         await outbox._run(lambda: outbox.db.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
         (small_disk / "outbox.db.reserve").unlink()
         outbox.reserve.look()
-        filler = fill(small_disk)
+        filler = fill_disk(small_disk)
         rows = await outbox.rows_after(Priority.ALARM, 0, 10)
         await outbox.ack(rows)  # PUBACKed; the delete cannot be written
         assert (await outbox.snapshot()).disk["delivered_not_deleted"] == 10
@@ -239,7 +197,7 @@ async def test_a_disk_with_a_few_blocks_left_is_waited_out_not_a_sigbus(small_di
     async with Outbox(storage, "st"):
         pass
     (small_disk / "outbox.db.reserve").unlink()
-    filler = fill(small_disk)
+    filler = fill_disk(small_disk)
     st = os.statvfs(small_disk)
     os.truncate(filler, filler.stat().st_size - 9 * 1024)  # nine blocks back
     os.sync()
@@ -276,7 +234,7 @@ async def test_on_a_disk_too_full_to_open_it_the_backlog_is_still_sent_read_only
     async with Outbox(storage, "st") as outbox:
         await outbox.append(*[new_event(clock, "st", "rx", EventKind.SOS, {"n": n}) for n in range(10)])
     (small_disk / "outbox.db.reserve").unlink()
-    filler = fill(small_disk)
+    filler = fill_disk(small_disk)
     async with Outbox(storage, "st") as outbox:
         assert outbox.read_only
         rows = await outbox.rows_after(Priority.ALARM, 0, 100)
