@@ -16,6 +16,7 @@ __all__ = [
     "BATTERY_LEVEL",
     "CHARACTERISTICS",
     "HEALTH_SERVICES",
+    "MEASUREMENT_NAMES",
     "PROFILE_CHARACTERISTICS",
     "BatteryLevel",
     "BloodPressure",
@@ -306,6 +307,17 @@ HEALTH_SERVICES = {
     uuid16(0x1822): "oximeter",
     uuid16(0x181D): "scale",
     uuid16(0x180D): "heart_rate",
+}
+
+
+# the name a measurement goes by in a `vitals` event ("measurement") and in the care rules
+MEASUREMENT_NAMES: dict[type[Measurement], str] = {
+    HeartRate: "heart_rate",
+    BloodPressure: "blood_pressure",
+    Temperature: "temperature",
+    OximeterReading: "spo2",
+    Weight: "weight",
+    BatteryLevel: "battery",
 }
 
 

@@ -26,6 +26,7 @@ from drivers import codec_for
 from gateway import __version__
 from gateway.ble_link import BLUEZ, BleLink, Radio
 from gateway.care import CareBook
+from gateway.care_state import StateRows
 from gateway.clock import Clock, utc_text
 from gateway.commands import (
     AckCommand,
@@ -48,7 +49,7 @@ from gateway.config import (
 from gateway.errors import GatewayError
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
-from gateway.outbox import CareState, Outbox, OutboxFull, WriterStopped
+from gateway.outbox import Outbox, OutboxFull, WriterStopped
 from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
@@ -73,7 +74,7 @@ CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE_INTERVAL_S = 1.0
-PLATFORM_TIME_KEY = "clock:platform_time_boot"  # care state: the boot in which the platform's time was taken
+UNREAD_CARE_ROWS_LOGGED = 10  # care-state rows that do not read: the first ones named in the journal
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 UNSTORED_LOG_INTERVAL_S = 60.0  # the station's own events that cannot be stored: logged at most this often
 
@@ -204,25 +205,35 @@ class Station:
         except Exception:  # a bug in a care rule must not cost the report itself
             log.exception("care rules failed on %d event(s) from %s; storing them as they came", len(drafts), device_id)
             self.care.rollback(checkpoint)  # whatever the failed rule half-did is not kept
-            events = [self.make_event(device_id, kind, data) for kind, data in drafts]
+            events = [self.make_event(device_id, draft.kind, draft.data) for draft in drafts]
         try:
             await self.commit(events)
         except OutboxFull:  # not stored: the book forgets the triage, the device's resend is new again
             self.care.rollback(checkpoint)
             raise
 
+    async def _report_unread_care_state(self, unread: list[str]) -> None:
+        """Rows of the care state that did not read as their type (left out: an alarm among
+        them is no longer followed up here, so the platform is told)."""
+        for line in unread[:UNREAD_CARE_ROWS_LOGGED]:
+            log.error("care state in the outbox: %s", line)
+        if len(unread) > UNREAD_CARE_ROWS_LOGGED:
+            log.error("care state in the outbox: %d more row(s) left out", len(unread) - UNREAD_CARE_ROWS_LOGGED)
+        fault = {"fault": "care_state_unreadable", "rows": len(unread), "detail": unread[:UNREAD_CARE_ROWS_LOGGED]}
+        await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
+
     async def on_device_state(self, device_id: str, online: bool, reason: str) -> None:
         kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
-        await self.on_events(device_id, [(kind, {"reason": reason})])
+        await self.on_events(device_id, [EventDraft(kind, {"reason": reason})])
         if self._uplink:
             self._uplink.request_status()
 
-    def on_delivered(self, alarm_ids: list[str]) -> CareState:
+    def on_delivered(self, alarm_ids: list[str]) -> StateRows:
         """The broker has the alarms (PUBACK): the platform now has to acknowledge them. Returns
         the care state that says so, which the uplink writes with the rows' deletion."""
         now = self.clock.steady()
         for alarm_id in alarm_ids:
-            self.care.delivered(alarm_id, now)
+            self.care.alarm_book.delivered(alarm_id, now)
         return self.care.take_changes()
 
     def command_table(self) -> CommandTable:
@@ -250,18 +261,20 @@ class Station:
         newest = self.outbox.newest_ms
         latest = datetime.fromtimestamp(newest / 1000, UTC) if newest else None
         try:
-            taken = self.care.state.get(PLATFORM_TIME_KEY) == self.clock.boot_id
+            taken = self.care.state.platform_time_boot == self.clock.boot_id
             offset = self.clock.set_from_platform(command.utc, latest, taken_this_boot=taken)
         except (ValueError, OverflowError) as exc:
             raise CommandRefused(f"the platform's time is refused: {exc}") from None
-        self.care.remember(PLATFORM_TIME_KEY, self.clock.boot_id)  # survives a restart of the daemon
+        self.care.state.note_platform_time(self.clock.boot_id)  # survives a restart of the daemon
         await self.record([])
         log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
         return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
 
     async def on_ack(self, command: AckCommand) -> dict[str, Any]:
         try:
-            state, events = self.care.acknowledge(command.alarm_id, command.by, self.clock.steady(), command.note)
+            state, events = self.care.alarm_book.acknowledge(
+                command.alarm_id, command.by, self.clock.steady(), command.note
+            )
         except KeyError:
             raise self._not_open(command.alarm_id) from None
         await self.record(events)  # (on a full disk the change is written with the next commit)
@@ -269,7 +282,7 @@ class Station:
 
     async def on_resolve(self, command: ResolveCommand) -> dict[str, Any]:
         try:
-            state, events = self.care.resolve(
+            state, events = self.care.alarm_book.resolve(
                 command.alarm_id, command.by, command.resolution, self.clock.steady(), command.note
             )
         except KeyError:
@@ -362,7 +375,7 @@ class Station:
                 r.id: {
                     "name": r.name,
                     "room": r.room,
-                    "last_activity": utc_text(self.care.state.get(f"activity:{r.id}")),
+                    "last_activity": utc_text(getattr(self.care.state.residents.get(r.id), "active_at", None)),
                     "open_alarms": sum(1 for a in self.care.alarms.values() if a.resident == r.id),
                 }
                 for r in self.config.residents
@@ -425,7 +438,7 @@ class Station:
         cfg = self.config
         async with Outbox(cfg.storage, cfg.station.id, self.clock.boot_id) as outbox:
             self._outbox = outbox
-            self.care.load(await outbox.load_state())
+            unread = self.care.load(await outbox.load_state())
             backlog = await outbox.counts()
             log.info(
                 "station %s starting (care-gateway %s); outbox %s holds %d events waiting",
@@ -448,9 +461,11 @@ class Station:
                     "rejected_rows": outbox.salvage.rejected,
                 }
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
+            if unread:
+                await self._report_unread_care_state(unread)
             self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.command_table())
             if cfg.sms is not None:
-                self.escalator = Escalator(cfg, self.care, self.clock, self.make_event, self.record)
+                self.escalator = Escalator(cfg, self.care.alarm_book, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:
                 self.status_page = StatusPage(cfg.status_page, self.full_status, ZoneInfo(cfg.care.timezone))
             self.links = [

@@ -233,7 +233,8 @@ class BleLink:
                     "BLE: no advertisement for %.0f s although devices are expected; restarting the scan", silent
                 )
                 await self._emit(
-                    "gateway", [(EventKind.BLE_RADIO, {"action": "scan_restarted", "silent_s": round(silent)})]
+                    "gateway",
+                    [EventDraft(EventKind.BLE_RADIO, {"action": "scan_restarted", "silent_s": round(silent)})],
                 )
 
     async def _until_silent(self) -> None:
@@ -270,7 +271,8 @@ class BleLink:
             log.error("BLE adapter reset failed: %s; check the adapter (rfkill list, dmesg)", detail)
         self.last_advert = time.monotonic()  # give the reset adapter a full period
         await self._emit(
-            "gateway", [(EventKind.BLE_RADIO, {"action": "adapter_reset", "silent_s": round(silent), "ok": ok})]
+            "gateway",
+            [EventDraft(EventKind.BLE_RADIO, {"action": "adapter_reset", "silent_s": round(silent), "ok": ok})],
         )
 
     def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from pydantic import JsonValue
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential
 
-from gateway.care import Alarm, CareBook, button_number
+from gateway.alarms import Alarm, AlarmBook, button_number
 from gateway.clock import Clock
 from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
@@ -101,7 +101,7 @@ class Escalator:
     def __init__(
         self,
         config: StationConfig,
-        care: CareBook,
+        alarms: AlarmBook,
         clock: Clock,
         stamp: Callable[[str, EventKind, dict[str, JsonValue]], Event],
         commit: Commit,
@@ -109,7 +109,7 @@ class Escalator:
         assert config.sms is not None
         self.config = config
         self.section = config.sms
-        self.care = care
+        self.alarms = alarms
         self.clock = clock
         self.stamp = stamp
         self.commit = commit
@@ -121,7 +121,7 @@ class Escalator:
         await self._check_modem()
         while True:
             await asyncio.sleep(ESCALATION_TICK_S)
-            due = self.care.due_escalations(self.clock.steady(), self.section.undelivered_after_s)
+            due = self.alarms.due_escalations(self.clock.steady(), self.section.undelivered_after_s)
             if due:
                 await self.commit([])  # the rounds are counted before anything is sent
             for alarm in due:
@@ -146,26 +146,26 @@ class Escalator:
             )
 
     async def _escalate(self, alarm: Alarm) -> None:
-        resident = self.care.residents.get(alarm.resident or "")
+        resident = self.alarms.residents.get(alarm.resident or "")
         if alarm.state == "raised":
             why = "（平台网络不通，本短信由站点直接发出）"
         else:
             minutes = round(self.config.care.ack_timeout_s / 60)
             why = f"（平台{minutes}分钟未确认，第{alarm.sms_rounds}次短信通知）"
         text = sms_text(alarm, self.config, resident, self.config.care.timezone, why)
-        recipients = self.care.recipients(alarm, self.section.on_duty)
+        recipients = self.alarms.recipients(alarm, self.section.on_duty)
         if not recipients:
             log.warning("alarm %s: no contact or on-duty number to send an SMS to; add them to the config", alarm.id)
             return
         log.warning("alarm %s (%s) escalated by SMS to %d number(s)", alarm.id, alarm.kind, len(recipients))
         self._reference = (self._reference + 1) % 256
         for contact in recipients:
-            current = self.care.find(alarm.id)
+            current = self.alarms.find(alarm.id)
             if current is not None and current.acknowledged:
                 await self._record(alarm, contact, "skipped", reason="acknowledged by the platform meanwhile")
                 continue
             now = self.clock.steady()
-            if not self.care.sms_allowed(contact.international, now, self.section.per_recipient_per_hour):
+            if not self.alarms.sms_allowed(contact.international, now, self.section.per_recipient_per_hour):
                 self.stats["held_back"] += 1
                 log.warning(
                     "SMS to %s held back: %d per hour already sent",
@@ -210,7 +210,7 @@ class Escalator:
             await self._record(alarm, contact, "failed", attempts=attempts, error=str(exc), code=exc.code)
             return
         self.stats["sent"] += 1
-        self.care.sms_sent(contact.international, self.clock.steady())
+        self.alarms.sms_sent(contact.international, self.clock.steady())
         log.warning(
             "SMS for alarm %s sent to %s (%s, %s)", alarm.id, contact.name, contact.role, masked(contact.international)
         )

@@ -36,7 +36,7 @@ import sqlite3
 import struct
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,6 +46,7 @@ from typing import TypeVar
 import sqlite_utils
 from pydantic import JsonValue
 
+from gateway.care_state import StateRows
 from gateway.clock import read_boot_id
 from gateway.config import StorageSection
 from gateway.errors import GatewayError
@@ -55,7 +56,6 @@ __all__ = [
     "RETENTION_SWEEP_S",
     "WRITER_STALL_S",
     "WRITER_TICK_S",
-    "CareState",
     "DiskReserve",
     "Outbox",
     "OutboxFull",
@@ -138,8 +138,7 @@ CREATE TABLE IF NOT EXISTS shed (
 
 _Item = tuple[int, int, str, int, Event]  # a row to insert: rank, created_ms, payload, bytes, the event
 # events of one append() call, the care state written with them, and the caller's waiter
-_Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "CareState | None"]
-CareState = Mapping[str, JsonValue | None]  # key -> JSON value; None deletes the key
+_Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "StateRows | None"]
 
 
 class OutboxUnavailable(GatewayError):
@@ -356,7 +355,7 @@ class Outbox:
 
     # --- the async API -----------------------------------------------------------------------
 
-    async def append(self, *events: Event, state: CareState | None = None) -> None:
+    async def append(self, *events: Event, state: StateRows | None = None) -> None:
         """Commit the events, and the care state that goes with them, in one transaction; when
         this returns they are accepted (durable, see module doc).
 
@@ -378,7 +377,7 @@ class Outbox:
         """Up to `limit` of the class's oldest rows with seq > after_seq (the uplink's cursor)."""
         return await self._run(lambda: self._select(priority, after_seq, limit))
 
-    async def ack(self, rows: Iterable[OutboxRow], state: CareState | None = None) -> None:
+    async def ack(self, rows: Iterable[OutboxRow], state: StateRows | None = None) -> None:
         """Delete rows the broker has acknowledged (PUBACK received), and write the care state
         that says so (alarms now "delivered") in the same transaction."""
         batch = [row.seq for row in rows]
@@ -826,7 +825,7 @@ class Outbox:
                 conn.execute("ROLLBACK")
             raise
 
-    def _commit(self, events: list[Event], state: CareState | None = None) -> None:
+    def _commit(self, events: list[Event], state: StateRows | None = None) -> None:
         """Insert a group of events, making room first; shed what cannot be kept."""
         if self._db is None or self.read_only:
             if time.monotonic() - self._open_tried >= 1.0:
@@ -1191,7 +1190,7 @@ class Outbox:
                 {"fault": "bad_row", "seq": seq, "class": priority.value, "reason": why, "bytes": len(raw)}
             )
 
-    def _delete(self, seqs: list[int], state: CareState | None = None) -> None:
+    def _delete(self, seqs: list[int], state: StateRows | None = None) -> None:
         """Delete acknowledged rows (with the state that says so). On a full disk, with the
         reserve's room; failing even that, they are remembered, never sent again, and the
         delete is tried again (see _look_after_disk): a drain never re-sends in a loop."""
@@ -1340,7 +1339,7 @@ def boot_key(boot_id: str) -> int:
         return abs(hash(boot_id)) % (1 << 31)
 
 
-def _write_state(conn: sqlite3.Connection, state: CareState) -> None:
+def _write_state(conn: sqlite3.Connection, state: StateRows) -> None:
     gone = [(key,) for key, value in state.items() if value is None]
     kept = [(key, json.dumps(value, ensure_ascii=False)) for key, value in state.items() if value is not None]
     if gone:

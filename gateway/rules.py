@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import JsonValue
 
 from drivers.adverts import BTHomePacket, IBeacon
 from drivers.contact_id import ContactIdReport
-from drivers.gatt import BatteryLevel, BloodPressure, HeartRate, Measurement, OximeterReading, Temperature, Weight
+from drivers.gatt import MEASUREMENT_NAMES, Measurement
 from drivers.nmea import GpsFix
 from drivers.seeed_radar import (
     RadarDwell,
@@ -58,7 +58,15 @@ __all__ = [
     "rules_for",
 ]
 
-EventDraft = tuple[EventKind, dict[str, JsonValue]]
+
+class EventDraft(NamedTuple):
+    """What a device's rules made of a reading: an event to be, before the care rules and the
+    stamp. A measurement keeps its typed reading for the care rules that hold it to limits."""
+
+    kind: EventKind
+    data: dict[str, JsonValue]
+    reading: Measurement | None = None
+
 
 ACTIVITY_CHANGE_MIN_GAP_S = 5.0  # at most one presence/motion change event per device per 5 s
 GPS_FIX_STALE_S = 300.0  # an older fix is sent with alarms as "last known", not as current
@@ -75,7 +83,7 @@ class ContactIdRules:
 
     def on_reading(self, reading: object, now: float) -> list[EventDraft]:
         if isinstance(reading, ContactIdReport):
-            return [(reading.kind, reading.event_data())]
+            return [EventDraft(reading.kind, reading.event_data())]
         return []
 
     def on_tick(self, now: float) -> list[EventDraft]:
@@ -149,7 +157,7 @@ class RadarRules:
         out = self._changed(now) if self._change_pending else []
         if now - self._window.started >= self.summary_s:
             self._accumulate(now)
-            out.append((EventKind.ACTIVITY, {**self._state(), "summary": self._window.summary(now)}))
+            out.append(EventDraft(EventKind.ACTIVITY, {**self._state(), "summary": self._window.summary(now)}))
             self._window = _ActivityWindow(started=now)
         return out
 
@@ -162,18 +170,22 @@ class RadarRules:
     def _fall(self, fallen: bool, now: float) -> list[EventDraft]:
         if fallen and self.fall_at is None:
             self.fall_at, self.still_reported = now, False
-            return [(EventKind.FALL, {**self._state(), "qualifier": "new", "severity": "high", "detector": "mmwave"})]
+            return [
+                EventDraft(
+                    EventKind.FALL, {**self._state(), "qualifier": "new", "severity": "high", "detector": "mmwave"}
+                )
+            ]
         if not fallen and self.fall_at is not None:
             lasted = round(now - self.fall_at)
             self.fall_at = None
-            return [(EventKind.FALL, {**self._state(), "qualifier": "restore", "fall_lasted_s": lasted})]
+            return [EventDraft(EventKind.FALL, {**self._state(), "qualifier": "restore", "fall_lasted_s": lasted})]
         return []
 
     def _dwell(self, still: bool, now: float) -> list[EventDraft]:
         if still and self.fall_at is not None and not self.still_reported:
             self.still_reported = True
             return [
-                (
+                EventDraft(
                     EventKind.FALL,
                     {
                         **self._state(),
@@ -191,7 +203,7 @@ class RadarRules:
             self._change_pending = True  # folded into the next change event or summary
             return []
         self._last_change_event, self._change_pending = now, False
-        return [(EventKind.ACTIVITY, {**self._state(), "change": True})]
+        return [EventDraft(EventKind.ACTIVITY, {**self._state(), "change": True})]
 
     def _accumulate(self, now: float) -> None:
         span = max(0.0, now - max(self._state_since, self._window.started))
@@ -244,7 +256,7 @@ class GpsRules:
         data: dict[str, JsonValue] = {"fix": "acquired", "lat": reading.lat, "lon": reading.lon}
         if reading.satellites is not None:
             data["satellites"] = reading.satellites
-        return [(EventKind.LOCATION, data)]
+        return [EventDraft(EventKind.LOCATION, data)]
 
     def on_tick(self, now: float) -> list[EventDraft]:
         last = self.location.fix_at if self.location.fix_at is not None else self.started
@@ -253,7 +265,7 @@ class GpsRules:
             data: dict[str, JsonValue] = {"fix": "lost", "seconds_without_fix": round(now - last)}
             if self.location.lat is not None:
                 data.update(last_lat=self.location.lat, last_lon=self.location.lon)
-            return [(EventKind.LOCATION, data)]
+            return [EventDraft(EventKind.LOCATION, data)]
         return []
 
 
@@ -298,11 +310,11 @@ class WearableRules:
             self.last_seen = now
             if self.away:
                 self.away = False
-                out.append((EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi}))
+                out.append(EventDraft(EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi}))
             return out
         if isinstance(reading, IBeacon) and self.trigger_ibeacon and ibeacon_matches(reading, self.trigger_ibeacon):
             if self.trigger_window_s is not None and self._new_press(None, now):
-                out.append((EventKind.SOS, {**self._who(), "source": "ble_pendant", "button": "trigger"}))
+                out.append(EventDraft(EventKind.SOS, {**self._who(), "source": "ble_pendant", "button": "trigger"}))
             return out
         if isinstance(reading, BTHomePacket):
             if isinstance(reading.values.get("battery"), int):
@@ -310,7 +322,7 @@ class WearableRules:
             presses = [e for e in reading.events if e != "none"]
             if presses and self.trigger_window_s is not None and self._new_press(reading.packet_id, now):
                 out.append(
-                    (
+                    EventDraft(
                         EventKind.SOS,
                         {**self._who(), "source": "ble_pendant", "button": presses[0], "battery": self.battery},
                     )
@@ -318,7 +330,7 @@ class WearableRules:
             moving = reading.values.get("moving")
             if isinstance(moving, bool) and moving != self.moving:
                 self.moving = moving
-                out.append((EventKind.ACTIVITY, {**self._who(), "moving": moving, "battery": self.battery}))
+                out.append(EventDraft(EventKind.ACTIVITY, {**self._who(), "moving": moving, "battery": self.battery}))
         return out
 
     def _new_press(self, packet_id: int | None, now: float) -> bool:
@@ -333,7 +345,11 @@ class WearableRules:
     def on_tick(self, now: float) -> list[EventDraft]:
         if not self.away and self.last_seen is not None and now - self.last_seen > self.presence_timeout_s:
             self.away = True
-            return [(EventKind.PRESENCE, {**self._who(), "state": "away", "unseen_s": round(now - self.last_seen)})]
+            return [
+                EventDraft(
+                    EventKind.PRESENCE, {**self._who(), "state": "away", "unseen_s": round(now - self.last_seen)}
+                )
+            ]
         return []
 
     def _who(self) -> dict[str, JsonValue]:
@@ -361,14 +377,16 @@ class BadgeRules:
         assert self.first_seen is not None
         if self.visit_started is None and now - self.first_seen >= self.visit_min_s:
             self.visit_started = self.first_seen
-            return [(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "started"})]
+            return [EventDraft(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "started"})]
         return []
 
     def on_tick(self, now: float) -> list[EventDraft]:
         if self.visit_started is not None and self.last_seen is not None and now - self.last_seen > self.visit_end_s:
             duration = round(self.last_seen - self.visit_started)
             self.visit_started = self.first_seen = None
-            return [(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "ended", "duration_s": duration})]
+            return [
+                EventDraft(EventKind.VISIT, {"caregiver": self.caregiver, "visit": "ended", "duration_s": duration})
+            ]
         return []
 
 
@@ -381,7 +399,7 @@ class HealthRules:
     def on_reading(self, reading: object, now: float) -> list[EventDraft]:
         if not isinstance(reading, Measurement):
             return []
-        data: dict[str, JsonValue] = {"measurement": _MEASUREMENT_NAMES[type(reading)]}
+        data: dict[str, JsonValue] = {"measurement": MEASUREMENT_NAMES[type(reading)]}
         if self.wearer:
             data["wearer"] = self.wearer
         for name, value in dataclasses.asdict(reading).items():
@@ -390,20 +408,10 @@ class HealthRules:
                 if isinstance(value, datetime)
                 else (list(value) if isinstance(value, tuple) else value)
             )
-        return [(EventKind.VITALS, data)]
+        return [EventDraft(EventKind.VITALS, data, reading)]
 
     def on_tick(self, now: float) -> list[EventDraft]:
         return []
-
-
-_MEASUREMENT_NAMES = {
-    HeartRate: "heart_rate",
-    BloodPressure: "blood_pressure",
-    Temperature: "temperature",
-    OximeterReading: "spo2",
-    Weight: "weight",
-    BatteryLevel: "battery",
-}
 
 
 def rules_for(device: Device, location: StationLocation, now: float, ble: BleSection | None = None) -> DeviceRules:
@@ -452,7 +460,7 @@ class Supervised:
         if isinstance(reading, Seen):
             if self.online is False and self.last_seen is not None:
                 reason = f"advertising again after {round(now - self.last_seen)} s"
-                out.append((EventKind.DEVICE_ONLINE, {"reason": reason}))
+                out.append(EventDraft(EventKind.DEVICE_ONLINE, {"reason": reason}))
             self.last_seen, self.online = now, True
         return out + self.inner.on_reading(reading, now)
 
@@ -462,7 +470,7 @@ class Supervised:
         if self.online is not False and now - last > self.window_s:
             self.online = False
             reason = f"no advertisement for {round(now - last)} s (supervision window {self.window_s:.0f} s)"
-            out.append((EventKind.DEVICE_OFFLINE, {"reason": reason}))
+            out.append(EventDraft(EventKind.DEVICE_OFFLINE, {"reason": reason}))
         return out
 
 

@@ -51,12 +51,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from gateway.care_state import StateRows
 from gateway.clock import utc_text
 from gateway.commands import COMMANDS, CommandRefused, CommandTable
 from gateway.config import StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
 from gateway.events import Priority
-from gateway.outbox import CareState, Outbox, OutboxRow, OutboxSnapshot
+from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 
 __all__ = [
     "ALARM_RETRY_MAX_S",
@@ -118,7 +119,7 @@ UNSUPPORTED_PROTOCOL = (1, 0x84)  # CONNACK: 3.1.1 "unacceptable protocol versio
 
 StatusSource = Callable[[], dict[str, Any]]
 # the broker has these alarms (their ids): the care state that says so, written with the delete
-DeliveredSink = Callable[[list[str]], CareState]
+DeliveredSink = Callable[[list[str]], StateRows]
 
 
 class Topics:

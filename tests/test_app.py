@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway import app
+from gateway.rules import EventDraft
 from simulators.broker import Mosquitto
 from simulators.harness import station_toml
 
@@ -71,7 +72,7 @@ async def test_a_failing_care_rule_still_stores_the_report(
     monkeypatch.setattr(station.care, "triage", broken)
     async with Outbox(station.config.storage, "st") as outbox:
         station._outbox = outbox
-        await station.on_events("rx", [(EventKind.SOS, {"zone": 3})])
+        await station.on_events("rx", [EventDraft(EventKind.SOS, {"zone": 3})])
         [row] = await outbox.rows_after(Priority.ALARM, 0, 10)
     assert '"kind":"sos"' in row.payload
     assert "care rules failed on 1 event(s) from rx; storing them as they came" in caplog.text
@@ -181,7 +182,9 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
 
     async with Outbox(config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
-        await station.on_events("rx", [(EventKind.TEST, {"zone": 1}), (EventKind.TEST, {"zone": 2})])
+        await station.on_events(
+            "rx", [EventDraft(EventKind.TEST, {"zone": 1}), EventDraft(EventKind.TEST, {"zone": 2})]
+        )
         [early, _] = await outbox.rows_after(Priority.STATUS, 0, 10)
         assert json.loads(early.payload)["clock_trusted"] is False
 
@@ -236,7 +239,7 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
 
     async with Outbox(config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
-        await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
+        await station.on_events("rx", [EventDraft(EventKind.TEST, {"zone": 1})])
         watcher = asyncio.create_task(watch_clock(station, 0.5))
         await asyncio.sleep(0.15)
         result = await station.on_time(TimeCommand(id="t-1", utc=platform_time))

@@ -1,8 +1,9 @@
 """The import rules of the code base, read from the source (AST), not from a running process.
 
 - the codecs (drivers/) do no I/O: no event loop, port, radio, broker, database, socket, process;
-- the per-device rules (gateway/rules.py), the care rules (gateway/care.py) and the command
-  table (gateway/commands.py) are pure in the same way, and read no clock of their own (their
+- the per-device rules (gateway/rules.py), the care rules (gateway/care.py), the alarm
+  lifecycle (gateway/alarms.py), the care state (gateway/care_state.py) and the command table
+  (gateway/commands.py) are pure in the same way, and read no clock of their own (their
   time comes from gateway/clock.py through the station);
 - each I/O library has one owner: SQLite gateway/outbox.py, MQTT gateway/uplink.py, bleak
   gateway/ble_link.py, pyserial gateway/serial_link.py;
@@ -75,7 +76,10 @@ def test_codecs_do_no_io(path: Path) -> None:
     assert not imports_of(path) & IO_LIBRARIES
 
 
-@pytest.mark.parametrize("name", ["gateway/rules.py", "gateway/care.py", "gateway/commands.py"])
+PURE = ["gateway/rules.py", "gateway/care.py", "gateway/alarms.py", "gateway/care_state.py", "gateway/commands.py"]
+
+
+@pytest.mark.parametrize("name", PURE)
 def test_the_rules_are_pure(name: str) -> None:
     assert not imports_of(ROOT / name) & IO_LIBRARIES
     assert "time" not in imports_of(ROOT / name)  # their time comes from the one clock

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import JsonValue
 
+from drivers.gatt import HeartRate, Measurement, OximeterReading, Temperature
+from gateway.alarms import Alarm
 from gateway.care import CareBook
+from gateway.care_state import CARE_STATE_VERSION, ButtonWatch, CareState, DeviceWatch, ResidentWatch, VitalWatch
 from gateway.clock import Clock
 from gateway.config import StationConfig, parse_config
 from gateway.events import Event, EventKind, new_event
-from gateway.rules import Seen, Supervised, WearableRules
+from gateway.rules import EventDraft, HealthRules, Seen, Supervised, WearableRules
 
 START = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: waking hours
 SOS: tuple[EventKind, dict[str, JsonValue]] = (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "new"})
@@ -72,8 +76,8 @@ class Book:
             else:
                 self.saved[key] = value
 
-    def feed(self, device: str, *drafts: tuple[EventKind, dict[str, JsonValue]]) -> list[Event]:
-        out = self.book.triage(device, list(drafts), self.now)
+    def feed(self, device: str, *drafts: EventDraft | tuple[EventKind, dict[str, JsonValue]]) -> list[Event]:
+        out = self.book.triage(device, [EventDraft(*draft) for draft in drafts], self.now)
         self._persist()
         return out
 
@@ -129,25 +133,25 @@ def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
 def test_alarm_life_delivered_reannounced_acknowledged_resolved_across_a_restart() -> None:
     b = Book()
     [sos] = b.feed("rx", SOS)
-    b.book.delivered(sos.id, b.now)
+    b.book.alarm_book.delivered(sos.id, b.now)
     assert b.wait(299) == []
     [reminder] = b.wait(2)
     assert reminder.kind is EventKind.ALARM_REMINDER
     assert (reminder.data["alarm_id"], reminder.data["reannouncement"]) == (sos.id, 1)
-    assert [a.id for a in b.book.due_escalations(b.now, 60)] == [sos.id]  # a re-announcement is escalated
+    assert [a.id for a in b.book.alarm_book.due_escalations(b.now, 60)] == [sos.id]  # a re-announcement is escalated
     b._persist()
 
     b = b.restarted()  # the daemon restarts in the middle of the alarm's life
     assert b.book.alarms[sos.id].reannounced == 1
     assert kinds(b.wait(301)) == ["alarm_reminder"]
-    state, events = b.book.acknowledge(sos.id, "张医生", b.now)
+    state, events = b.book.alarm_book.acknowledge(sos.id, "张医生", b.now)
     assert state == "acknowledged"
     assert events[0].data["change"] == "acknowledged"
     assert events[0].data["by"] == "张医生"
     assert b.wait(900) == []  # no more re-announcements once acknowledged
-    assert b.book.due_escalations(b.now, 60) == []
-    assert b.book.acknowledge(sos.id, "张医生", b.now) == ("acknowledged", [])  # idempotent
-    state, events = b.book.resolve(sos.id, "张医生", "handled", b.now)
+    assert b.book.alarm_book.due_escalations(b.now, 60) == []
+    assert b.book.alarm_book.acknowledge(sos.id, "张医生", b.now) == ("acknowledged", [])  # idempotent
+    state, events = b.book.alarm_book.resolve(sos.id, "张医生", "handled", b.now)
     assert state == "resolved"
     assert events[0].data["change"] == "resolved"
     b._persist()
@@ -157,9 +161,9 @@ def test_alarm_life_delivered_reannounced_acknowledged_resolved_across_a_restart
 def test_an_undelivered_alarm_is_escalated_once_after_the_delay() -> None:
     b = Book()
     [sos] = b.feed("rx", SOS)
-    assert b.book.due_escalations(b.now + timedelta(seconds=59), 60) == []
-    assert [a.id for a in b.book.due_escalations(b.now + timedelta(seconds=60), 60)] == [sos.id]
-    assert b.book.due_escalations(b.now + timedelta(seconds=120), 60) == []
+    assert b.book.alarm_book.due_escalations(b.now + timedelta(seconds=59), 60) == []
+    assert [a.id for a in b.book.alarm_book.due_escalations(b.now + timedelta(seconds=60), 60)] == [sos.id]
+    assert b.book.alarm_book.due_escalations(b.now + timedelta(seconds=120), 60) == []
 
 
 def test_a_device_restore_resolves_the_fall() -> None:
@@ -227,8 +231,14 @@ def test_wearer_absent_with_last_place_and_time_then_seen_again() -> None:
     assert back[1].data["resolution"] == "wearer_seen"
 
 
-def heart(bpm: int | None, contact: bool | None = True) -> tuple[EventKind, dict[str, JsonValue]]:
-    return (EventKind.VITALS, {"measurement": "heart_rate", "bpm": bpm, "contact": contact})
+def measured(reading: Measurement) -> EventDraft:
+    """A measurement as the health device's rules hand it on: the event data and the typed reading."""
+    [draft] = HealthRules(None).on_reading(reading, 0.0)
+    return draft
+
+
+def heart(bpm: int, contact: bool | None = True) -> EventDraft:
+    return measured(HeartRate(bpm, contact, None, ()))
 
 
 def test_continuous_vitals_need_the_minimum_duration_and_clear_with_hysteresis() -> None:
@@ -255,11 +265,12 @@ def test_invalid_or_missing_vitals_never_alarm_and_spot_measurements_alarm_at_on
     b = Book()
     for _ in range(5):
         b.now += timedelta(seconds=60)
-        assert kinds(b.feed("hr", heart(None))) == ["vitals"]
+        no_value = measured(OximeterReading(None, None, None, questionable=False, continuous=True))
+        assert kinds(b.feed("hr", no_value)) == ["vitals"]
         assert kinds(b.feed("hr", heart(200, contact=False))) == ["vitals"]  # sensor not on the skin
-    spot = (EventKind.VITALS, {"measurement": "spo2", "spo2_percent": 85.0, "questionable": False, "continuous": False})
+    spot = measured(OximeterReading(85.0, None, None, questionable=False, continuous=False))
     assert kinds(b.feed("hr", spot)) == ["vitals", "vitals_alert"]
-    doubtful = (EventKind.VITALS, {"measurement": "temperature", "celsius": None})
+    doubtful = measured(Temperature(None, None, None))
     assert kinds(b.feed("hr", doubtful)) == ["vitals"]
 
 
@@ -303,7 +314,7 @@ def test_supervision_of_a_ble_device_reports_offline_and_online() -> None:
     assert [d[0] for d in rules.on_tick(311.0)] == [EventKind.DEVICE_OFFLINE]
     assert rules.on_tick(400.0) == []
     back = rules.on_reading(Seen(-61), 500.0)
-    assert back[0] == (EventKind.DEVICE_ONLINE, {"reason": "advertising again after 490 s"})
+    assert back[0] == EventDraft(EventKind.DEVICE_ONLINE, {"reason": "advertising again after 490 s"})
 
 
 def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
@@ -328,3 +339,129 @@ def test_inactivity_is_only_judged_for_a_resident_some_device_reports_on() -> No
     b.jump(0)
     alarms = [e for e in b.jump(6 * 3600) if e.kind is EventKind.INACTIVITY]
     assert [e.data["resident"] for e in alarms] == ["wang"]  # li has no device: nothing can be seen
+
+
+# --- the typed care state: what is written, what a restart reads, what an older layout becomes ---
+
+
+def test_the_care_state_is_typed_and_a_restart_reads_back_the_same_value() -> None:
+    b = Book()
+    [sos] = b.feed("rx", SOS)
+    b.now += timedelta(seconds=5)
+    b.feed("rx", SOS)  # counted into the alarm
+    b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -70}))
+    b.feed("hr", heart(130))
+    b.feed("radar", (EventKind.DEVICE_OFFLINE, {"reason": "unplugged"}))
+    t0, t5 = START.timestamp(), START.timestamp() + 5
+    assert b.book.state == CareState(
+        residents={
+            "wang": ResidentWatch(
+                active_at=t5,
+                seen_at=t5,
+                seen_rssi=-70,
+                vitals={"heart_rate": VitalWatch(since=t5, alarmed=False)},
+            )
+        },
+        buttons={"rx:3": ButtonWatch(tested_at=t5)},
+        devices={"radar": DeviceWatch(offline_since=t5)},
+        alarms={
+            sos.id: Alarm(
+                id=sos.id,
+                kind="sos",
+                device_id="rx",
+                resident="wang",
+                storm_key="wang/button",
+                raised_at=t0,
+                last_at=t5,
+                count=2,
+                update_at=t0,
+                detail={"zone": 3, "qualifier": "new"},
+            )
+        },
+    )
+    assert b.saved["version"] == CARE_STATE_VERSION
+    assert b.saved["resident:wang"] == {
+        "active_at": t5,
+        "seen_at": t5,
+        "seen_rssi": -70,
+        "vitals": {"heart_rate": {"since": t5, "alarmed": False}},
+    }
+    assert b.restarted().book.state == b.book.state
+
+
+def test_a_care_state_of_layout_1_is_migrated_and_rewritten() -> None:
+    t = START.timestamp() - 600
+    alarm = {"id": "01J0", "kind": "fall", "device_id": "radar", "resident": "wang", "storm_key": "wang/fall"}
+    layout_1: dict[str, JsonValue] = {  # as care-gateway wrote it before the layout had a version
+        "activity:wang": t,
+        "seen:wang": t + 1,
+        "seen_rssi:wang": -80,
+        "vital:wang:heart_rate": {"since": t + 2, "alarmed": True},
+        "test:rx:3": t + 3,
+        "overdue:rx:3": t + 4,
+        "offline:radar": t + 5,
+        "fault:radar": t + 6,
+        "battery_low:band": 15,
+        "sms:+8613800138000": [t + 7],
+        "alarm:01J0": {**alarm, "raised_at": t, "last_at": t, "state": "delivered"},
+        "clock:platform_time_boot": "boot-1",
+    }
+    b = Book(state=layout_1)
+    assert b.book.state == CareState(
+        residents={
+            "wang": ResidentWatch(
+                active_at=t, seen_at=t + 1, seen_rssi=-80, vitals={"heart_rate": VitalWatch(t + 2, True)}
+            )
+        },
+        buttons={"rx:3": ButtonWatch(tested_at=t + 3, overdue_reported_at=t + 4)},
+        devices={
+            "radar": DeviceWatch(offline_since=t + 5, fault_reported_at=t + 6),
+            "band": DeviceWatch(battery_low=15),
+        },
+        sms_sent={"+8613800138000": (t + 7,)},
+        alarms={"01J0": Alarm(**{**alarm, "raised_at": t, "last_at": t, "state": "delivered"})},  # type: ignore[arg-type]
+        platform_time_boot="boot-1",
+    )
+    b._persist()  # the next commit: the old rows go, the new ones are written
+    assert set(b.saved) == {
+        "version",
+        "resident:wang",
+        "button:rx:3",
+        "device:radar",
+        "device:band",
+        "sms:+8613800138000",
+        "alarm:01J0",
+        "clock:platform_time_boot",
+    }
+    assert b.restarted().book.state == b.book.state
+
+
+def test_an_unreadable_care_state_row_is_left_out_and_named() -> None:
+    rows: dict[str, JsonValue] = {
+        "version": CARE_STATE_VERSION,
+        "resident:wang": {"active_at": "yesterday"},
+        "alarm:01J1": {"id": "01J1"},  # fields missing
+        "button:rx:3": {"tested_at": 7.0},
+        "mystery:1": 1,
+    }
+    state, problems = CareState.from_rows(rows)
+    assert state == CareState(buttons={"rx:3": ButtonWatch(tested_at=7.0)})
+    assert problems == [
+        "resident:wang: active_at: Input should be a valid number, unable to parse string as a number; left out",
+        "alarm:01J1: kind: Field required; left out",
+        "mystery:1: not a care-state row this gateway knows; left out",
+    ]
+
+
+def test_a_rollback_gives_back_the_state_of_the_checkpoint_and_its_unwritten_rows() -> None:
+    b = Book()
+    b.feed("rx", SOS)
+    before = copy.deepcopy(b.book.state)
+    checkpoint = b.book.checkpoint()
+    b.now += timedelta(seconds=5)
+    b.book.triage("rx", [EventDraft(*SOS)], b.now)  # counted, then the commit fails
+    b.book.triage("radar", [EventDraft(EventKind.FALL, {"qualifier": "new"})], b.now)
+    assert b.book.state != before
+    b.book.rollback(checkpoint)
+    assert b.book.state == before
+    assert b.book.take_changes() == {}  # nothing of the failed triage is written

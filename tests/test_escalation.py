@@ -18,6 +18,7 @@ from gateway.clock import Clock
 from gateway.config import parse_config
 from gateway.escalation import Escalator
 from gateway.events import Event, EventKind, new_event
+from gateway.rules import EventDraft
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.link import LinkProxy
@@ -208,13 +209,13 @@ class Bench:
             self.care.take_changes()
 
         self.care = CareBook(self.config, stamp)
-        self.escalator = Escalator(self.config, self.care, clock, stamp, commit)
+        self.escalator = Escalator(self.config, self.care.alarm_book, clock, stamp, commit)
 
     async def alarm(self) -> None:
         """A new press (past the storm window of the last), undelivered for a minute."""
         self.at += timedelta(seconds=self.config.care.storm_window_s + 1)
-        self.care.triage("rx", [(EventKind.SOS, {"code": 101, "zone": 3})], self.at)
-        [alarm] = self.care.due_escalations(self.at + timedelta(seconds=60), 60)
+        self.care.triage("rx", [EventDraft(EventKind.SOS, {"code": 101, "zone": 3})], self.at)
+        [alarm] = self.care.alarm_book.due_escalations(self.at + timedelta(seconds=60), 60)
         await self.escalator._escalate(alarm)
 
     def results(self) -> list[dict[str, JsonValue]]:

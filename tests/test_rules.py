@@ -7,7 +7,7 @@ from drivers.nmea import GpsFix
 from drivers.seeed_radar import RadarDwell, RadarFall, RadarHeartbeat, RadarMotion, RadarMovement, RadarPresence
 from gateway.config import LocationSection
 from gateway.events import EventKind
-from gateway.rules import ContactIdRules, GpsRules, RadarRules, StationLocation, _ActivityWindow
+from gateway.rules import ContactIdRules, EventDraft, GpsRules, RadarRules, StationLocation, _ActivityWindow
 
 
 def radar(summary_s: float = 300.0) -> RadarRules:
@@ -16,7 +16,7 @@ def radar(summary_s: float = 300.0) -> RadarRules:
 
 def test_contact_id_report_is_one_event() -> None:
     report = ContactIdReport(1, 1, "1234", "new", 101, 1, 3)
-    assert ContactIdRules().on_reading(report, 0.0) == [(EventKind.SOS, report.event_data())]
+    assert ContactIdRules().on_reading(report, 0.0) == [EventDraft(EventKind.SOS, report.event_data())]
     assert ContactIdRules().on_tick(0.0) == []
 
 
@@ -24,7 +24,7 @@ def test_fall_then_stillness_then_recovery() -> None:
     rules = radar()
     rules.on_reading(RadarPresence(True), 1.0)
     assert rules.on_reading(RadarFall(True), 10.0) == [
-        (
+        EventDraft(
             EventKind.FALL,
             {
                 "presence": True,
@@ -38,7 +38,7 @@ def test_fall_then_stillness_then_recovery() -> None:
     ]
     assert rules.on_reading(RadarFall(True), 11.0) == []  # reported once
     assert rules.on_reading(RadarDwell(True), 40.0) == [
-        (
+        EventDraft(
             EventKind.FALL,
             {
                 "presence": True,
@@ -53,7 +53,7 @@ def test_fall_then_stillness_then_recovery() -> None:
     ]
     assert rules.on_reading(RadarDwell(True), 50.0) == []
     assert rules.on_reading(RadarFall(False), 70.0) == [
-        (
+        EventDraft(
             EventKind.FALL,
             {"presence": True, "motion": None, "room": "bedroom", "qualifier": "restore", "fall_lasted_s": 60},
         )
@@ -73,15 +73,15 @@ def test_activity_on_change_not_once_a_second_and_summaries() -> None:
     changes += rules.on_reading(RadarMotion("moving"), 30.0)
     changes += rules.on_reading(RadarMotion("stationary"), 31.0)  # within 5 s: folded
     assert rules.on_reading(RadarHeartbeat(), 31.5) == []
-    assert [data for _, data in changes] == [
+    assert [draft.data for draft in changes] == [
         {"presence": True, "motion": None, "room": "bedroom", "change": True},
         {"presence": True, "motion": "moving", "room": "bedroom", "change": True},
     ]
     assert rules.on_tick(33.0) == []
     assert rules.on_tick(36.5) == [  # the folded change, with the latest state
-        (EventKind.ACTIVITY, {"presence": True, "motion": "stationary", "room": "bedroom", "change": True})
+        EventDraft(EventKind.ACTIVITY, {"presence": True, "motion": "stationary", "room": "bedroom", "change": True})
     ]
-    [(kind, summary)] = rules.on_tick(60.0)
+    [(kind, summary, _)] = rules.on_tick(60.0)
     assert kind is EventKind.ACTIVITY
     assert summary == {
         "presence": True,
@@ -99,13 +99,13 @@ def test_gps_fix_acquired_lost_and_location_for_alarms() -> None:
     assert rules.on_reading(GpsFix("RMC", False, None, None), 1.0) == []
     fix = GpsFix("GGA", True, 44.0, 117.0, satellites=7)
     assert rules.on_reading(fix, 2.0) == [
-        (EventKind.LOCATION, {"fix": "acquired", "lat": 44.0, "lon": 117.0, "satellites": 7})
+        EventDraft(EventKind.LOCATION, {"fix": "acquired", "lat": 44.0, "lon": 117.0, "satellites": 7})
     ]
     assert rules.on_reading(fix, 3.0) == []
     assert location.for_alarm(13.0) == {"lat": 44.0, "lon": 117.0, "source": "gps", "fix_age_s": 10}
     assert rules.on_tick(20.0) == []
     assert rules.on_tick(34.0) == [
-        (EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31, "last_lat": 44.0, "last_lon": 117.0})
+        EventDraft(EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31, "last_lat": 44.0, "last_lon": 117.0})
     ]
     assert rules.on_tick(35.0) == []
     assert location.for_alarm(400.0) == {"lat": 44.0, "lon": 117.0, "source": "gps_last_known", "fix_age_s": 397}
@@ -113,7 +113,7 @@ def test_gps_fix_acquired_lost_and_location_for_alarms() -> None:
 
 def test_gps_never_fixed_is_reported_once() -> None:
     rules = GpsRules(StationLocation(None), lost_after_s=30.0, started=0.0)
-    assert rules.on_tick(31.0) == [(EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31})]
+    assert rules.on_tick(31.0) == [EventDraft(EventKind.LOCATION, {"fix": "lost", "seconds_without_fix": 31})]
     assert rules.on_tick(60.0) == []
     assert StationLocation(None).for_alarm(0.0) is None
 
@@ -129,13 +129,13 @@ def test_one_press_carried_by_twenty_advertisements_is_one_alarm() -> None:
         drafts += rules.on_reading(Seen(-60), n * 0.2)
         drafts += rules.on_reading(press, n * 0.2)
     assert drafts == [
-        (EventKind.PRESENCE, {"wearer": "Wang", "state": "present", "rssi": -60}),
-        (EventKind.SOS, {"wearer": "Wang", "source": "ble_pendant", "button": "press", "battery": 88}),
+        EventDraft(EventKind.PRESENCE, {"wearer": "Wang", "state": "present", "rssi": -60}),
+        EventDraft(EventKind.SOS, {"wearer": "Wang", "source": "ble_pendant", "button": "press", "battery": 88}),
     ]
     again = BTHomePacket(43, True, False, {}, ("press",))  # a second press: a new packet id
-    assert [k for k, _ in rules.on_reading(again, 5.0)] == [EventKind.SOS]
+    assert [k for k, *_ in rules.on_reading(again, 5.0)] == [EventKind.SOS]
     assert rules.on_tick(50.0) == []
-    assert rules.on_tick(70.0) == [(EventKind.PRESENCE, {"wearer": "Wang", "state": "away", "unseen_s": 66})]
+    assert rules.on_tick(70.0) == [EventDraft(EventKind.PRESENCE, {"wearer": "Wang", "state": "away", "unseen_s": 66})]
 
 
 def test_a_caregiver_visit_starts_after_its_minimum_and_ends_with_its_duration() -> None:
@@ -146,9 +146,11 @@ def test_a_caregiver_visit_starts_after_its_minimum_and_ends_with_its_duration()
     for t in range(0, 200, 10):  # seen every 10 s for 200 s (gaps under visit_end_s)
         events += rules.on_reading(Seen(-70), float(t))
         events += rules.on_tick(float(t))
-    assert events == [(EventKind.VISIT, {"caregiver": "Li Na", "visit": "started"})]
+    assert events == [EventDraft(EventKind.VISIT, {"caregiver": "Li Na", "visit": "started"})]
     assert rules.on_tick(215.0) == []
-    assert rules.on_tick(221.0) == [(EventKind.VISIT, {"caregiver": "Li Na", "visit": "ended", "duration_s": 190})]
+    assert rules.on_tick(221.0) == [
+        EventDraft(EventKind.VISIT, {"caregiver": "Li Na", "visit": "ended", "duration_s": 190})
+    ]
     assert BadgeRules("x", 60, 30).on_reading(Seen(-70), 0.0) == []  # a passer-by is no visit
 
 
@@ -156,7 +158,9 @@ def test_health_measurements_become_vitals_with_no_value_as_null() -> None:
     from drivers.gatt import OximeterReading
     from gateway.rules import HealthRules
 
-    [(kind, data)] = HealthRules("Zhang").on_reading(OximeterReading(None, 75.0, None, False, False), 0.0)
+    reading = OximeterReading(None, 75.0, None, False, False)
+    [(kind, data, typed)] = HealthRules("Zhang").on_reading(reading, 0.0)
+    assert typed is reading  # the care rules hold the typed reading to the resident's limits
     assert (kind, data) == (
         EventKind.VITALS,
         {
@@ -180,7 +184,7 @@ def test_an_ibeacon_trigger_pendant_makes_one_alarm_per_trigger_window() -> None
     rules = WearableRules(60, "Zhao", trigger_window_s=10, trigger_ibeacon=trigger)
     pressed = IBeacon("e2c56db5-dffb-48d2-b060-d0f5a71096e3", 1, 4, -59)
     idle = IBeacon("e2c56db5-dffb-48d2-b060-d0f5a71096e0", 1, 4, -59)
-    kinds = [k for t in range(50) for k, _ in rules.on_reading(pressed if t < 50 else idle, t * 0.2)]
+    kinds = [k for t in range(50) for k, *_ in rules.on_reading(pressed if t < 50 else idle, t * 0.2)]
     assert kinds == [EventKind.SOS]  # 50 trigger advertisements over 10 s: one press
     assert rules.on_reading(idle, 11.0) == []
-    assert [k for k, _ in rules.on_reading(pressed, 21.0)] == [EventKind.SOS]
+    assert [k for k, *_ in rules.on_reading(pressed, 21.0)] == [EventKind.SOS]

@@ -11,6 +11,7 @@ from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import EventKind, new_event
 from gateway.outbox import Outbox
+from gateway.rules import EventDraft
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from tests.conftest import STATION_ID, events_of, running_station, wait_until
@@ -158,7 +159,7 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
         raise OutboxFull("the disk is full")
 
     rules = rules_for(device, StationLocation(None), 0.0)
-    monkeypatch.setattr(rules, "on_tick", lambda now: [(EventKind.ACTIVITY, {"summary": {}})])
+    monkeypatch.setattr(rules, "on_tick", lambda now: [EventDraft(EventKind.ACTIVITY, {"summary": {}})])
     link = serial_link.SerialLink(device, codec_for(device.kind, codec_variant(device)), rules, full, full)  # type: ignore[arg-type]
     monkeypatch.setattr(serial_link, "TICK_S", 0.01)
     ticking = asyncio.create_task(link._tick())

@@ -16,6 +16,7 @@ from gateway.commands import TimeCommand
 from gateway.config import ConfigError, parse_config
 from gateway.events import EventKind, Priority
 from gateway.outbox import Outbox
+from gateway.rules import EventDraft
 from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, Topics, Uplink
 
 RAW: dict[str, Any] = {
@@ -153,7 +154,7 @@ async def test_a_wall_clock_a_year_back_silences_no_care_timer(tmp_path: Path) -
     station = app.Station(parse_config(raw), clock=clock)
     async with Outbox(station.config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
-        await station.on_events("rx", [(EventKind.SOS, {"zone": 3, "qualifier": "new"})])
+        await station.on_events("rx", [EventDraft(EventKind.SOS, {"zone": 3, "qualifier": "new"})])
         [sos] = await outbox.rows_after(Priority.ALARM, 0, 10)
         sos_id = json.loads(sos.payload)["id"]
         await outbox.ack([sos], state=station.on_delivered([sos_id]))
@@ -178,7 +179,7 @@ async def test_a_time_command_a_year_back_is_refused_by_the_station(tmp_path: Pa
     station = app.Station(config, clock=Clock("auto"))
     async with Outbox(config.storage, "st", station.clock.boot_id) as outbox:
         station._outbox = outbox
-        await station.on_events("rx", [(EventKind.TEST, {"zone": 1})])
+        await station.on_events("rx", [EventDraft(EventKind.TEST, {"zone": 1})])
         year_back = datetime.now(UTC) - timedelta(days=365)
         with pytest.raises(CommandRefused, match=r"the platform's time is refused: .* is before"):
             await station.on_time(TimeCommand(id="t", utc=year_back))
