@@ -54,14 +54,14 @@ def _config_or_none(path: Path) -> StationConfig | None:
         return None
 
 
-def radio_for(ble: BleSection) -> Radio:
-    """The composition root's choice of BLE radio: BlueZ, or for `adapter = "simulated:<socket>"`
-    the simulated radio's bleak backends (the only place the daemon reaches into simulators/)."""
-    from gateway.ble_link import BLUEZ, Radio
-
+def radio_for(ble: BleSection) -> Radio | None:
+    """The composition root's choice of BLE radio: BlueZ (None), or for `adapter =
+    "simulated:<socket>"` the simulated radio's bleak backends (the only place the daemon
+    reaches into simulators/)."""
     socket_path = ble.simulated_socket
     if socket_path is None:
-        return BLUEZ
+        return None
+    from gateway.ble_link import Radio
     from simulators.ble_backend import SimulatedClient, SimulatedScanner, reset_radio
 
     return Radio(
@@ -109,12 +109,27 @@ def _outbox_waiting(path: Path) -> dict[str, Any]:
 
 
 def _live_status(path: Path) -> dict[str, Any] | None:
-    """The running daemon's status.json, or None if there is none or it is stale."""
+    """The running daemon's status.json, or None if there is none, it is stale or the process
+    that wrote it is gone (killed: no clean stop removed the file)."""
     try:
         body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return body if time.time() - float(body.get("written_at", 0)) < STATUS_FRESH_S else None
+    if time.time() - float(body.get("written_at", 0)) >= STATUS_FRESH_S:
+        return None
+    return body if _alive(body.get("pid")) else None
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # (a file without a pid: only its age tells)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # the service user's process, asked by another user
+    return True
 
 
 def _ago(iso: str | None) -> str:
@@ -213,14 +228,14 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 def _cmd_scan(args: argparse.Namespace) -> int:
     """BLE devices in range and what the gateway can decode from them, to help fill the config."""
-    from gateway.ble_link import scan
+    from gateway.ble_link import BLUEZ, scan
     from gateway.config import BLE_KINDS
 
     config = _config_or_none(args.config)
     if config is None:
         return EXIT_CONFIG
     known = [d for d in config.devices if isinstance(d, BLE_KINDS)]
-    found = asyncio.run(scan(config.ble, known, args.seconds, radio_for(config.ble)))
+    found = asyncio.run(scan(config.ble, known, args.seconds, radio_for(config.ble) or BLUEZ))
     if args.json:
         print(json.dumps([{**vars(d), "decoded": sorted(d.decoded)} for d in found], indent=2))
         return 0

@@ -19,12 +19,11 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from drivers import codec_for
 from gateway import __version__
-from gateway.ble_link import BLUEZ, BleLink, Radio
 from gateway.care import CareBook
 from gateway.care_state import StateRows
 from gateway.clock import Clock, utc_text
@@ -54,6 +53,9 @@ from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink
+
+if TYPE_CHECKING:
+    from gateway.ble_link import BleLink, Radio
 
 __all__ = [
     "CLOCK_CHECK_S",
@@ -120,9 +122,9 @@ def watchdog_interval_s() -> float | None:
 
 
 class Station:
-    def __init__(self, config: StationConfig, clock: Clock | None = None, radio: Radio = BLUEZ) -> None:
+    def __init__(self, config: StationConfig, clock: Clock | None = None, radio: Radio | None = None) -> None:
         self.config = config
-        self.radio = radio  # the BLE radio (the CLI injects the demo's simulated one)
+        self.radio = radio  # the BLE radio (the CLI injects the demo's simulated one; None: BlueZ)
         self.clock = clock or Clock(config.station.trust_clock)
         self.started_mono = time.monotonic()
         self._unstored = 0  # the station's own commits that failed since the last log line about them
@@ -295,14 +297,19 @@ class Station:
         return CommandRefused(f"alarm {alarm_id} is not open on this station (unknown, or resolved long ago)")
 
     async def _status_file_loop(self) -> None:
-        """Keep status.json fresh; a stale file tells `care-gateway status` the daemon is gone."""
-        while True:
-            try:
-                await self.write_status_file()
-            except OSError as exc:
-                log.warning("cannot write the status file for 'care-gateway status': %s", exc)
-                await asyncio.sleep(60)
-            await asyncio.sleep(STATUS_FILE_INTERVAL_S)
+        """Keep status.json fresh; a stale file, or one whose pid is gone, tells `care-gateway
+        status` the daemon is not running. A clean stop removes it."""
+        try:
+            while True:
+                try:
+                    await self.write_status_file()
+                except OSError as exc:
+                    log.warning("cannot write the status file for 'care-gateway status': %s", exc)
+                    await asyncio.sleep(60)
+                await asyncio.sleep(STATUS_FILE_INTERVAL_S)
+        finally:
+            with contextlib.suppress(OSError):
+                status_file_to_write(self.config, os.environ.get("RUNTIME_DIRECTORY")).unlink(missing_ok=True)
 
     async def _watch_clock(self) -> None:
         """Report the clock's first synchronisation in this run (re-basing the events this boot
@@ -429,6 +436,7 @@ class Station:
             return
         body = await self.full_status()
         body["written_at"] = time.time()
+        body["pid"] = os.getpid()
         target = status_file_to_write(self.config, os.environ.get("RUNTIME_DIRECTORY"))
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body, ensure_ascii=False))
@@ -480,17 +488,16 @@ class Station:
                 if isinstance(device, SERIAL_KINDS)
             ]
             ble_devices = [device for device in cfg.devices if isinstance(device, BLE_KINDS)]
-            self.ble = (
-                BleLink(
+            if ble_devices:  # (bleak and D-Bus are loaded only by a station with BLE devices)
+                from gateway.ble_link import BLUEZ, BleLink
+
+                self.ble = BleLink(
                     cfg.ble,
                     ble_devices,
                     {d.id: rules_for(d, self.location, self.clock.monotonic(), cfg.ble) for d in ble_devices},
                     self.on_events,
-                    self.radio,
+                    self.radio or BLUEZ,
                 )
-                if ble_devices
-                else None
-            )
             try:
                 await self._run_tasks()
             except* (StationFailed, WriterStopped) as failed:
@@ -575,7 +582,9 @@ class Station:
 
 
 async def run_station(
-    config: StationConfig, config_path: Path | None = None, radio_for: Callable[[BleSection], Radio] | None = None
+    config: StationConfig,
+    config_path: Path | None = None,
+    radio_for: Callable[[BleSection], Radio | None] | None = None,
 ) -> None:
     """Run until SIGTERM or SIGINT, then stop cleanly (offline status, WAL checkpoint).
 
@@ -590,7 +599,7 @@ async def run_station(
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
     while True:
-        station = Station(config, radio=radio_for(config.ble) if radio_for else BLUEZ)
+        station = Station(config, radio=radio_for(config.ble) if radio_for else None)
         running = asyncio.create_task(station.run(), name="station")
         while True:
             signals = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
-from tests.conftest import events_of, running_station, wait_until
+from tests.conftest import Station, events_of, running_station, wait_until
 
 
 async def status(config: Path, *extra: str) -> str:
@@ -21,11 +23,22 @@ async def status(config: Path, *extra: str) -> str:
     return out.decode()
 
 
+def written(station: Station) -> dict[str, Any]:
+    """What the daemon last wrote to status.json (beside the outbox, outside systemd)."""
+    try:
+        body: dict[str, Any] = json.loads((station.db_path.parent / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return body
+
+
 async def test_status_reads_the_daemon_and_watches_a_backlog_drain(tmp_path: Path, broker: Mosquitto) -> None:
     async with running_station(
-        tmp_path, broker, seed_telemetry=1500, uplink_extra="byte_budget_per_s = 40000"
+        tmp_path, broker, seed_telemetry=1000, uplink_extra="byte_budget_per_s = 40000"
     ) as station:
-        await asyncio.sleep(1.5)  # the status file is rewritten every second
+        assert await wait_until(
+            lambda: written(station).get("devices", {}).get("button-rx-1", {}).get("state") == "online"
+        )
         first = await status(station.config_path)
         assert "station test-station (Simulated care station): care-gateway" in first
         assert "device button-rx-1 (contact_id_receiver) online last seen" in first
@@ -39,7 +52,7 @@ async def test_status_reads_the_daemon_and_watches_a_backlog_drain(tmp_path: Pat
 
         assert (await station.receiver.send(surgard_report(code=101, zone=5))).acked
         assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
-        await asyncio.sleep(1.5)  # the status file is rewritten every second
+        assert await wait_until(lambda: [a["state"] for a in written(station).get("alarms_open", [])] == ["delivered"])
         now = await status(station.config_path)
         assert "OPEN ALARM sos from button-rx-1: delivered" in now
         assert "link: up since" in now
@@ -48,8 +61,14 @@ async def test_status_reads_the_daemon_and_watches_a_backlog_drain(tmp_path: Pat
         assert as_json["status"]["link"]["state"] == "up"
         assert as_json["status"]["storage_use"]["outbox_file_bytes"] > 0
 
-        await station.gateway.stop()
-        await asyncio.sleep(5.5)  # status.json is now stale
+        await station.gateway.stop(signal.SIGKILL)  # status.json stays, fresh, but its process is gone
+        assert written(station)
+        assert "the daemon is not running" in await status(station.config_path)
+        await station.restart_gateway()
+        assert await wait_until(lambda: written(station).get("pid") == station.gateway.proc.pid)
+        assert "the daemon is not running" not in await status(station.config_path)
+        await station.gateway.stop()  # a clean stop takes its status file away
+        assert written(station) == {}
         assert "the daemon is not running" in await status(station.config_path)
 
 
