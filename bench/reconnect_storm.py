@@ -102,7 +102,7 @@ async def bench(stations: int, down_s: float, reconnect_max_s: float) -> dict[st
             },
             "storage": {"path": str(folder / "unused.db")},
         }
-        uplinks.append(Uplink(parse_config(raw), EmptyOutbox(), dict))  # type: ignore[arg-type]
+        uplinks.append(Uplink(parse_config(raw), EmptyOutbox()))  # type: ignore[arg-type]
     tasks = [asyncio.create_task(u.run()) for u in uplinks]
     try:
         started = time.monotonic()

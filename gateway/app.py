@@ -51,6 +51,7 @@ from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_eve
 from gateway.outbox import Outbox, OutboxFull, WriterStopped
 from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
 from gateway.serial_link import SerialLink
+from gateway.status import StationPart
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink
 
@@ -355,71 +356,27 @@ class Station:
                 self.care.rollback(checkpoint)
                 self._not_stored(events, exc)
 
-    def status_snapshot(self) -> dict[str, Any]:
-        """The station part of the status (the uplink adds link, backlog and TLS)."""
-        return {
-            "station_id": self.config.station.id,
-            "name": self.config.station.name,
-            "version": __version__,
-            "ts": utc_text(self.clock.now().timestamp()),
-            "clock_trusted": self.clock.trusted(),
-            "clock_source": getattr(self.clock, "source", None),
-            "boot_id": self.clock.boot_id,
-            "uptime_s": round(time.monotonic() - self.started_mono),
-            "devices": {
-                link.device.id: {
-                    "kind": link.device.kind,
-                    "state": {True: "online", False: "offline", None: "starting"}[link.online],
-                    "last_seen": utc_text(link.last_seen),
-                    "frames_ok": link.codec.stats.frames_ok,
-                    "frames_rejected": link.codec.stats.frames_rejected,
-                    "bytes_rejected": link.codec.stats.bytes_rejected,
-                }
-                for link in self.links
-            },
-            **({"ble": dict(self.ble.stats), "ble_devices": self._ble_devices()} if self.ble else {}),
-            "residents": {
-                r.id: {
-                    "name": r.name,
-                    "room": r.room,
-                    "last_activity": utc_text(getattr(self.care.state.residents.get(r.id), "active_at", None)),
-                    "open_alarms": sum(1 for a in self.care.alarms.values() if a.resident == r.id),
-                }
-                for r in self.config.residents
-            },
-            "alarms_open": [
-                {
-                    "alarm_id": a.id,
-                    "kind": a.kind,
-                    "state": a.state,
-                    "resident": a.resident,
-                    "device_id": a.device_id,
-                    "count": a.count,
-                    "raised_at": utc_text(a.raised_at),
-                }
-                for a in self.care.alarms.values()
-            ],
-            "storage_use": self._storage_use(),
-            **({"sms": {"modem": self.escalator.modem_state, **self.escalator.stats}} if self.escalator else {}),
-        }
+    def station_part(self) -> StationPart:
+        """The station's part of the status (the uplink adds link, backlog and TLS)."""
+        return StationPart(
+            station_id=self.config.station.id,
+            name=self.config.station.name,
+            version=__version__,
+            ts=utc_text(self.clock.now().timestamp()),
+            clock_trusted=self.clock.trusted(),
+            clock_source=self.clock.source,
+            boot_id=self.clock.boot_id,
+            uptime_s=round(time.monotonic() - self.started_mono),
+            devices={link.device.id: link.report() for link in self.links},
+            residents=self.care.resident_reports(),
+            alarms_open=self.care.alarm_reports(),
+            storage_use=self._storage_use(),
+            ble=dict(self.ble.stats) if self.ble else None,
+            ble_devices=self.ble.device_reports() if self.ble else None,
+            sms={"modem": self.escalator.modem_state, **self.escalator.stats} if self.escalator else None,
+        )
 
-    def _ble_devices(self) -> dict[str, Any]:
-        assert self.ble is not None
-        out = {}
-        for device in self.ble.devices:
-            seen = self.ble.seen.get(device.id)
-            rules = self.ble.rules[device.id]
-            battery = getattr(getattr(rules, "inner", rules), "battery", None)  # (inside a Supervised)
-            out[device.id] = {
-                "kind": device.kind,
-                "resident": device.resident,
-                "last_seen": utc_text(seen[0] if seen else None),
-                "rssi": seen[1] if seen else None,
-                "battery": battery,
-            }
-        return out
-
-    def _storage_use(self) -> dict[str, Any]:
+    def _storage_use(self) -> dict[str, int]:
         path = self.config.storage.path
         on_disk = sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
         free = shutil.disk_usage(path.parent).free
@@ -428,7 +385,7 @@ class Station:
     async def full_status(self) -> dict[str, Any]:
         """Station, link, backlog: for the status file and the status page."""
         assert self._uplink is not None
-        return {"state": "online" if self._uplink.connected else "offline", **await self._uplink.status_body()}
+        return (await self._uplink.status()).to_json()
 
     async def write_status_file(self) -> None:
         """The status as JSON beside the outbox, for `care-gateway status` (atomic replace)."""
@@ -471,7 +428,7 @@ class Station:
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             if unread:
                 await self._report_unread_care_state(unread)
-            self._uplink = Uplink(cfg, outbox, self.status_snapshot, self.on_delivered, self.command_table())
+            self._uplink = Uplink(cfg, outbox, self.station_part, self.on_delivered, self.command_table())
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care.alarm_book, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:

@@ -35,10 +35,12 @@ from tenacity import (
 
 from drivers.adverts import AdvertError, BTHomePacket, IBeacon, decode_advertisement
 from drivers.gatt import BATTERY_LEVEL, HEALTH_SERVICES, PROFILE_CHARACTERISTICS, GattError, decode_characteristic
+from gateway.clock import utc_text
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
+from gateway.status import BleDeviceStatus
 
 __all__ = [
     "BLUEZ",
@@ -184,6 +186,7 @@ class BleLink:
         self._by_beacon = [d for d in devices if d.ibeacon]
         self._keys = bind_keys(devices)
         self.seen: dict[str, tuple[float, int]] = {}  # device id -> (wall time, RSSI) of its last advertisement
+        self.battery: dict[str, int] = {}  # device id -> the battery level its advertisements last gave
         self._queue: collections.deque[tuple[BleDevice, BLEDevice, AdvertisementData, float]] = collections.deque(
             maxlen=QUEUE_LIMIT
         )
@@ -321,10 +324,27 @@ class BleLink:
                 self._reject(configured.id, reading.reason)
                 continue
             self.stats["decoded"] += 1
+            battery = reading.values.get("battery") if isinstance(reading, BTHomePacket) else None
+            if isinstance(battery, int) and not isinstance(battery, bool):
+                self.battery[configured.id] = battery
             drafts += rules.on_reading(reading, seen_at)
         await self._emit(configured.id, drafts)
         if isinstance(configured, HealthBleDevice):
             self._maybe_start_session(configured, device, tasks)
+
+    def device_reports(self) -> dict[str, BleDeviceStatus]:
+        """The Bluetooth devices' part of the station status."""
+        out = {}
+        for device in self.devices:
+            seen = self.seen.get(device.id)
+            out[device.id] = BleDeviceStatus(
+                kind=device.kind,
+                resident=device.resident,
+                last_seen=utc_text(seen[0] if seen else None),
+                rssi=seen[1] if seen else None,
+                battery=self.battery.get(device.id),
+            )
+        return out
 
     def _reject(self, device_id: str, reason: str) -> None:
         self.stats["rejected"] += 1

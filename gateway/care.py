@@ -40,6 +40,7 @@ from gateway.config import (
 )
 from gateway.events import Event, EventKind
 from gateway.rules import EventDraft
+from gateway.status import AlarmStatus, ResidentStatus
 
 __all__ = [
     "CareBook",
@@ -129,6 +130,34 @@ class CareBook:
         that no timer is cut short or stretched by the correction."""
         self.state.shift_times(seconds, since)
         self._next_check += seconds
+
+    # --- what the status says of the residents and alarms -------------------------------------
+
+    def resident_reports(self) -> dict[str, ResidentStatus]:
+        out = {}
+        for resident in self.config.residents:
+            watch = self.state.residents.get(resident.id)
+            out[resident.id] = ResidentStatus(
+                name=resident.name,
+                room=resident.room,
+                last_activity=utc_text(watch.active_at if watch else None),
+                open_alarms=sum(1 for a in self.alarms.values() if a.resident == resident.id),
+            )
+        return out
+
+    def alarm_reports(self) -> list[AlarmStatus]:
+        return [
+            AlarmStatus(
+                alarm_id=a.id,
+                kind=a.kind,
+                state=a.state,
+                resident=a.resident,
+                device_id=a.device_id,
+                count=a.count,
+                raised_at=utc_text(a.raised_at),
+            )
+            for a in self.alarms.values()
+        ]
 
     # --- who is concerned ---------------------------------------------------------------------
 

@@ -26,9 +26,11 @@ from tenacity import (
 )
 
 from drivers import Codec, Decoded
+from gateway.clock import utc_text
 from gateway.config import SerialDevice
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
+from gateway.status import SerialDeviceStatus
 
 __all__ = [
     "PORT_ERRORS",
@@ -105,6 +107,17 @@ class SerialLink:
                 await self._emit(self.rules.on_tick(time.monotonic()))
             except OutboxFull as exc:  # the device task stays up; the journal says what was not kept
                 log.error("device %s: a summary was not stored: %s", self.device.id, exc)
+
+    def report(self) -> SerialDeviceStatus:
+        """This device's part of the station status."""
+        return SerialDeviceStatus(
+            kind=self.device.kind,
+            state="starting" if self.online is None else "online" if self.online else "offline",
+            last_seen=utc_text(self.last_seen),
+            frames_ok=self.codec.stats.frames_ok,
+            frames_rejected=self.codec.stats.frames_rejected,
+            bytes_rejected=self.codec.stats.bytes_rejected,
+        )
 
     async def _emit(self, drafts: list[EventDraft]) -> None:
         if drafts:

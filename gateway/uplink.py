@@ -40,7 +40,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -58,6 +58,7 @@ from gateway.config import StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
 from gateway.events import Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
+from gateway.status import BacklogStatus, LinkStatus, StationPart, StationStatus
 
 __all__ = [
     "ALARM_RETRY_MAX_S",
@@ -117,7 +118,6 @@ REASON_NO_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody subscribes t
 REASON_SESSION_TAKEN_OVER = 0x8E
 UNSUPPORTED_PROTOCOL = (1, 0x84)  # CONNACK: 3.1.1 "unacceptable protocol version", 5 "unsupported"
 
-StatusSource = Callable[[], dict[str, Any]]
 # the broker has these alarms (their ids): the care state that says so, written with the delete
 DeliveredSink = Callable[[list[str]], StateRows]
 
@@ -286,7 +286,7 @@ class Uplink:
         self,
         config: StationConfig,
         outbox: Outbox,
-        status_source: StatusSource,
+        station_part: Callable[[], StationPart] | None = None,
         on_delivered: DeliveredSink | None = None,
         commands: CommandTable | None = None,
     ) -> None:
@@ -294,7 +294,7 @@ class Uplink:
         self._on_delivered = on_delivered
         self._commands = commands or CommandTable(dict.fromkeys(COMMANDS, self._not_handled))
         self._outbox = outbox
-        self._status_source = status_source
+        self._station_part = station_part
         self.link = config.uplink.link
         self.topics = Topics(config.uplink.topic_prefix, config.station.id)
         self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
@@ -359,30 +359,34 @@ class Uplink:
         self.link_since = time.time()
         self.link_history.append({"at": utc_text(self.link_since), "state": state, "reason": reason[:200]})
 
-    def link_report(self) -> dict[str, Any]:
+    def link_report(self) -> LinkStatus:
         """The link's state, since when, how often it came up, and its last changes."""
         host, port = self.broker
-        return {
-            "state": "up" if self.connected else "down",
-            "since": utc_text(self.link_since),
-            "broker": f"{host}:{port}",
-            "protocol": self.protocol,
-            "connects_since_start": self.connects,
-            "history": list(self.link_history),
-            "refused": dict(self.refused),
-            "no_subscribers": self.no_subscribers,
-            "commands": {"subscription": self.command_subscription, "ignored": dict(self.commands_ignored)},
-        }
+        return LinkStatus(
+            state="up" if self.connected else "down",
+            since=utc_text(self.link_since),
+            broker=f"{host}:{port}",
+            protocol=self.protocol,
+            connects_since_start=self.connects,
+            history=list(self.link_history),
+            refused=dict(self.refused),
+            no_subscribers=self.no_subscribers,
+            commands={"subscription": self.command_subscription, "ignored": dict(self.commands_ignored)},
+        )
 
-    async def status_body(self) -> dict[str, Any]:
+    async def status(self, state: Literal["online", "offline"] | None = None) -> StationStatus:
         """The whole status: station, link, backlog, TLS (the MQTT status message, the status
-        file that `care-gateway status` reads, and the local status page)."""
+        file that `care-gateway status` reads, and the local status page). `state`: as the link
+        is now, unless given."""
         snap = await self._outbox.snapshot()
-        body = self._status_source()
-        body.update(link_profile=self._config.uplink.link_profile, **self.backlog_report(snap))
-        body["link"] = self.link_report()
-        body["tls"] = self.tls_report() if self._config.uplink.tls else None
-        return body
+        return StationStatus(
+            state=state or ("online" if self.connected else "offline"),
+            link_profile=self._config.uplink.link_profile,
+            backlog=self.backlog_report(snap),
+            link=self.link_report(),
+            tls=self.tls_report() if self._config.uplink.tls else None,
+            station=self._station_part() if self._station_part else None,
+        )
 
     def _alive(self) -> None:
         self.progress_at = time.monotonic()
@@ -883,8 +887,8 @@ class Uplink:
             return float(budget) if budget else None
         return min(measured, budget) if budget else measured
 
-    async def _status_payload(self, state: str) -> str:
-        return json.dumps({"state": state, **await self.status_body()}, ensure_ascii=False)
+    async def _status_payload(self, state: Literal["online", "offline"]) -> str:
+        return json.dumps((await self.status(state)).to_json(), ensure_ascii=False)
 
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""
@@ -899,7 +903,7 @@ class Uplink:
             }
         return out
 
-    def backlog_report(self, snap: OutboxSnapshot) -> dict[str, Any]:
+    def backlog_report(self, snap: OutboxSnapshot) -> BacklogStatus:
         """Backlog, its age, an estimated drain time and what was shed: for the status message."""
         bulk_bytes = snap.bytes[Priority.STATUS] + snap.bytes[Priority.TELEMETRY]
         rate = self.drain_rate_bytes_per_s()
@@ -909,19 +913,19 @@ class Uplink:
             drain_s = 0.0
         elif rate:
             drain_s = round(bulk_bytes * ratio / rate, 1)
-        return {
-            "backlog": {p.value: n for p, n in snap.rows.items()},
-            "backlog_bytes": sum(snap.bytes.values()),
-            "oldest_unsent_s": (
+        return BacklogStatus(
+            backlog={p.value: n for p, n in snap.rows.items()},
+            backlog_bytes=sum(snap.bytes.values()),
+            oldest_unsent_s=(
                 None
                 if snap.oldest_created_ms is None
                 else round(max(0.0, time.time() - snap.oldest_created_ms / 1000), 1)
             ),
-            "estimated_drain_s": drain_s,
-            "shed": snap.shed,
-            "storage": {"max_bytes": snap.max_bytes, "disk_full_errors": snap.disk_full_errors, **snap.disk},
-            "published_since_start": {p.value: n for p, n in self.published.items()},
-        }
+            estimated_drain_s=drain_s,
+            shed=dict(snap.shed),
+            storage={"max_bytes": snap.max_bytes, "disk_full_errors": snap.disk_full_errors, **snap.disk},
+            published_since_start={p.value: n for p, n in self.published.items()},
+        )
 
     def _status_json(self, state: str, reason: str) -> str:
         return json.dumps({"station_id": self._config.station.id, "state": state, "reason": reason})

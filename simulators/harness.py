@@ -79,6 +79,12 @@ class PtyDevice:
         self.path = os.ttyname(self._slave)
         self._reading = False
         self.plugged = True
+        self._links: list[Path] = []
+
+    def link_at(self, link: Path) -> None:
+        """A stable name for the port (as udev's /dev/serial/by-id/...), gone when unplugged."""
+        link.symlink_to(self.path)
+        self._links.append(link)
 
     def start(self) -> None:
         if not self._reading:
@@ -103,6 +109,9 @@ class PtyDevice:
         for fd in (self._master, self._slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for link in self._links:  # the device node goes, as a pulled USB device's does: else the
+            link.unlink(missing_ok=True)  # name would point at a freed pty another program may get
+        self._links = []
         self.plugged = False
 
     def close(self) -> None:

@@ -67,8 +67,7 @@ class Station:
         """Unplug the receiver and plug a new one in: the stable name points at a new pty."""
         self.receiver.unplug()
         self.receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
-        self.port_link.unlink()
-        self.port_link.symlink_to(self.receiver.path)
+        self.receiver.link_at(self.port_link)
         return self.receiver
 
     async def restart_gateway(self) -> None:
@@ -121,7 +120,7 @@ async def running_station(
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
     port_link = folder / "ttyBUTTON"
-    port_link.symlink_to(receiver.path)
+    receiver.link_at(port_link)
     db_path = folder / "outbox.db"
     config_path = folder / "station.toml"
     config_path.write_text(

@@ -86,7 +86,7 @@ def test_the_watchdog_is_starved_only_when_the_uplink_is_stuck_longer_than_any_h
 
     raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}, "storage": {"path": "/tmp/x.db"}}
     config = parse_config(raw)
-    uplink = Uplink(config, None, dict)  # type: ignore[arg-type]  # no I/O is needed to judge progress
+    uplink = Uplink(config, None)  # type: ignore[arg-type]  # no I/O is needed to judge progress
     now = time.monotonic()
     longest_healthy_wait = 60 + 10 + 3 + 10 + 30  # backoff, CONNACK, abandoning a stuck session, PUBACK, keepalive
     uplink.progress_at = now - longest_healthy_wait
@@ -250,7 +250,7 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
         ts = datetime.fromisoformat(rebased["ts"].replace("Z", "+00:00"))
         assert abs((ts - platform_time).total_seconds()) < 5
         assert (synced["data"]["change"], synced["data"]["rebased_events"]) == ("synchronised", 1)
-        assert station.status_snapshot()["clock_source"] == "platform"
+        assert station.station_part().clock_source == "platform"
 
         synchronised = True  # NTP gets through: the system clock is right, the offset goes
         clock._next_check = 0.0

@@ -102,7 +102,7 @@ async def test_unplug_and_replug_a_radar_while_the_button_keeps_sending(tmp_path
     first = RadarSim("mr60fda1")
     first.start()
     link = tmp_path / "ttyRADAR"
-    link.symlink_to(first.path)
+    first.link_at(link)
     async with running_station(tmp_path, broker, extra_devices=radar_toml("radar", str(link))) as station:
         assert await wait_until(lambda: first.queries >= 1)
         first.unplug()
@@ -113,8 +113,7 @@ async def test_unplug_and_replug_a_radar_while_the_button_keeps_sending(tmp_path
         assert await station.gateway.wait_for_line("device radar offline")
         second = RadarSim("mr60fda1")
         second.start()
-        link.unlink()
-        link.symlink_to(second.path)
+        second.link_at(link)
         try:
             assert await wait_until(lambda: second.queries >= 1)
             second.fall(True)

@@ -214,7 +214,7 @@ async def test_a_session_task_that_swallows_its_cancellation_is_abandoned_and_a_
         raw = {**RAW, "uplink": {"host": broker.host, "port": broker.port, "reconnect_max_s": 1}}
         config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
         async with Outbox(config.storage, "st") as outbox:
-            uplink = Uplink(config, outbox, dict)
+            uplink = Uplink(config, outbox)
             running = asyncio.create_task(uplink.run())
             for _ in range(int((SESSION_ABANDON_S * 3 + 5) / 0.1)):
                 if uplink.connects >= 3:

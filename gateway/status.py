@@ -1,0 +1,137 @@
+"""The station's status: one typed value, rendered for the retained MQTT status message, the
+status file that `care-gateway status` reads, and the local status page.
+
+The station part (devices, residents, open alarms, storage use, SMS) is reported by the station
+(gateway/app.py), each piece by the module that owns it; the uplink adds its own (link,
+backlog, TLS) and the state. `to_json()` is the layout documented in docs/mqtt.md ("Status"):
+one flat object, the same for every reader. Where the file lives is decided in
+gateway/config.py (`status_files`, `status_file_to_write`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = [
+    "AlarmStatus",
+    "BacklogStatus",
+    "BleDeviceStatus",
+    "LinkStatus",
+    "ResidentStatus",
+    "SerialDeviceStatus",
+    "StationPart",
+    "StationStatus",
+]
+
+DeviceState = Literal["starting", "online", "offline"]
+
+
+@dataclass(frozen=True)
+class SerialDeviceStatus:
+    kind: str
+    state: DeviceState
+    last_seen: str | None  # UTC, ISO 8601 (the last good frame)
+    frames_ok: int
+    frames_rejected: int
+    bytes_rejected: int
+
+
+@dataclass(frozen=True)
+class BleDeviceStatus:
+    kind: str
+    resident: str | None
+    last_seen: str | None
+    rssi: int | None
+    battery: int | None
+
+
+@dataclass(frozen=True)
+class ResidentStatus:
+    name: str
+    room: str | None
+    last_activity: str | None
+    open_alarms: int
+
+
+@dataclass(frozen=True)
+class AlarmStatus:
+    alarm_id: str
+    kind: str
+    state: str
+    resident: str | None
+    device_id: str
+    count: int
+    raised_at: str | None
+
+
+@dataclass(frozen=True)
+class StationPart:
+    """What the station reports of itself."""
+
+    station_id: str
+    name: str
+    version: str
+    ts: str | None
+    clock_trusted: bool
+    clock_source: str | None
+    boot_id: str
+    uptime_s: int
+    devices: dict[str, SerialDeviceStatus]
+    residents: dict[str, ResidentStatus]
+    alarms_open: list[AlarmStatus]
+    storage_use: dict[str, int]
+    ble: dict[str, int] | None = None  # only with Bluetooth devices configured
+    ble_devices: dict[str, BleDeviceStatus] | None = None
+    sms: dict[str, Any] | None = None  # only with an [sms] modem
+
+
+@dataclass(frozen=True)
+class BacklogStatus:
+    backlog: dict[str, int]  # priority -> events waiting
+    backlog_bytes: int
+    oldest_unsent_s: float | None
+    estimated_drain_s: float | None
+    shed: dict[str, Any]  # per priority: events shed to stay within the limits
+    storage: dict[str, Any]
+    published_since_start: dict[str, int]
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    state: Literal["up", "down"]
+    since: str | None
+    broker: str
+    protocol: str
+    connects_since_start: int
+    history: list[dict[str, str | None]]
+    refused: dict[str, int]
+    no_subscribers: int
+    commands: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StationStatus:
+    state: Literal["online", "offline"]
+    link_profile: str
+    backlog: BacklogStatus
+    link: LinkStatus
+    tls: dict[str, dict[str, Any]] | None
+    station: StationPart | None = None  # (an uplink run on its own, in a benchmark, has none)
+
+    def to_json(self) -> dict[str, Any]:
+        """The flat JSON object every reader gets (docs/mqtt.md): the station's fields, the
+        link profile, the backlog's fields, `link`, `tls`; optional parts only when present."""
+        body: dict[str, Any] = {"state": self.state}
+        if self.station is not None:
+            station = dataclasses.asdict(self.station)
+            body.update({k: v for k, v in station.items() if v is not None or k not in _OPTIONAL_PARTS})
+        body["link_profile"] = self.link_profile
+        body.update(dataclasses.asdict(self.backlog))
+        body["link"] = dataclasses.asdict(self.link)
+        body["tls"] = self.tls
+        return body
+
+
+_OPTIONAL_PARTS = frozenset({"ble", "ble_devices", "sms"})
