@@ -14,7 +14,6 @@ reading has been committed to the outbox (an ACK is a promise that the event is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,7 +22,6 @@ __all__ = [
     "Codec",
     "CodecStats",
     "Decoded",
-    "codec_for",
 ]
 
 
@@ -76,18 +74,3 @@ class Codec(Protocol):
     heartbeat_query: bytes  # what the gateway sends on a timer to see the device is alive (b"": none)
 
     def feed(self, data: bytes) -> list[Decoded]: ...
-
-
-def codec_for(kind: str, variant: str) -> Codec:
-    """The registry: configured device kind and format/model -> a new codec instance."""
-    from drivers import contact_id, nmea, seeed_radar
-
-    factories: dict[tuple[str, str], Callable[[], Codec]] = {
-        ("contact_id_receiver", "surgard"): contact_id.SurGardCodec,
-        ("contact_id_receiver", "ademco685"): contact_id.Ademco685Codec,
-        ("mmwave_radar", "mr60fda1"): seeed_radar.SeeedRadarCodec,
-        ("mmwave_radar", "mr24hpc1"): seeed_radar.SeeedRadarCodec,
-        ("mmwave_radar", "mr60fda2"): seeed_radar.SeeedFda2Codec,
-        ("gps", "nmea"): nmea.NmeaCodec,
-    }
-    return factories[(kind, variant)]()

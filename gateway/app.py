@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from drivers import codec_for
 from gateway import __version__
 from gateway.care import CareBook
 from gateway.care_state import StateRows
@@ -49,8 +48,8 @@ from gateway.errors import GatewayError
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox, OutboxFull, WriterStopped
-from gateway.rules import EventDraft, StationLocation, codec_variant, rules_for
-from gateway.serial_link import SerialLink
+from gateway.rules import EventDraft, StationLocation, rules_for
+from gateway.serial_link import SerialLink, codec_for
 from gateway.status import StationPart
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink
@@ -436,7 +435,7 @@ class Station:
             self.links = [
                 SerialLink(
                     device,
-                    codec_for(device.kind, codec_variant(device)),
+                    codec_for(device),
                     rules_for(device, self.location, self.clock.monotonic()),
                     self.on_events,
                     self.on_device_state,

@@ -42,6 +42,8 @@ __all__ = [
     "LocationSection",
     "PendantDevice",
     "RadarDevice",
+    "RadarModel",
+    "ReceiverFormat",
     "ResidentSection",
     "SerialDevice",
     "SmsSection",
@@ -100,6 +102,8 @@ class TlsSection(_Section):
 
 
 LinkProfile = Literal["broadband", "cellular", "narrowband"]
+ReceiverFormat = Literal["surgard", "ademco685"]  # Contact ID receivers' output formats (drivers/contact_id.py)
+RadarModel = Literal["mr60fda1", "mr60fda2", "mr24hpc1"]  # Seeed radars (drivers/seeed_radar.py)
 
 
 @dataclass(frozen=True)
@@ -320,7 +324,7 @@ class ContactIdReceiverDevice(_SerialDevice):
     """An alarm receiver's automation output (emergency buttons, pendants, panels)."""
 
     kind: Literal["contact_id_receiver"] = Field(description="device kind")
-    format: Literal["surgard", "ademco685"] = Field(
+    format: ReceiverFormat = Field(
         "surgard", description="receiver output format: Sur-Gard MLR2 automation or Ademco 685"
     )
     silence_timeout_s: float = _silence_field(100.0, "a receiver sends a heartbeat about every 30 s")
@@ -335,7 +339,7 @@ class RadarDevice(_SerialDevice):
     """A Seeed mmWave radar on a UART: fall (MR60FDA1, MR60FDA2) or presence (MR24HPC1)."""
 
     kind: Literal["mmwave_radar"] = Field(description="device kind")
-    model: Literal["mr60fda1", "mr60fda2", "mr24hpc1"] = Field(description="radar model")
+    model: RadarModel = Field(description="radar model")
     baudrate: Literal[SERIAL_BAUDRATES] = Field(115200, description="serial speed")  # type: ignore[valid-type]
     heartbeat_interval_s: float = Field(
         10.0, ge=1, le=3600, description="seconds between the gateway's heartbeat queries, 1-3600"

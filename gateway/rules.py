@@ -36,7 +36,6 @@ from gateway.config import (
     LocationSection,
     PendantDevice,
     RadarDevice,
-    SerialDevice,
     WristbandDevice,
 )
 from gateway.events import EventKind
@@ -53,7 +52,6 @@ __all__ = [
     "StationLocation",
     "Supervised",
     "WearableRules",
-    "codec_variant",
     "ibeacon_matches",
     "rules_for",
 ]
@@ -433,15 +431,6 @@ def rules_for(device: Device, location: StationLocation, now: float, ble: BleSec
     else:
         rules = HealthRules(device.wearer)
     return Supervised(rules, device.supervision_s, started=now) if device.supervision_s else rules
-
-
-def codec_variant(device: SerialDevice) -> str:
-    """The key that picks the codec within a device kind."""
-    if isinstance(device, ContactIdReceiverDevice):
-        return device.format
-    if isinstance(device, RadarDevice):
-        return device.model
-    return "nmea"
 
 
 @dataclass

@@ -26,18 +26,31 @@ from tenacity import (
 )
 
 from drivers import Codec, Decoded
+from drivers.contact_id import Ademco685Codec, SurGardCodec
+from drivers.nmea import NmeaCodec
+from drivers.seeed_radar import SeeedFda2Codec, SeeedRadarCodec
 from gateway.clock import utc_text
-from gateway.config import SerialDevice
+from gateway.config import (
+    ContactIdReceiverDevice,
+    GpsDevice,
+    RadarDevice,
+    RadarModel,
+    ReceiverFormat,
+    SerialDevice,
+)
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
 from gateway.status import SerialDeviceStatus
 
 __all__ = [
     "PORT_ERRORS",
+    "RADAR_CODECS",
+    "RECEIVER_CODECS",
     "REJECT_LOG_INTERVAL_S",
     "TICK_S",
     "EventSink",
     "SerialLink",
+    "codec_for",
     "explain_port_error",
     "open_port",
 ]
@@ -55,6 +68,26 @@ PORT_ERRORS = (serial.SerialException, OSError, termios.error, EOFError)
 
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]  # (device id, drafts) -> committed
 StateSink = Callable[[str, bool, str], Awaitable[None]]  # (device id, online, reason)
+
+
+# the codec of each serial device, by what the station file says it is (the keys are the
+# file's vocabulary; tests/test_serial_field.py holds the tables to the config's literals)
+RECEIVER_CODECS: dict[ReceiverFormat, Callable[[], Codec]] = {"surgard": SurGardCodec, "ademco685": Ademco685Codec}
+RADAR_CODECS: dict[RadarModel, Callable[[], Codec]] = {
+    "mr60fda1": SeeedRadarCodec,
+    "mr24hpc1": SeeedRadarCodec,
+    "mr60fda2": SeeedFda2Codec,
+}
+
+
+def codec_for(device: SerialDevice) -> Codec:
+    """A new codec for a configured serial device."""
+    if isinstance(device, ContactIdReceiverDevice):
+        return RECEIVER_CODECS[device.format]()
+    if isinstance(device, RadarDevice):
+        return RADAR_CODECS[device.model]()
+    assert isinstance(device, GpsDevice)
+    return NmeaCodec()
 
 
 def explain_port_error(port: str, exc: BaseException) -> str:

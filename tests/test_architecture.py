@@ -147,3 +147,13 @@ def test_each_module_says_what_it_offers(path: Path) -> None:
         )
     }
     assert set(declared[0]) <= defined
+
+
+def test_every_serial_device_the_station_file_can_name_has_a_codec() -> None:
+    from typing import get_args
+
+    from gateway.config import RadarModel, ReceiverFormat
+    from gateway.serial_link import RADAR_CODECS, RECEIVER_CODECS
+
+    assert set(RECEIVER_CODECS) == set(get_args(ReceiverFormat))
+    assert set(RADAR_CODECS) == set(get_args(RadarModel))

@@ -141,11 +141,10 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
     """A radar's summaries and state changes that cannot be stored are logged; its task stays up."""
     import asyncio
 
-    from drivers import codec_for
     from gateway import serial_link
     from gateway.config import parse_config
     from gateway.outbox import OutboxFull
-    from gateway.rules import StationLocation, codec_variant, rules_for
+    from gateway.rules import StationLocation, rules_for
 
     raw = {
         "station": {"id": "st", "name": "s"},
@@ -160,7 +159,7 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
 
     rules = rules_for(device, StationLocation(None), 0.0)
     monkeypatch.setattr(rules, "on_tick", lambda now: [EventDraft(EventKind.ACTIVITY, {"summary": {}})])
-    link = serial_link.SerialLink(device, codec_for(device.kind, codec_variant(device)), rules, full, full)  # type: ignore[arg-type]
+    link = serial_link.SerialLink(device, serial_link.codec_for(device), rules, full, full)  # type: ignore[arg-type]
     monkeypatch.setattr(serial_link, "TICK_S", 0.01)
     ticking = asyncio.create_task(link._tick())
     await link._set_state(False, "unplugged")
