@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +128,31 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         assert gw.proc.returncode is None
 
 
-async def watch_clock(station: app.Station, seconds: float) -> None:
-    """Run the station's clock watch for a while, as its task would."""
-    import asyncio
-
+@contextlib.asynccontextmanager
+async def watching_clock(station: app.Station) -> AsyncIterator[None]:
+    """The station's clock watch running, as its task would; it has taken its first reading
+    when the block starts."""
     task = asyncio.create_task(station._watch_clock())
-    await asyncio.sleep(seconds)
-    task.cancel()
+    await asyncio.sleep(0)  # (its first step reads the clock's offset)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def status_rows(outbox: Any, count: int) -> list[dict[str, Any]]:
+    """The outbox's status events once there are `count` of them (the clock watch writes them),
+    or what there is after 10 s."""
+    from gateway.events import Priority
+
+    for _ in range(200):
+        rows = await outbox.rows_after(Priority.STATUS, 0, 100)
+        if len(rows) >= count:
+            break
+        await asyncio.sleep(0.05)
+    return [json.loads(r.payload) for r in rows]
 
 
 class ShiftedClock:
@@ -165,7 +187,6 @@ class ShiftedClock:
 async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_jumps_reported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
     import json
     from datetime import UTC, datetime
 
@@ -188,13 +209,9 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
         [early, _] = await outbox.rows_after(Priority.STATUS, 0, 10)
         assert json.loads(early.payload)["clock_trusted"] is False
 
-        watcher = asyncio.create_task(watch_clock(station, 0.5))
-        await asyncio.sleep(0.15)
-        clock.shift_s, clock.synchronised = 0.0, True  # NTP steps the clock and reports it synchronised
-        await watcher
-
-        rows = await outbox.rows_after(Priority.STATUS, 0, 10)
-        [rebased, _, synced] = [json.loads(r.payload) for r in rows]
+        async with watching_clock(station):
+            clock.shift_s, clock.synchronised = 0.0, True  # NTP steps the clock and reports it synchronised
+            [rebased, _, synced] = await status_rows(outbox, 3)
         assert rebased["clock_trusted"] is True
         assert rebased["data"]["ts_unsynced"] == json.loads(early.payload)["ts"]
         true_ts = datetime.fromisoformat(rebased["ts"].replace("Z", "+00:00"))
@@ -204,12 +221,9 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
         assert synced["data"]["rebased_events"] == 2
         assert synced["data"]["correction_s"] == pytest.approx(86400, abs=1)
 
-        watcher = asyncio.create_task(watch_clock(station, 0.5))
-        await asyncio.sleep(0.15)
-        clock.shift_s = 30.0  # someone sets the clock by hand
-        await watcher
-        rows = await outbox.rows_after(Priority.STATUS, 0, 10)
-        jump = json.loads(rows[-1].payload)
+        async with watching_clock(station):
+            clock.shift_s = 30.0  # someone sets the clock by hand
+            jump = (await status_rows(outbox, 4))[-1]
         assert (jump["kind"], jump["data"]["change"]) == ("clock", "jump")
         assert jump["data"]["jump_s"] == pytest.approx(30, abs=1)
 
@@ -217,15 +231,13 @@ async def test_events_accepted_before_the_clock_is_synchronised_are_rebased_and_
 async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-    import json
     from datetime import UTC, datetime, timedelta
 
     from gateway import clock as clock_module
     from gateway.clock import Clock
     from gateway.commands import CommandRefused, TimeCommand
     from gateway.config import parse_config
-    from gateway.events import EventKind, Priority
+    from gateway.events import EventKind
     from gateway.outbox import Outbox
 
     monkeypatch.setattr(app, "CLOCK_CHECK_S", 0.1)
@@ -240,12 +252,10 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
     async with Outbox(config.storage, "st", clock.boot_id) as outbox:
         station._outbox = outbox
         await station.on_events("rx", [EventDraft(EventKind.TEST, {"zone": 1})])
-        watcher = asyncio.create_task(watch_clock(station, 0.5))
-        await asyncio.sleep(0.15)
-        result = await station.on_time(TimeCommand(id="t-1", utc=platform_time))
-        assert result["offset_s"] == pytest.approx(3600, abs=2)
-        await watcher
-        [rebased, synced] = [json.loads(r.payload) for r in await outbox.rows_after(Priority.STATUS, 0, 10)]
+        async with watching_clock(station):
+            result = await station.on_time(TimeCommand(id="t-1", utc=platform_time))
+            assert result["offset_s"] == pytest.approx(3600, abs=2)
+            [rebased, synced] = await status_rows(outbox, 2)
         assert rebased["clock_trusted"] is True
         ts = datetime.fromisoformat(rebased["ts"].replace("Z", "+00:00"))
         assert abs((ts - platform_time).total_seconds()) < 5
@@ -254,9 +264,8 @@ async def test_the_platform_time_is_used_until_ntp_synchronises_the_clock(
 
         synchronised = True  # NTP gets through: the system clock is right, the offset goes
         clock._next_check = 0.0
-        watcher = asyncio.create_task(watch_clock(station, 0.5))
-        await watcher
-        jump = json.loads((await outbox.rows_after(Priority.STATUS, 0, 10))[-1].payload)
+        async with watching_clock(station):
+            jump = (await status_rows(outbox, 3))[-1]
         assert jump["data"]["change"] == "jump"
         assert jump["data"]["jump_s"] == pytest.approx(-3600, abs=2)
         assert clock.source == "ntp"
@@ -285,7 +294,10 @@ async def test_a_failing_retention_sweep_is_logged_and_events_are_still_committe
     monkeypatch.setattr(Outbox, "_expire", disk_full)
     clock = Clock("always")
     async with Outbox(StorageSection(path=tmp_path / "o.db", max_age_days=1), "st") as outbox:
-        await asyncio.sleep(0.3)  # several sweeps fail
+        for _ in range(200):  # several sweeps fail
+            if outbox.sweep_errors >= 2:
+                break
+            await asyncio.sleep(0.05)
         await outbox.append(new_event(clock, "st", "rx", EventKind.SOS, {"zone": 1}))
         assert len(await outbox.rows_after(Priority.ALARM, 0, 10)) == 1
         assert outbox.sweep_errors >= 2
@@ -353,20 +365,28 @@ async def test_the_watchdog_is_not_fed_while_the_outbox_writer_is_stuck(
     async with Outbox(station.config.storage, "st") as outbox:
         station._outbox = outbox
         supervisor = asyncio.create_task(station._supervise())
-        await asyncio.sleep(0.5)
-        assert pings() >= 3  # healthy: fed
+
+        async def fed(times: int) -> bool:
+            seen = 0
+            for _ in range(200):
+                seen += pings()
+                if seen >= times:
+                    return True
+                await asyncio.sleep(0.05)
+            return False
+
+        assert await fed(3)  # healthy: fed
         monkeypatch.setattr(Outbox, "_commit", stuck_commit)
         append = asyncio.create_task(outbox.append(new_event(Clock("always"), "st", "rx", EventKind.SOS, {})))
-        await asyncio.sleep(1.0)
+        for _ in range(200):
+            if "the outbox writer has made no progress for" in caplog.text:  # stuck, and said so
+                break
+            await asyncio.sleep(0.05)
         pings()
-        await asyncio.sleep(0.5)
-        assert pings() == 0  # stuck: starved, and said so
-        assert "the outbox writer has made no progress for" in caplog.text
+        await asyncio.sleep(0.5)  # (a silence can only be watched for a while)
+        assert pings() == 0  # stuck: starved
         release.set()
         await append
-        await asyncio.sleep(0.5)
-        pings()
-        await asyncio.sleep(0.3)
-        assert pings() >= 2  # committing again: fed again
+        assert await fed(2)  # committing again: fed again
         supervisor.cancel()
     listener.close()
