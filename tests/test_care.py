@@ -119,8 +119,22 @@ def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
         b.now += timedelta(seconds=5)
         later += b.feed("rx", SOS)
     assert kinds(later) == ["alarm_update"]  # one count update per 30 s, not nine alarms
-    [alarm] = b.book.alarms.values()
-    assert (alarm.id, alarm.count) == (first[0].id, 10)
+    t0 = START.timestamp()
+    assert list(b.book.alarms.values()) == [
+        Alarm(
+            id=first[0].id,
+            kind="sos",
+            device_id="rx",
+            resident="wang",
+            storm_key="wang/button",
+            raised_at=t0,
+            last_at=t0 + 45,
+            count=10,
+            count_reported=7,  # the update went out with the 7th press
+            update_at=t0 + 30,
+            detail={"zone": 3, "qualifier": "new"},
+        )
+    ]
     assert later[0].data["count"] == 7  # the update went out with the 7th press (30 s after the first)
     [final] = b.wait(30)  # the last three presses are counted once the interval has passed
     assert (final.kind, final.data["count"], final.data["change"]) == (EventKind.ALARM_UPDATE, 10, "repeated")
@@ -187,11 +201,31 @@ def test_inactivity_of_a_resident_living_alone_counts_waking_hours_only() -> Non
     b.jump(0)  # supervision starts at 09:00
     assert inactive(b, 3599) == []
     [alarm] = inactive(b, 15)  # one hour without activity in waking hours
-    assert alarm.kind is EventKind.INACTIVITY
-    assert alarm.data["last_activity_at"] == "2026-11-23T01:00:00Z"
+    assert (alarm.kind, alarm.device_id, alarm.data) == (
+        EventKind.INACTIVITY,
+        "radar",  # the resident's first device
+        {
+            "resident": "wang",
+            "last_activity_at": "2026-11-23T01:00:00Z",
+            "inactive_waking_s": 3614,
+            "window_s": 3600,
+        },
+    )
     cleared = b.feed("radar", (EventKind.ACTIVITY, {"presence": True, "motion": "moving"}))
     assert kinds(cleared) == ["activity", "alarm_update"]
-    assert cleared[1].data["resolution"] == "activity"
+    assert cleared[1].data == {
+        "alarm_id": alarm.id,
+        "alarm_kind": "inactivity",
+        "change": "resolved",
+        "state": "resolved",
+        "count": 1,
+        "first_at": "2026-11-23T02:00:14Z",
+        "last_at": "2026-11-23T02:00:14Z",
+        "resident": "wang",
+        "by": "gateway",
+        "resolution": "activity",
+        "activity_kind": "activity",
+    }
 
     b = Book()
     b.now = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)  # 11:30: the nap (12:00-14:00) does not count
@@ -223,12 +257,23 @@ def test_wearer_absent_with_last_place_and_time_then_seen_again() -> None:
     out = b.jump(1800 - 120 - 15)
     assert "wearer_absent" not in kinds(out)
     [absent] = [e for e in b.jump(20) if e.kind is EventKind.WEARER_ABSENT]
-    assert absent.data["last_seen_at"] == "2026-11-23T01:08:00Z"
-    assert absent.data["last_place"] == "草原站, 3号楼201室"
-    assert absent.data["last_rssi"] == -70
+    assert (absent.device_id, absent.data) == (
+        "band",
+        {
+            "resident": "wang",
+            "last_seen_at": "2026-11-23T01:08:00Z",
+            "unseen_s": 1805,
+            "last_place": "草原站, 3号楼201室",
+            "last_rssi": -70,
+        },
+    )
     back = b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -60}))
     assert kinds(back) == ["presence", "alarm_update"]
-    assert back[1].data["resolution"] == "wearer_seen"
+    assert (back[1].data["resolution"], back[1].data["device_id"], back[1].data["alarm_id"]) == (
+        "wearer_seen",
+        "band",
+        absent.id,
+    )
 
 
 def measured(reading: Measurement) -> EventDraft:
@@ -253,7 +298,15 @@ def test_continuous_vitals_need_the_minimum_duration_and_clear_with_hysteresis()
     b.now += timedelta(seconds=2)
     out = b.feed("hr", heart(140))
     assert kinds(out) == ["vitals", "vitals_alert"]
-    assert (out[1].data["vital"], out[1].data["value"], out[1].data["limit_high"]) == ("heart_rate", 140, 120)
+    assert out[1].data == {
+        "vital": "heart_rate",
+        "value": 140,
+        "limit_low": 41,  # the default
+        "limit_high": 120,
+        "measurement": "heart_rate",
+        "out_of_range_s": 61,
+        "resident": "wang",
+    }
     b.now += timedelta(seconds=10)
     assert kinds(b.feed("hr", heart(141))) == ["vitals"]  # still out: no second alarm
     assert kinds(b.feed("hr", heart(117))) == ["vitals"]  # inside the limit, within the 5 bpm band
