@@ -461,6 +461,3 @@ class Supervised:
             reason = f"no advertisement for {round(now - last)} s (supervision window {self.window_s:.0f} s)"
             out.append(EventDraft(EventKind.DEVICE_OFFLINE, {"reason": reason}))
         return out
-
-
-# --- station-wide care rules: residents, the alarm lifecycle, device duties ---------------------
