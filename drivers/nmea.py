@@ -3,9 +3,16 @@
     $GNRMC,hhmmss.ss,A,ddmm.mmmm,N,dddmm.mmmm,E,knots,course,ddmmyy,,,A*hh<CR><LF>
     $GNGGA,hhmmss.ss,ddmm.mmmm,N,dddmm.mmmm,E,quality,sats,hdop,alt,M,geoid,M,,*hh<CR><LF>
 
-The checksum is the XOR of every character between "$" and "*", as two hex digits. RMC's
-status "A" (or GGA's quality > 0) means a valid fix; "V" (or quality 0) means none.
-Sentences are at most 82 characters (NMEA 0183 §5.3); other sentence types are ignored.
+The checksum is the XOR of every character between "$" and "*", as two hex digits. A fix is
+valid when RMC's status is "A" and its mode indicator (NMEA 2.3+, field 12) is not "N" (not
+valid), "M" (manual input) or "S" (simulator), or when GGA's quality is 1-6 (GPS, DGPS, PPS,
+RTK fixed, RTK float, dead reckoning); GGA quality 0 (none), 7 (manual) and 8 (simulator) are no
+fix. Other sentence types are ignored.
+
+NMEA 0183 §5.3 caps a sentence at 82 characters, but high-precision receivers (u-blox F9P,
+Trimble, Unicore) send longer GGA/RMC sentences and gpsd reads them: a line is accepted up to
+MAX_LINE_BYTES. The verdict on a stream never depends on how its bytes were cut into reads: a
+line over the limit is rejected once, whole, and the rest of it up to its newline is dropped.
 """
 
 from __future__ import annotations
@@ -16,13 +23,13 @@ from dataclasses import dataclass
 from drivers import BufferedCodec, Decoded
 
 __all__ = [
-    "MAX_SENTENCE_BYTES",
+    "MAX_LINE_BYTES",
     "GpsFix",
     "NmeaCodec",
     "nmea_checksum",
 ]
 
-MAX_SENTENCE_BYTES = 82  # NMEA 0183: "$" to <LF> inclusive
+MAX_LINE_BYTES = 256  # a line between newlines, without its <CR><LF>: longer ones are rejected
 _SENTENCE = re.compile(rb"\$(?P<body>(?P<talker>[A-Z]{2})(?P<type>[A-Z]{3}),[ -~]*?)\*(?P<sum>[0-9A-Fa-f]{2})$")
 
 
@@ -64,7 +71,8 @@ def _rmc(fields: list[str]) -> GpsFix | None:
     if len(fields) < 9:
         return None
     lat, lon = _degrees(fields[2], fields[3], 2), _degrees(fields[4], fields[5], 3)
-    valid = fields[1] == "A" and lat is not None and lon is not None
+    mode = fields[11] if len(fields) > 11 else ""  # absent before NMEA 2.3
+    valid = fields[1] == "A" and mode not in RMC_NO_FIX_MODES and lat is not None and lon is not None
     knots = _number(fields[6])
     return GpsFix(
         "RMC",
@@ -80,7 +88,7 @@ def _gga(fields: list[str]) -> GpsFix | None:
         return None
     lat, lon = _degrees(fields[1], fields[2], 2), _degrees(fields[3], fields[4], 3)
     quality = int(fields[5]) if fields[5].isdigit() else 0
-    valid = quality > 0 and lat is not None and lon is not None
+    valid = quality in GGA_FIX_QUALITIES and lat is not None and lon is not None
     sats = int(fields[6]) if fields[6].isdigit() else None
     return GpsFix(
         "GGA",
@@ -92,6 +100,8 @@ def _gga(fields: list[str]) -> GpsFix | None:
     )
 
 
+RMC_NO_FIX_MODES = frozenset({"N", "M", "S"})  # not valid, manual input, simulator
+GGA_FIX_QUALITIES = frozenset(range(1, 7))  # 0 none, 7 manual input, 8 simulator: no fix
 PARSERS = {b"RMC": _rmc, b"GGA": _gga}
 
 
@@ -107,24 +117,42 @@ class NmeaCodec(BufferedCodec):
 
     heartbeat_query = b""  # a GPS talks by itself, every second
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._overlong = False  # the line being read is over the limit: drop it up to its newline
+
     def feed(self, data: bytes) -> list[Decoded]:
         self._buffer += data
         out: list[Decoded] = []
         while True:
             end = self._buffer.find(b"\n")
             if end < 0:
-                if len(self._buffer) > MAX_SENTENCE_BYTES:
-                    out.append(self._reject(bytes(self._buffer), "line too long"))
+                if len(self._buffer) > MAX_LINE_BYTES + 1:  # (+1: the <CR> may come before the <LF>)
+                    if not self._overlong:
+                        out.append(self._too_long(bytes(self._buffer)))
+                        self._overlong = True
+                    else:
+                        self.stats.bytes_rejected += len(self._buffer)
                     self._buffer.clear()
                 return out
-            line = bytes(self._buffer[:end]).rstrip(b"\r")
+            line = bytes(self._buffer[:end])
             del self._buffer[: end + 1]
-            if line:
+            if self._overlong:  # the end of a line already rejected
+                self._overlong = False
+                self.stats.bytes_rejected += len(line) + 1
+                continue
+            line = line[:-1] if line.endswith(b"\r") else line
+            if len(line) > MAX_LINE_BYTES:
+                out.append(self._too_long(line))
+            elif line:
                 out.append(self._sentence(line))
+
+    def _too_long(self, start: bytes) -> Decoded:
+        return self._reject(start[:MAX_LINE_BYTES], f"line too long (more than {MAX_LINE_BYTES} characters)")
 
     def _sentence(self, line: bytes) -> Decoded:
         start = line.rfind(b"$")
-        match = _SENTENCE.match(line, start) if start >= 0 and len(line) - start <= MAX_SENTENCE_BYTES else None
+        match = _SENTENCE.match(line, start) if start >= 0 else None
         if match is None:
             return self._reject(line, "not an NMEA sentence")
         if nmea_checksum(match["body"]) != int(match["sum"], 16):
