@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time
 
 __all__ = [
     "BATTERY_LEVEL",
@@ -85,6 +85,7 @@ class BloodPressure:
     pulse_bpm: float | None
     user: int | None
     status: tuple[str, ...]
+    measured_time: time | None = None  # the time of day, when the device did not know the date
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Temperature:
     celsius: float | None
     measured_at: datetime | None
     site: str | None
+    measured_time: time | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class OximeterReading:
     measured_at: datetime | None
     questionable: bool  # measurement status says demo, test, calibrating, unavailable or invalid
     continuous: bool
+    measured_time: time | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Weight:
     user: int | None
     bmi: float | None
     height_m: float | None
+    measured_time: time | None = None
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,19 @@ class _Reader:
     def float32(self) -> float | None:
         return float32(int.from_bytes(self.take(4), "little"))
 
-    def date_time(self) -> datetime | None:
-        """Date Time (0x2A08): year u16, month, day, hour, minute, second; zeros mean unknown."""
+    def date_time(self) -> tuple[datetime | None, time | None]:
+        """Date Time (0x2A08): year u16, month, day, hour, minute, second. A year, month or day
+        of 0 means unknown: then the date is unknown but the time of day is kept (as
+        Nordic's parser keeps it); an impossible time is no time at all."""
         year, month, day, hour, minute, second = self.u16(), self.u8(), self.u8(), self.u8(), self.u8(), self.u8()
         try:
-            return datetime(year, month, day, hour, minute, second)
+            clock = time(hour, minute, second)
         except ValueError:
-            return None
+            return None, None
+        try:
+            return datetime(year, month, day, hour, minute, second), None
+        except ValueError:
+            return None, clock
 
     def rest(self) -> bytes:
         return self.take(len(self.data) - self.at)
@@ -174,7 +184,9 @@ def _heart_rate(r: _Reader) -> HeartRate:
     rr: tuple[float, ...] = ()
     if flags & 0x10:
         rest = r.rest()
-        rr = tuple(round(int.from_bytes(rest[i : i + 2], "little") / 1024, 3) for i in range(0, len(rest) - 1, 2))
+        if not rest or len(rest) % 2:
+            raise ValueError(f"RR-interval flag set but {len(rest)} byte(s) follow (pairs of 2 expected)")
+        rr = tuple(round(int.from_bytes(rest[i : i + 2], "little") / 1024, 3) for i in range(0, len(rest), 2))
     return HeartRate(bpm, contact, energy, rr)
 
 
@@ -185,7 +197,7 @@ _PULSE_RANGE = {1: "pulse_above_range", 2: "pulse_below_range"}
 def _blood_pressure(r: _Reader) -> BloodPressure:
     flags = r.u8()
     systolic, diastolic, mean = r.sfloat(), r.sfloat(), r.sfloat()
-    at = r.date_time() if flags & 0x02 else None
+    at, clock = r.date_time() if flags & 0x02 else (None, None)
     pulse = r.sfloat() if flags & 0x04 else None
     user = r.u8() if flags & 0x08 else None
     status: tuple[str, ...] = ()
@@ -194,9 +206,8 @@ def _blood_pressure(r: _Reader) -> BloodPressure:
         status = tuple(name for bit, name in _BP_STATUS.items() if bits >> bit & 1)
         if (bits >> 3) & 0x3 in _PULSE_RANGE:
             status += (_PULSE_RANGE[(bits >> 3) & 0x3],)
-    return BloodPressure(
-        systolic, diastolic, mean, "kPa" if flags & 0x01 else "mmHg", at, pulse, None if user == 255 else user, status
-    )
+    unit = "kPa" if flags & 0x01 else "mmHg"
+    return BloodPressure(systolic, diastolic, mean, unit, at, pulse, None if user == 255 else user, status, clock)
 
 
 TEMPERATURE_SITES = {
@@ -215,11 +226,11 @@ TEMPERATURE_SITES = {
 def _temperature(r: _Reader) -> Temperature:
     flags = r.u8()
     value = r.float32()
-    at = r.date_time() if flags & 0x02 else None
+    at, clock = r.date_time() if flags & 0x02 else (None, None)
     site = TEMPERATURE_SITES.get(r.u8()) if flags & 0x04 else None
     if value is not None and flags & 0x01:  # Fahrenheit on the wire; events carry Celsius
         value = round((value - 32) * 5 / 9, 2)
-    return Temperature(value, at, site)
+    return Temperature(value, at, site, clock)
 
 
 QUESTIONABLE_PLX_STATUS = 0xFC00  # bits 10-15: demo, test, calibrating, unavailable, questionable, invalid
@@ -228,11 +239,13 @@ QUESTIONABLE_PLX_STATUS = 0xFC00  # bits 10-15: demo, test, calibrating, unavail
 def _plx_spot(r: _Reader) -> OximeterReading:
     flags = r.u8()
     spo2, pulse = r.sfloat(), r.sfloat()
-    at = r.date_time() if flags & 0x01 else None
+    at, clock = r.date_time() if flags & 0x01 else (None, None)
     status = r.u16() if flags & 0x02 else 0
     if flags & 0x04:
         r.u24()  # device and sensor status
-    return OximeterReading(spo2, pulse, at, bool(status & QUESTIONABLE_PLX_STATUS), continuous=False)
+    return OximeterReading(
+        spo2, pulse, at, bool(status & QUESTIONABLE_PLX_STATUS), continuous=False, measured_time=clock
+    )
 
 
 def _plx_continuous(r: _Reader) -> OximeterReading:
@@ -256,17 +269,19 @@ def _weight(r: _Reader) -> Weight:
     kg = (
         None if raw == WEIGHT_UNSUCCESSFUL else round(raw * 0.01 * 0.45359237, 2) if imperial else round(raw * 0.005, 3)
     )
-    at = r.date_time() if flags & 0x02 else None
+    at, clock = r.date_time() if flags & 0x02 else (None, None)
     user = r.u8() if flags & 0x04 else None
     bmi = height = None
     if flags & 0x08:
         bmi = round(r.u16() * 0.1, 1)
         height_raw = r.u16()
         height = round(height_raw * 0.1 * 0.0254, 3) if imperial else round(height_raw * 0.001, 3)
-    return Weight(kg, at, None if user == 255 else user, bmi, height)
+    return Weight(kg, at, None if user == 255 else user, bmi, height, clock)
 
 
 def _battery(r: _Reader) -> BatteryLevel:
+    if len(r.data) != 1:
+        raise ValueError(f"battery level is one byte, not {len(r.data)}")
     value = r.u8()
     if value > 100:
         raise ValueError(f"battery level {value} % is out of range 0-100")

@@ -178,8 +178,8 @@ FDA2_SOF = 0x01
 FDA2_HEADER = 8
 FDA2_MAX_DATA = 64  # the longest frame (0E06 parameter dump) carries 12 bytes
 FDA2_TYPES: dict[int, Callable[[bytes], RadarReading | None]] = {  # ESPHome seeed_mr60fda2.cpp
-    0x0E02: lambda data: RadarFall(_flag(data)),
-    0x0F09: lambda data: RadarPresence(_flag(data)),
+    0x0E02: lambda data: RadarFall(data[0] != 0) if data else None,  # any non-zero byte is "yes",
+    0x0F09: lambda data: RadarPresence(data[0] != 0) if data else None,  # as Seeed's library reads it
     0x0E06: lambda data: RadarHeartbeat(),  # parameter dump: the answer to our periodic query
 }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, time
 from typing import NamedTuple, Protocol
 
 from pydantic import JsonValue
@@ -401,9 +401,11 @@ class HealthRules:
         if self.wearer:
             data["wearer"] = self.wearer
         for name, value in dataclasses.asdict(reading).items():
+            if name == "measured_time" and value is None:
+                continue  # (only sent when the device knew the time of day but not the date)
             data[name] = (
                 value.isoformat()
-                if isinstance(value, datetime)
+                if isinstance(value, datetime | time)
                 else (list(value) if isinstance(value, tuple) else value)
             )
         return [EventDraft(EventKind.VITALS, data, reading)]

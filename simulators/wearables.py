@@ -51,13 +51,18 @@ def bthome_service_data(
     return bytes([BTHOME_INFO_V2 | (BTHOME_TRIGGER if trigger else 0)]) + objects
 
 
-def bthome_encrypt(objects: bytes, key: bytes, mac: str, counter: int, trigger: bool = False) -> bytes:
-    """Encrypted service data: info | AES-CCM(objects) | counter (4, LE) | MIC (4)."""
-    info = BTHOME_INFO_V2 | BTHOME_ENCRYPTED | (BTHOME_TRIGGER if trigger else 0)
+def bthome_encrypt(
+    objects: bytes, key: bytes, mac: str, counter: int, trigger: bool = False, mac_included: bool = False
+) -> bytes:
+    """Encrypted service data: info | [MAC, reversed] | AES-CCM(objects) | counter (4, LE) | MIC (4).
+    With `mac_included` (info bit 1) the device's MAC travels in the packet (it may advertise
+    from a random address) and is what the nonce is made of."""
+    info = BTHOME_INFO_V2 | BTHOME_ENCRYPTED | (BTHOME_TRIGGER if trigger else 0) | (0x02 if mac_included else 0)
     counter_bytes = counter.to_bytes(4, "little")
-    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc" + bytes([info]) + counter_bytes
+    mac_bytes = bytes.fromhex(mac.replace(":", ""))
+    nonce = mac_bytes + b"\xd2\xfc" + bytes([info]) + counter_bytes
     sealed = AESCCM(key, tag_length=4).encrypt(nonce, objects, None)
-    return bytes([info]) + sealed[:-4] + counter_bytes + sealed[-4:]
+    return bytes([info]) + (mac_bytes[::-1] if mac_included else b"") + sealed[:-4] + counter_bytes + sealed[-4:]
 
 
 def ibeacon(uuid: str, major: int, minor: int, measured_power: int) -> bytes:

@@ -92,3 +92,27 @@ def test_every_configurable_profile_has_a_measurement_this_gateway_decodes() -> 
     assert set(PROFILE_CHARACTERISTICS) == profiles  # the station file's choices and the table agree
     assert set(PROFILE_CHARACTERISTICS.values()) <= set(CHARACTERISTICS)
     assert set(HEALTH_SERVICES.values()) <= profiles
+
+
+def test_a_time_stamp_with_an_unknown_date_keeps_its_time_of_day() -> None:
+    from datetime import time
+
+    # the BP example above with year 0 ("not known"): the reading and the time of day stay
+    unknown_year = decode_characteristic(uuid16(0x2A35), H("1E 78 00 50 00 A5 F3 00 00 05 11 08 1E 00 48 00 01 04 00"))
+    assert unknown_year == BloodPressure(
+        120.0, 80.0, 93.3, "mmHg", None, 72.0, 1, ("irregular_pulse",), measured_time=time(8, 30)
+    )
+    impossible = decode_characteristic(uuid16(0x2A35), H("02 78 00 50 00 A5 F3 E8 07 05 11 19 1E 00"))  # hour 25
+    assert impossible == BloodPressure(120.0, 80.0, 93.3, "mmHg", None, None, None, ())
+
+
+def test_values_that_break_their_characteristic_are_rejected() -> None:
+    rr_flag_without_rr = decode_characteristic(uuid16(0x2A37), H("16 48"))  # flags say RR intervals follow
+    assert rr_flag_without_rr == GattError(
+        "heart_rate_measurement", "RR-interval flag set but 0 byte(s) follow (pairs of 2 expected)"
+    )
+    half_an_rr = decode_characteristic(uuid16(0x2A37), H("16 48 55 03 01"))
+    assert isinstance(half_an_rr, GattError)
+    assert decode_characteristic(uuid16(0x2A19), H("57 00")) == GattError(
+        "battery_level", "battery level is one byte, not 2"
+    )

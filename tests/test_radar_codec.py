@@ -140,3 +140,11 @@ def test_fuzz_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
         # after any garbage, a good frame still decodes once the stream resynchronises
         tail = SY_VECTORS[5][0] * 3 if isinstance(codec, SeeedRadarCodec) else FDA2_FALL * 3
         assert RadarFall(True) in readings(codec.feed(tail))
+
+
+def test_fda2_takes_any_non_zero_byte_for_yes_as_seeeds_library_does() -> None:
+    from drivers.seeed_radar import fda2_frame
+
+    codec = SeeedFda2Codec()
+    units = codec.feed(fda2_frame(0x0E02, b"\x02") + fda2_frame(0x0F09, b"\xff") + fda2_frame(0x0E02, b"\x00"))
+    assert [u.reading for u in units] == [RadarFall(True), RadarPresence(True), RadarFall(False)]
