@@ -41,6 +41,7 @@ __all__ = [
     "ContactIdReport",
     "SurGardCodec",
     "kind_of_code",
+    "names_a_user",
 ]
 
 ACK = b"\x06"
@@ -117,9 +118,19 @@ CONTACT_ID_CODES: dict[int, tuple[str, EventKind]] = {
 }
 # Codes not in the table fall back on their family: 1xx and 3xx are troubles, 60x tests.
 _FAMILY_KIND = {1: EventKind.TROUBLE, 3: EventKind.TROUBLE}
-# CCC is a user number, not a zone: duress (121, and 124/125 which name the user let in or
-# out) and the 4xx open/close family, 406 cancel among them (SpanDSP marks these "user").
-_USER_CODES = frozenset({121, 124, 125, 406}) | frozenset(range(400, 500))
+# Whether CCC is a user number or a zone, as SpanDSP's ademco_codes[] marks each code: the 4xx
+# open/close and access family names a user except the ten codes below, which name a zone
+# (forced access, door propped open, wrong code entry, panic alarm reset, ...); outside 4xx a
+# user is named by duress (121; 124/125 "duress - access/egress granted" name the door's zone),
+# engineer reset, burglary bypass, fire and walk tests, time/date reset, latch-key supervision,
+# and the download family 9xx.
+_ZONE_CODES_IN_4XX = frozenset({416, 423, 426, 427, 428, 432, 433, 434, 461, 465})
+_USER_CODES_OUTSIDE_4XX = frozenset({121, 313, 573, 604, 607, 625, 642, 652, 653, 900, 901, 902, 910, 911, 999})
+
+
+def names_a_user(code: int) -> bool:
+    """True when a report's CCC field is a user number rather than a zone."""
+    return code in _USER_CODES_OUTSIDE_4XX or (400 <= code < 500 and code not in _ZONE_CODES_IN_4XX)
 
 
 def kind_of_code(code: int) -> EventKind:
@@ -155,7 +166,7 @@ class ContactIdReport:
             "qualifier": self.qualifier,
             "account": self.account,
             "group": self.group,
-            ("user" if self.code in _USER_CODES else "zone"): self.zone,
+            ("user" if names_a_user(self.code) else "zone"): self.zone,
             "receiver": self.receiver,
             "line": self.line,
         }
