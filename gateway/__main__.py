@@ -41,7 +41,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             worst = 1
             continue
+        from gateway.care import coverage_warnings
+
         print(f"{path}: ok (station {config.station.id}, {len(config.devices)} devices)")
+        for warning in coverage_warnings(config):  # valid, but a care rule cannot do its job
+            print(f"{path}: warning: {warning}")
     return worst
 
 

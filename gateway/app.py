@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from gateway import __version__
-from gateway.care import CareBook
+from gateway.care import CareBook, coverage_warnings
 from gateway.care_state import StateRows
 from gateway.clock import Clock, utc_text
 from gateway.commands import (
@@ -411,6 +411,8 @@ class Station:
                 cfg.storage.path,
                 sum(backlog.values()),
             )
+            for warning in coverage_warnings(cfg):
+                log.warning("station file: %s", warning)
             started = {"version": __version__, "boot_id": self.clock.boot_id}
             try:
                 await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))

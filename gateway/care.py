@@ -33,6 +33,7 @@ from gateway.clock import utc_text
 from gateway.config import (
     ContactIdReceiverDevice,
     PendantDevice,
+    RadarDevice,
     ResidentSection,
     StationConfig,
     WristbandDevice,
@@ -45,6 +46,9 @@ from gateway.status import AlarmStatus, ResidentStatus
 __all__ = [
     "CareBook",
     "CareCheckpoint",
+    "activity_sources",
+    "coverage_warnings",
+    "periodic_wearables",
 ]
 
 BUTTON_PRESSES = frozenset({EventKind.SOS, EventKind.MEDICAL, EventKind.PANIC, EventKind.DURESS})
@@ -52,6 +56,50 @@ WEARABLES = (PendantDevice, WristbandDevice)  # the kinds a resident wears
 TEST_OVERDUE_REPEAT_S = 86400.0  # an overdue button is reported again each day until tested
 BATTERY_RECOVERED_MARGIN = 10  # percent above the limit before a low battery counts as replaced
 CARE_CHECK_S = 15.0  # how often time-based rules (inactivity, absence, tests, faults) look again
+
+
+def activity_sources(config: StationConfig) -> dict[str, list[str]]:
+    """Resident -> the devices whose reports show the person moving: a radar, or a wearable
+    with a motion sensor. A button (a receiver zone, a press-only pendant) shows activity when
+    pressed, but its silence says nothing: inactivity is judged only where activity can be seen."""
+    out: dict[str, list[str]] = {}
+    for device in config.devices:
+        moving = isinstance(device, RadarDevice) or (isinstance(device, WEARABLES) and device.reports_motion)
+        resident = getattr(device, "resident", None)
+        if moving and resident:
+            out.setdefault(resident, []).append(device.id)
+    return out
+
+
+def periodic_wearables(config: StationConfig) -> dict[str, list[PendantDevice | WristbandDevice]]:
+    """Resident -> the wearables that advertise periodically (supervision_s > 0): only their
+    silence means the wearer is out of range."""
+    out: dict[str, list[PendantDevice | WristbandDevice]] = {}
+    for device in config.devices:
+        if isinstance(device, WEARABLES) and device.resident and device.supervision_s > 0:
+            out.setdefault(device.resident, []).append(device)
+    return out
+
+
+def coverage_warnings(config: StationConfig) -> list[str]:
+    """Residents a care rule is asked to watch but cannot (check-config and the daemon's start
+    say so: else the rule would stay silent, or raise false alarms, without anyone knowing)."""
+    moving, periodic = activity_sources(config), periodic_wearables(config)
+    out = []
+    for resident in config.residents:
+        if resident.lives_alone and resident.id not in moving:
+            out.append(
+                f"resident {resident.id!r} lives alone, but no device of theirs shows activity (a radar, or a "
+                f"wristband or pendant with reports_motion = true): inactivity is not watched for them; give them "
+                f'one (resident = "{resident.id}")'
+            )
+        if resident.dementia_risk and resident.id not in periodic:
+            out.append(
+                f"resident {resident.id!r} has dementia_risk = true, but no wearable of theirs advertises "
+                f"periodically (supervision_s > 0): wandering away is not watched for them; give them a wristband "
+                f"or a periodic pendant with supervision_s set"
+            )
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,10 +134,7 @@ class CareBook:
         self.devices = {d.id: d for d in config.devices}
         self.state = CareState()
         self.alarm_book = AlarmBook(config.care, self.residents, self.state, stamp)
-        # residents some device reports on: inactivity is only judged where activity can be seen
-        self._watched = {getattr(d, "resident", None) for d in config.devices} | {
-            rid for d in config.devices for rid in getattr(d, "residents", {}).values()
-        }
+        self._activity_watched = set(activity_sources(config))  # inactivity only where activity can be seen
         self._next_check = 0.0
 
     @property
@@ -344,7 +389,7 @@ class CareBook:
         if t >= self._next_check:
             self._next_check = t + CARE_CHECK_S
             for resident in self.config.residents:
-                if resident.lives_alone and resident.id in self._watched:
+                if resident.lives_alone and resident.id in self._activity_watched:
                     out += self._check_inactivity(resident, t)
                 if resident.dementia_risk:
                     out += self._check_absence(resident, t)
@@ -393,8 +438,8 @@ class CareBook:
         return self.alarm_book.report(device, EventKind.INACTIVITY, data, resident.id, t)
 
     def _check_absence(self, resident: ResidentSection, t: float) -> list[Event]:
-        wearables = [d for d in self.config.devices if isinstance(d, WEARABLES) and d.resident == resident.id]
-        if not wearables:
+        wearables = periodic_wearables(self.config).get(resident.id)
+        if not wearables:  # a press-only pendant is silent between presses: its silence says nothing
             return []
         known = self.state.residents.get(resident.id)
         last = known.seen_at if known else None

@@ -404,6 +404,11 @@ class PendantDevice(_BleDevice):
     """An SOS pendant (BTHome button, plain or encrypted): one press, one alarm."""
 
     kind: Literal["ble_pendant"] = Field(description="device kind")
+    reports_motion: bool = Field(
+        False,
+        description="true if its advertisements carry a BTHome moving object (then its wearer's stillness counts "
+        "towards inactivity); most pendants only send presses",
+    )
     bind_key: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{32}$", description="BTHome encryption key, 32 hex digits (encrypted devices)"
     )
@@ -420,6 +425,11 @@ class WristbandDevice(_BleDevice):
     """A wristband or tag worn by a resident: presence, movement, battery."""
 
     kind: Literal["ble_wristband"] = Field(description="device kind")
+    reports_motion: bool = Field(
+        True,
+        description="false for a band without a motion sensor (no BTHome moving object): its wearer's inactivity "
+        "cannot be judged from it",
+    )
     bind_key: str | None = Field(
         None, pattern=r"^[0-9a-fA-F]{32}$", description="BTHome encryption key, 32 hex digits (encrypted devices)"
     )

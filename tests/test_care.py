@@ -45,7 +45,13 @@ def config(**care: Any) -> StationConfig:
         "devices": [
             {"id": "rx", "kind": "contact_id_receiver", "port": "/dev/null", "residents": {"3": "wang"}},
             {"id": "radar", "kind": "mmwave_radar", "port": "/dev/null2", "model": "mr60fda1", "resident": "wang"},
-            {"id": "band", "kind": "ble_wristband", "address": "AA:BB:CC:DD:EE:01", "resident": "wang"},
+            {
+                "id": "band",
+                "kind": "ble_wristband",
+                "address": "AA:BB:CC:DD:EE:01",
+                "resident": "wang",
+                "supervision_s": 300,  # it advertises periodically: its silence means the wearer is away
+            },
             {
                 "id": "hr",
                 "kind": "ble_health",
@@ -383,6 +389,29 @@ def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
     own = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
     assert kinds(own) == ["sos", "alarm_update"]
     assert b.book.alarms == {}
+
+
+def test_a_button_or_a_press_only_pendant_cannot_show_inactivity_or_absence_and_check_config_says_so() -> None:
+    from gateway.care import coverage_warnings
+
+    raw = config().model_dump(mode="json")
+    raw["residents"].append({"id": "zhao", "name": "赵", "lives_alone": True, "dementia_risk": True})
+    raw["devices"][0]["residents"]["4"] = "zhao"  # a button on the receiver
+    raw["devices"].append(
+        {"id": "pendant-zhao", "kind": "ble_pendant", "address": "AA:BB:CC:DD:EE:09", "resident": "zhao"}
+    )
+    b = Book(parse_config(raw))
+    b.feed("pendant-zhao", (EventKind.PRESENCE, {"state": "present", "rssi": -70}))
+    b.jump(0)
+    out = [e for e in b.jump(6 * 3600) + b.jump(6 * 3600) if e.kind in (EventKind.INACTIVITY, EventKind.WEARER_ABSENT)]
+    assert [(e.kind.value, e.data["resident"]) for e in out] == [("inactivity", "wang"), ("wearer_absent", "wang")]
+    assert coverage_warnings(b.cfg) == [
+        "resident 'zhao' lives alone, but no device of theirs shows activity (a radar, or a wristband or pendant "
+        'with reports_motion = true): inactivity is not watched for them; give them one (resident = "zhao")',
+        "resident 'zhao' has dementia_risk = true, but no wearable of theirs advertises periodically "
+        "(supervision_s > 0): wandering away is not watched for them; give them a wristband or a periodic pendant "
+        "with supervision_s set",
+    ]
 
 
 def test_inactivity_is_only_judged_for_a_resident_some_device_reports_on() -> None:

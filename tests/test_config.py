@@ -219,3 +219,19 @@ def test_a_disk_reserve_too_small_or_mistyped_is_named_with_what_is_allowed(tmp_
     assert "2097152" in small  # the least it may be
     [typo] = problems(tmp_path, GOOD.replace(storage, f"{storage}\ndisk_reserve_byte = 8388608"))
     assert typo.startswith("storage.disk_reserve_byte")
+
+
+def test_check_config_warns_of_a_resident_the_care_rules_cannot_watch(tmp_path: Path) -> None:
+    village = (Path(__file__).parent.parent / "config" / "village.toml").read_text()
+    assert "lives_alone = false" in village
+    station = tmp_path / "village.toml"
+    station.write_text(village.replace("lives_alone = false", "lives_alone = true"))  # zhao-shulan: a button only
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(station)], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0  # valid: the warning says what the station will not do
+    assert run.stdout.splitlines()[1:] == [
+        f"{station}: warning: resident 'zhao-shulan' lives alone, but no device of theirs shows activity (a radar, "
+        "or a wristband or pendant with reports_motion = true): inactivity is not watched for them; give them one "
+        '(resident = "zhao-shulan")'
+    ]
