@@ -101,6 +101,7 @@ class Alarm:
     sms_rounds: int = 0
     sms_due: bool = False
     detail: dict[str, JsonValue] = field(default_factory=dict)
+    buttons: list[str] = field(default_factory=list)  # "<device>:<number>" of every press it counts
 
     TIMES = ("raised_at", "last_at", "delivered_at", "acked_at", "resolved_at", "announced_at", "update_at")
 
@@ -111,6 +112,17 @@ class Alarm:
     @property
     def acknowledged(self) -> bool:
         return self.state in ("acknowledged", "resolved")
+
+
+def _button(device_id: str, data: Mapping[str, JsonValue]) -> str:
+    """One button: a receiver's zone (or user), a pendant, a radar (its number is None)."""
+    return f"{device_id}:{button_number(data)}"
+
+
+def _buttons_of(alarm: Alarm) -> list[str]:
+    """The buttons an alarm counts, the one that raised it first (an alarm stored before
+    `buttons` was kept knows only that one)."""
+    return alarm.buttons or [_button(alarm.device_id, alarm.detail)]
 
 
 def _noted(note: str | None) -> dict[str, JsonValue]:
@@ -144,13 +156,7 @@ class AlarmBook:
         current = matching[-1] if matching else None  # the newest open alarm of this resident and kind
         qualifier = data.get("qualifier")
         if qualifier == "restore":
-            same_button = (device_id, button_number(data))
-            if current is not None and (current.device_id, button_number(current.detail)) != same_button:
-                current = None  # another of the resident's buttons: it does not end this alarm
-            out = [self.stamp(device_id, kind, {**data, **({"alarm_id": current.id} if current else {})})]
-            if current is not None:
-                out.append(self.close(current, t, device_id, "device_restore", {}))
-            return out
+            return self._restore(device_id, kind, data, storm_key, current, t)
         if qualifier == "still_present" and current is not None:
             alarm = self.state.alarm(current.id)
             alarm.detail = {**alarm.detail, "still_present": True}
@@ -160,6 +166,8 @@ class AlarmBook:
             alarm = self.state.alarm(current.id)
             alarm.count += 1
             alarm.last_at = t
+            if _button(device_id, data) not in alarm.buttons:
+                alarm.buttons = [*alarm.buttons, _button(device_id, data)]
             if t - alarm.update_at >= self.care.alarm_update_interval_s:
                 return [self._update(alarm, t, "repeated")]
             return []
@@ -175,9 +183,34 @@ class AlarmBook:
                 last_at=t,
                 update_at=t,
                 detail={k: v for k, v in data.items() if k in ALARM_DETAIL_KEYS},
+                buttons=[_button(device_id, data)],
             )
         )
         return [event]
+
+    def _restore(
+        self,
+        device_id: str,
+        kind: EventKind,
+        data: dict[str, JsonValue],
+        storm_key: str | None,
+        current: Alarm | None,
+        t: float,
+    ) -> list[Event]:
+        """A device's restore names the alarm its press raised or was counted into (`alarm_id`),
+        open or resolved in the meantime; it ends the alarm only when it is the restore of the
+        button that raised it (another button of the resident, whose press was counted into the
+        alarm, does not end it). A restore of a press the station never saw (made while it was
+        down, or before its port was open) carries no alarm_id."""
+        button = _button(device_id, data)
+        candidates = [current] if current is not None else []
+        if storm_key is not None:
+            candidates += reversed([a for a in self.closed.values() if a.storm_key == storm_key])
+        belongs = next((a for a in candidates if button in _buttons_of(a)), None)
+        out = [self.stamp(device_id, kind, {**data, **({"alarm_id": belongs.id} if belongs else {})})]
+        if current is not None and _buttons_of(current)[:1] == [button]:
+            out.append(self.close(current, t, device_id, "device_restore", {}))
+        return out
 
     def open_of(self, resident: str, kind: EventKind) -> list[Alarm]:
         return [a for a in self.state.alarms.values() if a.resident == resident and a.kind == kind.value]

@@ -139,6 +139,7 @@ def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
             count_reported=7,  # the update went out with the 7th press
             update_at=t0 + 30,
             detail={"zone": 3, "qualifier": "new"},
+            buttons=["rx:3"],
         )
     ]
     assert later[0].data["count"] == 7  # the update went out with the 7th press (30 s after the first)
@@ -388,7 +389,23 @@ def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
     assert sos.id in b.book.alarms
     own = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
     assert kinds(own) == ["sos", "alarm_update"]
+    assert own[0].data["alarm_id"] == sos.id
     assert b.book.alarms == {}
+
+
+def test_every_restore_of_a_press_the_station_saw_names_its_alarm() -> None:
+    raw = config().model_dump(mode="json")
+    raw["devices"][0]["residents"] = {"3": "wang", "4": "wang"}
+    b = Book(parse_config(raw))
+    [sos] = b.feed("rx", SOS)
+    b.now += timedelta(seconds=5)
+    assert b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "new"})) == []  # counted into it
+    restore_4 = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "restore"}))
+    assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_4] == [("sos", sos.id)]  # named, not ended
+    assert sos.id in b.book.alarms
+    state, _ = b.book.alarm_book.resolve(sos.id, "张医生", "handled", b.now)  # the platform resolves it first
+    restore_3 = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
+    assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_3] == [("sos", sos.id)]  # late, still named
 
 
 def test_a_button_or_a_press_only_pendant_cannot_show_inactivity_or_absence_and_check_config_says_so() -> None:
@@ -458,6 +475,7 @@ def test_the_care_state_is_typed_and_a_restart_reads_back_the_same_value() -> No
                 count=2,
                 update_at=t0,
                 detail={"zone": 3, "qualifier": "new"},
+                buttons=["rx:3"],
             )
         },
     )
