@@ -122,11 +122,13 @@ def watchdog_interval_s() -> float | None:
 
 
 class Station:
-    def __init__(self, config: StationConfig, clock: Clock | None = None, radio: Radio | None = None) -> None:
+    def __init__(
+        self, config: StationConfig, clock: Clock | None = None, radio: Radio | None = None, reloaded: bool = False
+    ) -> None:
         self.config = config
+        self.reloaded = reloaded  # started again by a SIGHUP reload: the daemon runs on
         self.radio = radio  # the BLE radio (the CLI injects the demo's simulated one; None: BlueZ)
         self.clock = clock or Clock(config.station.trust_clock)
-        self.started_mono = time.monotonic()
         self._unstored = 0  # the station's own commits that failed since the last log line about them
         self._unstored_logged_at = -math.inf
         self._run_started_steady = self.clock.steady().timestamp()
@@ -296,6 +298,11 @@ class Station:
     def _not_open(alarm_id: str) -> CommandRefused:
         return CommandRefused(f"alarm {alarm_id} is not open on this station (unknown, or resolved long ago)")
 
+    def reloading(self) -> None:
+        """This station stops for a reload: its uplink leaves without the offline goodbye."""
+        if self._uplink is not None:
+            self._uplink.say_goodbye = False
+
     async def _status_file_loop(self) -> None:
         """Keep status.json fresh; a stale file, or one whose pid is gone, tells `care-gateway
         status` the daemon is not running. A clean stop removes it."""
@@ -365,7 +372,8 @@ class Station:
             clock_trusted=self.clock.trusted(),
             clock_source=self.clock.source,
             boot_id=self.clock.boot_id,
-            uptime_s=round(time.monotonic() - self.started_mono),
+            uptime_s=round(time.monotonic() - self.clock.started_mono),  # (the daemon's: a reload keeps it)
+            run_id=self.clock.run_id,
             devices={link.device.id: link.report() for link in self.links},
             residents=self.care.resident_reports(),
             alarms_open=self.care.alarm_reports(),
@@ -413,9 +421,10 @@ class Station:
             )
             for warning in coverage_warnings(cfg):
                 log.warning("station file: %s", warning)
-            started = {"version": __version__, "boot_id": self.clock.boot_id}
+            started = {"version": __version__, "boot_id": self.clock.boot_id, "run_id": self.clock.run_id}
+            kind = EventKind.CONFIG_RELOADED if self.reloaded else EventKind.GATEWAY_STARTED
             try:
-                await self.accept(self.make_event("gateway", EventKind.GATEWAY_STARTED, started))
+                await self.accept(self.make_event("gateway", kind, started))
             except WriterStopped as exc:
                 raise StationFailed(str(exc)) from exc
             if outbox.salvage:
@@ -556,8 +565,11 @@ async def run_station(
         loop.add_signal_handler(sig, stop.set)
     if config_path is not None:
         loop.add_signal_handler(signal.SIGHUP, reload.set)
+    clock = Clock(config.station.trust_clock)  # one for the daemon's run: a reload keeps the time it was given
+    reloaded = False
     while True:
-        station = Station(config, radio=radio_for(config.ble) if radio_for else None)
+        clock.retrust(config.station.trust_clock)
+        station = Station(config, clock, radio_for(config.ble) if radio_for else None, reloaded)
         running = asyncio.create_task(station.run(), name="station")
         while True:
             signals = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
@@ -578,8 +590,9 @@ async def run_station(
                 break
         sd_notify("RELOADING=1")
         log.info("configuration %s reloaded: restarting the station with it", config_path)
+        station.reloading()  # no "offline" status: the station is back within a second
         await _cancel(running)
-        config = new
+        config, reloaded = new, True
 
 
 def _reread(path: Path | None) -> StationConfig | None:

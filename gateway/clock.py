@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import secrets
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -92,8 +93,21 @@ class Clock:
         self._offset_s = 0.0  # platform time minus system time, while the platform's time is used
         self.source = "configured" if trust == "always" else "none"  # "ntp", "platform"
         self.boot_id = read_boot_id()
+        self.run_id = secrets.token_hex(8)  # this daemon run (kept across a SIGHUP reload)
+        self.started_mono = time.monotonic()
         self.platform_time_used = False  # taken in this run (the station also remembers the boot)
         self._steady_base = time.time() - self.monotonic()
+
+    def retrust(self, trust: ClockTrust) -> None:
+        """A reloaded station file may say otherwise about the clock (trust_clock); the time
+        the platform gave, or NTP's, is kept either way."""
+        if trust == self._trust:
+            return
+        self._trust = trust
+        if trust == "always":
+            self._trusted_seen, self.source = True, "configured"
+        elif self.source == "configured":
+            self._trusted_seen, self.source, self._next_check = False, "none", 0.0
 
     def now(self) -> datetime:
         """The time to stamp events with; never raises, whatever offset the platform gave."""

@@ -66,7 +66,8 @@ class EventKind(StrEnum):
     PANEL_EVENT = "panel_event"  # any other Contact ID report, passed on verbatim
     DEVICE_OFFLINE = "device_offline"  # the gateway lost a device (port vanished, no answer)
     DEVICE_ONLINE = "device_online"  # the gateway has (re)gained a device
-    GATEWAY_STARTED = "gateway_started"  # the daemon started (boot id, version)
+    GATEWAY_STARTED = "gateway_started"  # the daemon started (boot id, run id, version)
+    CONFIG_RELOADED = "config_reloaded"  # SIGHUP: the station runs on, with a new station file
     STORAGE_FAULT = "storage_fault"  # the outbox was corrupt (moved aside, salvaged) or the disk is full
     ACTIVITY = "activity"  # presence / movement readings of a room or a wearer (telemetry)
     LOCATION = "location"  # a mobile station's GPS fix was acquired or lost
@@ -101,6 +102,7 @@ PRIORITY_OF_KIND: dict[EventKind, Priority] = {
     EventKind.DEVICE_OFFLINE: Priority.STATUS,
     EventKind.DEVICE_ONLINE: Priority.STATUS,
     EventKind.GATEWAY_STARTED: Priority.STATUS,
+    EventKind.CONFIG_RELOADED: Priority.STATUS,
     EventKind.STORAGE_FAULT: Priority.STATUS,
     EventKind.ACTIVITY: Priority.TELEMETRY,
     EventKind.LOCATION: Priority.STATUS,

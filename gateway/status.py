@@ -78,6 +78,7 @@ class StationPart:
     clock_source: str | None
     boot_id: str
     uptime_s: int
+    run_id: str
     devices: dict[str, SerialDeviceStatus]
     residents: dict[str, ResidentStatus]
     alarms_open: list[AlarmStatus]

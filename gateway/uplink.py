@@ -295,6 +295,7 @@ class Uplink:
         self._commands = commands or CommandTable(dict.fromkeys(COMMANDS, self._not_handled))
         self._outbox = outbox
         self._station_part = station_part
+        self.say_goodbye = True  # the offline status on a clean stop (a reload clears it)
         self.link = config.uplink.link
         self.topics = Topics(config.uplink.topic_prefix, config.station.id)
         self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
@@ -931,8 +932,9 @@ class Uplink:
         return json.dumps({"station_id": self._config.station.id, "state": state, "reason": reason})
 
     async def _say_goodbye(self, client: BrokerClient) -> None:
-        """On a clean stop, replace the retained status by 'offline: shutdown'."""
-        if not self.connected:
+        """On a clean stop, replace the retained status by 'offline: shutdown' (not for a
+        reload: the station is back at once, and the clean DISCONNECT keeps the last will)."""
+        if not self.connected or not self.say_goodbye:
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(SHUTDOWN_STATUS_TIMEOUT_S):

@@ -30,6 +30,7 @@ class PlatformSink:
         self.arrived_at: dict[str, float] = {}  # id -> time.monotonic() of first arrival
         self.duplicates = 0
         self.status: dict[str, Any] | None = None
+        self.status_history: list[dict[str, Any]] = []  # every retained status seen, in order
         self.replies: dict[str | None, dict[str, Any]] = {}  # correlation id -> the station's reply
         self.subscribed = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -68,6 +69,7 @@ class PlatformSink:
             return
         if topic == f"{base}/status":
             self.status = body
+            self.status_history.append(body)
             return
         if not topic.startswith(f"{base}/events/"):
             return

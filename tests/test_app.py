@@ -117,6 +117,10 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         assert (await station.receiver.send(surgard_report(code=101, zone=7))).acked  # still running as before
         assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
 
+        assert await wait_until(lambda: station.sink.status is not None)
+        before = station.sink.status
+        assert before is not None
+        seen = len(station.sink.status_history)
         station.config_path.write_text(good.replace('name = "Simulated care station"', 'name = "Renamed station"'))
         mark = len(gw.lines)
         gw.proc.send_signal(signal.SIGHUP)
@@ -126,6 +130,18 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         assert await wait_until(lambda: len(events_of(station, "sos")) == 2)
         assert await wait_until(lambda: (station.sink.status or {}).get("name") == "Renamed station")
         assert gw.proc.returncode is None
+        # a reload is a reload: no offline status, no second start, the same daemon run, uptime kept
+        assert [s["state"] for s in station.sink.status_history[seen:]] == ["online"] * (
+            len(station.sink.status_history) - seen
+        )
+        assert await wait_until(lambda: events_of(station, "config_reloaded"))
+        [started] = events_of(station, "gateway_started")
+        [reloaded] = events_of(station, "config_reloaded")
+        assert reloaded["data"]["run_id"] == started["data"]["run_id"] == before["run_id"]
+        assert reloaded["data"]["boot_id"] == started["data"]["boot_id"]
+        after = station.sink.status
+        assert after is not None
+        assert after["uptime_s"] >= before["uptime_s"]
 
 
 @contextlib.asynccontextmanager
@@ -390,3 +406,29 @@ async def test_the_watchdog_is_not_fed_while_the_outbox_writer_is_stuck(
         assert await fed(2)  # committing again: fed again
         supervisor.cancel()
     listener.close()
+
+
+async def test_the_platform_time_survives_a_reload(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_station keeps one Clock for the daemon's run (the e2e reload test shows the same
+    run_id before and after): a station started again on it runs on the platform's time."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway import clock as clock_module
+    from gateway.clock import Clock
+    from gateway.commands import TimeCommand
+    from gateway.config import parse_config
+    from gateway.outbox import Outbox
+
+    monkeypatch.setattr(clock_module, "_kernel_says_synchronised", lambda: False)
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "127.0.0.1"}}
+    config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
+    clock = Clock(config.station.trust_clock)
+    first = app.Station(config, clock)
+    async with Outbox(config.storage, "st", clock.boot_id) as outbox:
+        first._outbox = outbox
+        await first.on_time(TimeCommand(id="t-1", utc=datetime.now(UTC) + timedelta(hours=1)))
+    clock.retrust(config.station.trust_clock)  # as run_station does before it starts the station again
+    again = app.Station(config, clock, reloaded=True)
+    assert (again.clock.trusted(), again.clock.source, again.station_part().run_id) == (True, "platform", clock.run_id)
+    clock.retrust("always")  # a reloaded file that says the box keeps its time
+    assert (clock.trusted(), clock.source) == (True, "configured")

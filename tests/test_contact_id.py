@@ -203,10 +203,26 @@ def test_fuzz_ademco_685_never_raises(chunks: list[bytes]) -> None:
 
 # SpanDSP's ademco_codes[] (src/ademco_contactid.c), transcribed: the codes whose CCC names a
 # user; every other code of its table names a zone
-SPANDSP_USER = (
-    [121, 313, *range(400, 410), *range(411, 416), 421, 422, 424, 425, 429, 430, 431, 441, 442]
-    + [*range(450, 460), 462, 463, 464, 466, 573, 604, 607, 625, 642, 652, 653, 900, 901, 902, 910, 911, 999]
-)
+SPANDSP_USER = [121, 313, *range(400, 410), *range(411, 416), 421, 422, 424, 425, 429, 430, 431, 441, 442] + [
+    *range(450, 460),
+    462,
+    463,
+    464,
+    466,
+    573,
+    604,
+    607,
+    625,
+    642,
+    652,
+    653,
+    900,
+    901,
+    902,
+    910,
+    911,
+    999,
+]
 SPANDSP_ZONE = (
     [100, 101, 102, *range(110, 119), 120, 122, 123, 124, 125, *range(130, 148), *range(150, 160), 161, 162, 163]
     + [*range(200, 207), *range(300, 313), *range(320, 328), *range(330, 340), *range(341, 345), *range(350, 358)]

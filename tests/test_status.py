@@ -27,6 +27,7 @@ def station(**optional: object) -> StationPart:
         clock_source="ntp",
         boot_id="b",
         uptime_s=5,
+        run_id="r",
         devices={"rx": SerialDeviceStatus("contact_id_receiver", "online", None, 3, 0, 0)},
         residents={"wang": ResidentStatus("王秀英", "201", None, 1)},
         alarms_open=[AlarmStatus("01J", "sos", "delivered", "wang", "rx", 2, "2026-12-02T01:00:01Z")],
@@ -47,6 +48,7 @@ def test_the_status_is_one_flat_object_in_the_documented_layout() -> None:
         "clock_source": "ntp",
         "boot_id": "b",
         "uptime_s": 5,
+        "run_id": "r",
         "devices": {
             "rx": {
                 "kind": "contact_id_receiver",

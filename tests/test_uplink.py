@@ -148,6 +148,7 @@ async def test_a_wall_clock_a_year_back_silences_no_care_timer(tmp_path: Path) -
         ],
         "devices": [
             {"id": "rx", "kind": "contact_id_receiver", "port": "/dev/null", "residents": {"3": "wang"}},
+            {"id": "radar", "kind": "mmwave_radar", "port": "/dev/null2", "model": "mr60fda1", "resident": "wang"},
         ],
     }
     clock = SteppingClock()
