@@ -404,6 +404,7 @@ def test_every_restore_of_a_press_the_station_saw_names_its_alarm() -> None:
     assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_4] == [("sos", sos.id)]  # named, not ended
     assert sos.id in b.book.alarms
     state, _ = b.book.alarm_book.resolve(sos.id, "张医生", "handled", b.now)  # the platform resolves it first
+    assert state == "resolved"
     restore_3 = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
     assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_3] == [("sos", sos.id)]  # late, still named
 
