@@ -256,7 +256,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
-    from gateway.events import event_json_schema
+    from gateway.payloads import event_json_schema
 
     print(json.dumps(event_json_schema(), indent=2))
     return 0

@@ -43,6 +43,7 @@ from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
 from gateway.status import BleDeviceStatus
 
 __all__ = [
+    "BLE_COUNTERS",
     "BLUEZ",
     "REJECT_LOG_INTERVAL_S",
     "BleLink",
@@ -93,6 +94,7 @@ class Radio:
 
 
 BLUEZ = Radio()
+BLE_COUNTERS = ("advertisements", "decoded", "rejected", "dropped")  # the status's "ble" object
 
 
 def make_scanner(
@@ -194,7 +196,7 @@ class BleLink:
         self._sessions: dict[str, asyncio.Task[None]] = {}
         self._cooldown_until: dict[str, float] = {}
         self.last_advert = time.monotonic()
-        self.stats: dict[str, int] = collections.Counter()
+        self.stats: dict[str, int] = collections.Counter(dict.fromkeys(BLE_COUNTERS, 0))  # (zeros reported too)
         self._last_reject_log = -REJECT_LOG_INTERVAL_S
 
     async def run(self) -> None:

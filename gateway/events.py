@@ -25,7 +25,6 @@ __all__ = [
     "Event",
     "EventKind",
     "Priority",
-    "event_json_schema",
     "new_event",
 ]
 
@@ -244,11 +243,3 @@ def new_event(
         clock_trusted=clock.trusted(),
         data=data or {},
     )
-
-
-def event_json_schema() -> dict[str, Any]:
-    """The JSON Schema of one event as published (docs/event.schema.json is generated from it)."""
-    schema = Event.model_json_schema(mode="serialization")
-    schema["$id"] = "https://github.com/care-gateway/care-gateway/docs/event.schema.json"
-    schema["properties"]["ts"]["format"] = "date-time"
-    return schema

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 from gateway.clock import Clock
@@ -74,6 +76,26 @@ class Station:
         self.gateway = GatewayProcess(self.config_path)
         await self.gateway.start()
         assert await self.gateway.wait_for_line("device button-rx-1 online"), "\n".join(self.gateway.lines)
+
+
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "docs" / "event.schema.json").read_text())
+
+
+def assert_published_contract(events: Iterable[dict[str, Any]]) -> None:
+    """Every event the platform received is valid under docs/event.schema.json (the published
+    contract, checked by an independent JSON Schema validator): every field of `data` named."""
+    whole = jsonschema.Draft202012Validator(SCHEMA)
+    branches = SCHEMA["discriminator"]["mapping"]  # kind -> its branch (for a precise message)
+    problems = []
+    for event in events:
+        branch = branches.get(event.get("kind"))
+        validator = jsonschema.Draft202012Validator({"$ref": branch, "$defs": SCHEMA["$defs"]}) if branch else whole
+        problems += [
+            f"{event.get('kind')} {event.get('id')}: {error.json_path}: {error.message}"
+            for error in validator.iter_errors(event)
+        ]
+        assert whole.is_valid(event) or problems
+    assert not problems, "\n".join(problems[:20])
 
 
 async def seed_outbox(db_path: Path, count: int) -> list[str]:
@@ -147,6 +169,8 @@ async def running_station(
         try:
             assert await gateway.wait_for_line("device button-rx-1 online"), "\n".join(gateway.lines)
             yield station
+            seeded = set(station.seeded)  # (test data put in the outbox, not made by the gateway)
+            assert_published_contract(e for i, e in station.sink.events.items() if i not in seeded)
         finally:
             await station.gateway.stop()
             station.receiver.close()

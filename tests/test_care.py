@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import JsonValue
 
+from drivers.contact_id import ContactIdReport, Qualifier
 from drivers.gatt import HeartRate, Measurement, OximeterReading, Temperature
 from gateway.alarms import Alarm
 from gateway.care import CareBook
@@ -16,9 +17,18 @@ from gateway.clock import Clock
 from gateway.config import StationConfig, parse_config
 from gateway.events import Event, EventKind, new_event
 from gateway.rules import EventDraft, HealthRules, Seen, Supervised, WearableRules
+from tests.conftest import assert_published_contract
 
 START = datetime(2026, 11, 23, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai: waking hours
-SOS: tuple[EventKind, dict[str, JsonValue]] = (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "new"})
+
+
+def report(code: int, zone: int, qualifier: Qualifier = "new") -> tuple[EventKind, dict[str, JsonValue]]:
+    """A receiver's Contact ID report as its rules hand it on (the codec's own fields)."""
+    decoded = ContactIdReport(receiver=1, line=1, account="1234", qualifier=qualifier, code=code, group=1, zone=zone)
+    return decoded.kind, decoded.event_data()
+
+
+SOS = report(101, 3)
 
 
 def config(**care: Any) -> StationConfig:
@@ -75,6 +85,11 @@ class Book:
         self.book.load(state or {})
         self.saved: dict[str, JsonValue] = dict(state or {})
 
+    def _checked(self, events: list[Event]) -> list[Event]:
+        """Every event the care rules make is valid under the published schema."""
+        assert_published_contract(e.model_dump(mode="json") for e in events)
+        return events
+
     def _persist(self) -> None:
         for key, value in self.book.take_changes().items():
             if value is None:
@@ -85,7 +100,7 @@ class Book:
     def feed(self, device: str, *drafts: EventDraft | tuple[EventKind, dict[str, JsonValue]]) -> list[Event]:
         out = self.book.triage(device, [EventDraft(*draft) for draft in drafts], self.now)
         self._persist()
-        return out
+        return self._checked(out)
 
     def wait(self, seconds: float) -> list[Event]:
         """Move the clock in steps of one second, ticking as the station does."""
@@ -95,14 +110,14 @@ class Book:
             self.now = min(end, self.now + timedelta(seconds=1))
             out += self.book.tick(self.now)
         self._persist()
-        return out
+        return self._checked(out)
 
     def jump(self, seconds: float) -> list[Event]:
         """Move the clock at once, then tick (for hours and days)."""
         self.now += timedelta(seconds=seconds)
         out = self.book.tick(self.now)
         self._persist()
-        return out
+        return self._checked(out)
 
     def restarted(self) -> Book:
         """A new CareBook that starts from what this one persisted (a daemon restart)."""
@@ -138,7 +153,7 @@ def test_a_storm_of_presses_is_one_alarm_with_its_count() -> None:
             count=10,
             count_reported=7,  # the update went out with the 7th press
             update_at=t0 + 30,
-            detail={"zone": 3, "qualifier": "new"},
+            detail={"code_name": "Personal emergency", "qualifier": "new", "zone": 3},
             buttons=["rx:3"],
         )
     ]
@@ -353,7 +368,7 @@ def test_weekly_button_test_and_device_fault_after_two_hours() -> None:
     assert overdue.data["resident"] == "wang"
     assert "test_overdue" not in kinds(b.jump(3600))  # reported again a day later, not every tick
     assert "test_overdue" in kinds(b.jump(86400))
-    b.feed("rx", (EventKind.TEST, {"code": 601, "zone": 3}))
+    b.feed("rx", report(601, 3))
     assert "test_overdue" not in kinds(b.jump(86400))
 
     b.feed("radar", (EventKind.DEVICE_OFFLINE, {"reason": "unplugged"}))
@@ -383,11 +398,11 @@ def test_only_the_button_that_raised_an_alarm_restores_it() -> None:
     raw["devices"][0]["residents"] = {"3": "wang", "4": "wang"}
     b = Book(parse_config(raw))
     [sos] = b.feed("rx", SOS)
-    other = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "restore"}))
+    other = b.feed("rx", report(101, 4, "restore"))
     assert kinds(other) == ["sos"]
     assert "alarm_id" not in other[0].data
     assert sos.id in b.book.alarms
-    own = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
+    own = b.feed("rx", report(101, 3, "restore"))
     assert kinds(own) == ["sos", "alarm_update"]
     assert own[0].data["alarm_id"] == sos.id
     assert b.book.alarms == {}
@@ -399,13 +414,13 @@ def test_every_restore_of_a_press_the_station_saw_names_its_alarm() -> None:
     b = Book(parse_config(raw))
     [sos] = b.feed("rx", SOS)
     b.now += timedelta(seconds=5)
-    assert b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "new"})) == []  # counted into it
-    restore_4 = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 4, "qualifier": "restore"}))
+    assert b.feed("rx", report(101, 4, "new")) == []  # counted into it
+    restore_4 = b.feed("rx", report(101, 4, "restore"))
     assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_4] == [("sos", sos.id)]  # named, not ended
     assert sos.id in b.book.alarms
     state, _ = b.book.alarm_book.resolve(sos.id, "张医生", "handled", b.now)  # the platform resolves it first
     assert state == "resolved"
-    restore_3 = b.feed("rx", (EventKind.SOS, {"code": 101, "zone": 3, "qualifier": "restore"}))
+    restore_3 = b.feed("rx", report(101, 3, "restore"))
     assert [(e.kind.value, e.data.get("alarm_id")) for e in restore_3] == [("sos", sos.id)]  # late, still named
 
 
@@ -475,7 +490,7 @@ def test_the_care_state_is_typed_and_a_restart_reads_back_the_same_value() -> No
                 last_at=t5,
                 count=2,
                 update_at=t0,
-                detail={"zone": 3, "qualifier": "new"},
+                detail={"code_name": "Personal emergency", "qualifier": "new", "zone": 3},
                 buttons=["rx:3"],
             )
         },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from drivers.gatt import MEASUREMENT_NAMES
 from gateway.clock import Clock
 from gateway.events import (
     _CROCKFORD as CROCKFORD,
@@ -19,9 +21,11 @@ from gateway.events import (
     EventKind,
     Priority,
     _UlidFactory,
-    event_json_schema,
     new_event,
 )
+from gateway.payloads import event_json_schema
+
+MEASUREMENT_TYPES = list(MEASUREMENT_NAMES)
 
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "event.schema.json"
 
@@ -119,3 +123,41 @@ def test_ulid_text_is_the_number_it_stands_for_across_a_carry_of_the_cached_half
     assert [n >> 80 for n in numbers] == [1_795_000_000_000] * 6
     assert [n & ((1 << 80) - 1) for n in numbers] == [(1 << 40) - 2 + k for k in range(6)]
     assert ids == sorted(ids)
+
+
+def test_the_kinds_table_of_docs_mqtt_names_every_kind_and_every_field_of_the_schema() -> None:
+    import re
+
+    doc = (SCHEMA_FILE.parent / "mqtt.md").read_text()
+    table = doc[doc.index("### Kinds") : doc.index("\n\n", doc.index("| kind | priority"))]
+    rows = {m[1]: m[0] for m in (re.match(r"\| `(\w+)` \|.*", line) for line in table.splitlines()) if m}
+    schema = event_json_schema()
+    branches = {kind: ref.rsplit("/", 1)[1] for kind, ref in schema["discriminator"]["mapping"].items()}
+    assert set(rows) == set(branches) == {k.value for k in EventKind}
+    contact_id = doc[doc.index("Contact ID fields:") : doc.index("\n\n", doc.index("Contact ID fields:"))]
+    common = {"resident", "ts_unsynced", "location", "alarm_id"}  # described once, for every kind
+
+    def fields(node: dict[str, object]) -> set[str]:
+        """Every `data` property name under a schema node (through $ref, anyOf, oneOf)."""
+        out: set[str] = set()
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            out |= fields(schema["$defs"][ref.rsplit("/", 1)[1]])
+        for key in ("anyOf", "oneOf"):
+            for option in node.get(key, []):  # type: ignore[attr-defined]
+                out |= fields(option)
+        out |= set(node.get("properties", {}))  # type: ignore[arg-type]
+        return out
+
+    missing = {}
+    for kind, branch in branches.items():
+        data = schema["$defs"][branch]["properties"]["data"]
+        named = set(re.findall(r"`(\w+)`", rows[kind]))
+        if "Contact ID fields" in rows[kind]:
+            named |= set(re.findall(r"`(\w+)`", contact_id))
+        if kind == "vitals":
+            named |= {f.name for m in MEASUREMENT_TYPES for f in dataclasses.fields(m)}  # "and its fields"
+        undocumented = fields(data) - named - common
+        if undocumented:
+            missing[kind] = sorted(undocumented)
+    assert missing == {}, "\n".join(f"{k}: {v}" for k, v in missing.items())

@@ -35,6 +35,7 @@ async def test_bad_rows_are_quarantined_reported_and_everything_else_is_delivere
         conn.execute("UPDATE outbox SET payload = substr(payload, 1, 50) WHERE seq = 10")
     broken = {good[0], good[9]}
     async with running_station(tmp_path, broker) as station:
+        station.seeded += good  # (test data, not events the gateway made)
         assert await wait_until(lambda: set(good) - broken <= set(station.sink.events)), station.gateway.lines[-20:]
         assert await wait_until(lambda: len(events_of(station, "storage_fault")) == 2)
         faults = sorted((e["data"]["seq"], e["data"]["reason"]) for e in events_of(station, "storage_fault"))
@@ -199,6 +200,7 @@ async def test_a_station_with_a_damaged_file_stays_up_and_delivers_every_row_it_
     ids = await seeded_file(tmp_path / "outbox.db", 840)
     damage(tmp_path / "outbox.db")
     async with running_station(tmp_path, broker) as station:
+        station.seeded += ids
         assert await wait_until(lambda: events_of(station, "storage_fault"))
         [fault] = events_of(station, "storage_fault")
         assert fault["data"]["fault"] == "corrupt_database"
@@ -233,6 +235,7 @@ async def test_a_station_with_garbage_in_its_wal_delivers_the_events_sqlite_woul
     data[frame + 24 + 300 : frame + 24 + 400] = b"\x5a" * 100
     wal.write_bytes(bytes(data))
     async with running_station(tmp_path, broker) as station:
+        station.seeded += ids
         assert await wait_until(lambda: set(ids) <= set(station.sink.events)), station.gateway.lines[-10:]
         assert await wait_until(lambda: events_of(station, "storage_fault"))  # (reported after the recovered alarms)
         [fault] = [e["data"] for e in events_of(station, "storage_fault")]
