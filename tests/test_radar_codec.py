@@ -145,6 +145,10 @@ def test_fuzz_never_raises_and_stays_bounded(chunks: list[bytes]) -> None:
 def test_fda2_takes_any_non_zero_byte_for_yes_as_seeeds_library_does() -> None:
     from drivers.seeed_radar import fda2_frame
 
+    stream = fda2_frame(0x0E02, b"\x02") + fda2_frame(0x0F09, b"\xff") + fda2_frame(0x0E02, b"\x00")
+    expected = [RadarFall(True), RadarPresence(True), RadarFall(False)]
+    assert [u.reading for u in SeeedFda2Codec().feed(stream)] == expected  # whole
     codec = SeeedFda2Codec()
-    units = codec.feed(fda2_frame(0x0E02, b"\x02") + fda2_frame(0x0F09, b"\xff") + fda2_frame(0x0E02, b"\x00"))
-    assert [u.reading for u in units] == [RadarFall(True), RadarPresence(True), RadarFall(False)]
+    assert [u.reading for i in range(len(stream)) for u in codec.feed(stream[i : i + 1])] == expected  # byte by byte
+    noisy = SeeedFda2Codec().feed(b"\xee\x00" + stream + b"\x01\x02")  # with garbage around it
+    assert [u.reading for u in noisy if u.reading is not None] == expected

@@ -110,3 +110,18 @@ def test_bluetooth_and_sms_parts_appear_only_on_a_station_that_has_them() -> Non
         "band": {"kind": "ble_wristband", "resident": "wang", "last_seen": None, "rssi": -70, "battery": 80}
     }
     assert body["state"] == "offline"
+
+
+def test_the_ble_counters_are_in_the_status_from_the_start_zeros_included() -> None:
+    from gateway.ble_link import BLE_COUNTERS, BLUEZ, BleLink
+    from gateway.config import BleSection
+
+    async def sink(device_id: str, drafts: object) -> None: ...
+
+    link = BleLink(BleSection(), [], {}, sink, BLUEZ)  # type: ignore[arg-type]
+    assert dict(link.stats) == dict.fromkeys(BLE_COUNTERS, 0) == {
+        "advertisements": 0,
+        "decoded": 0,
+        "rejected": 0,
+        "dropped": 0,
+    }
