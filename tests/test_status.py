@@ -119,9 +119,13 @@ def test_the_ble_counters_are_in_the_status_from_the_start_zeros_included() -> N
     async def sink(device_id: str, drafts: object) -> None: ...
 
     link = BleLink(BleSection(), [], {}, sink, BLUEZ)  # type: ignore[arg-type]
-    assert dict(link.stats) == dict.fromkeys(BLE_COUNTERS, 0) == {
-        "advertisements": 0,
-        "decoded": 0,
-        "rejected": 0,
-        "dropped": 0,
-    }
+    assert (
+        dict(link.stats)
+        == dict.fromkeys(BLE_COUNTERS, 0)
+        == {
+            "advertisements": 0,
+            "decoded": 0,
+            "rejected": 0,
+            "dropped": 0,
+        }
+    )
