@@ -464,6 +464,7 @@ class Station:
                     {d.id: rules_for(d, self.location, self.clock.monotonic(), cfg.ble) for d in ble_devices},
                     self.on_events,
                     self.radio or BLUEZ,
+                    self.care.state,
                 )
             try:
                 await self._run_tasks()

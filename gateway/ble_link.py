@@ -33,8 +33,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from drivers.adverts import AdvertError, BTHomePacket, IBeacon, decode_advertisement
+from drivers.adverts import AdvertError, AdvertReading, BTHomePacket, IBeacon, decode_advertisement
 from drivers.gatt import BATTERY_LEVEL, HEALTH_SERVICES, PROFILE_CHARACTERISTICS, GattError, decode_characteristic
+from gateway.care_state import CareState
 from gateway.clock import utc_text
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
@@ -61,6 +62,7 @@ log = logging.getLogger("care_gateway.ble")
 QUEUE_LIMIT = 10_000  # advertisements waiting to be decoded; beyond it the oldest are dropped
 WATCH_S = 1.0  # how often the silence watch and the rules' clock tick
 REJECT_LOG_INTERVAL_S = 10.0
+COUNTER_RESTART_BELOW = 100  # a keyed device's counter below this after a higher one: it started again
 CONNECT_ATTEMPTS = 3
 CONNECT_GIVE_UP_S = 30.0
 ADAPTER_RESET_TIMEOUT_S = 15.0
@@ -178,8 +180,10 @@ class BleLink:
         rules: dict[str, DeviceRules],
         on_events: EventSink,
         radio: Radio = BLUEZ,
+        state: CareState | None = None,
     ) -> None:
         self.ble = ble
+        self._state = state or CareState()  # where the keyed devices' last counters are kept
         self.radio = radio
         self.devices = devices
         self.rules = rules
@@ -197,7 +201,7 @@ class BleLink:
         self._cooldown_until: dict[str, float] = {}
         self.last_advert = time.monotonic()
         self.stats: dict[str, int] = collections.Counter(dict.fromkeys(BLE_COUNTERS, 0))  # (zeros reported too)
-        self._last_reject_log = -REJECT_LOG_INTERVAL_S
+        self._last_reject_log: dict[tuple[str, str], float] = {}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -317,14 +321,18 @@ class BleLink:
         self, configured: BleDevice, device: BLEDevice, adv: AdvertisementData, seen_at: float, tasks: asyncio.TaskGroup
     ) -> None:
         rules = self.rules[configured.id]
-        self.seen[configured.id] = (time.time(), adv.rssi)
-        drafts = rules.on_reading(Seen(adv.rssi), seen_at)
-        for reading in decode_advertisement(
-            device.address, adv.manufacturer_data, adv.service_data, self._keys.get(configured.id)
-        ):
+        key = self._keys.get(configured.id)
+        readings = []
+        for reading in decode_advertisement(device.address, adv.manufacturer_data, adv.service_data, key):
             if isinstance(reading, AdvertError):
                 self._reject(configured.id, reading.reason)
-                continue
+            elif key is None or self._authentic(configured.id, reading):
+                readings.append(reading)
+        drafts: list[EventDraft] = []
+        if key is None or readings:  # a keyed device is seen only in what it signed
+            self.seen[configured.id] = (time.time(), adv.rssi)
+            drafts = rules.on_reading(Seen(adv.rssi), seen_at)
+        for reading in readings:
             self.stats["decoded"] += 1
             battery = reading.values.get("battery") if isinstance(reading, BTHomePacket) else None
             if isinstance(battery, int) and not isinstance(battery, bool):
@@ -348,11 +356,35 @@ class BleLink:
             )
         return out
 
+    def _authentic(self, device_id: str, reading: AdvertReading) -> bool:
+        """For a device with a bind_key: only an encrypted BTHome packet whose counter is above
+        the last one accepted (a copy of the last packet is dropped quietly; a lower counter is
+        a replay, unless the device restarted its count, as after a new battery)."""
+        if not (isinstance(reading, BTHomePacket) and reading.encrypted and reading.counter is not None):
+            self._reject(device_id, "not encrypted, but the device has a bind_key: refused (imitated?)")
+            return False
+        last = self._state.ble_counters.get(device_id)
+        counter = reading.counter
+        if last is not None and counter == last:
+            return False  # the device repeating its last packet
+        ahead = last is None or 0 < (counter - last) % 2**32 < 2**31  # (wraps round after 2^32)
+        restarted = last is not None and counter < COUNTER_RESTART_BELOW <= last
+        if not (ahead or restarted):
+            self._reject(device_id, f"replayed: encryption counter {counter} is not above {last}")
+            return False
+        if restarted:
+            log.warning("BLE device %s: its encryption counter started again (%d after %d)", device_id, counter, last)
+        self._state.note_ble_counter(device_id, counter)  # (written with the events it brings)
+        return True
+
     def _reject(self, device_id: str, reason: str) -> None:
+        """Counted always; logged at most every REJECT_LOG_INTERVAL_S per device and kind of
+        rejection (a flood of imitations cannot fill the journal, nor hide a replay)."""
         self.stats["rejected"] += 1
         now = time.monotonic()
-        if now - self._last_reject_log >= REJECT_LOG_INTERVAL_S:
-            self._last_reject_log = now
+        which = (device_id, reason.split(":", 1)[0])  # configured devices only: a bounded table
+        if now - self._last_reject_log.get(which, -REJECT_LOG_INTERVAL_S) >= REJECT_LOG_INTERVAL_S:
+            self._last_reject_log[which] = now
             log.warning(
                 "BLE device %s: advertisement rejected: %s (%d rejected in all)",
                 device_id,

@@ -272,16 +272,22 @@ class CareBook:
             self.state.resident(resident).active_at = t
             for alarm in self.alarm_book.open_of(resident, EventKind.INACTIVITY):
                 out.append(self.alarm_book.close(alarm, t, "gateway", "activity", {"activity_kind": kind.value}))
-        if isinstance(self.devices.get(device_id), WEARABLES):
+        device = self.devices.get(device_id)
+        if isinstance(device, WEARABLES):
             watch = self.state.resident(resident)
             if kind is EventKind.PRESENCE and data.get("state") == "away":
                 unseen = data.get("unseen_s")
                 watch.seen_at = t - (unseen if isinstance(unseen, int | float) else 0)
-            else:
-                watch.seen_at = t
-                rssi = data.get("rssi")
-                if isinstance(rssi, int):
-                    watch.seen_rssi = rssi
+                watch.present = False
+                return out
+            watch.seen_at = t
+            rssi = data.get("rssi")
+            if isinstance(rssi, int):
+                watch.seen_rssi = rssi
+            # the wearer is back: only from the wearable's confirmed presence, or anything a keyed
+            # (authenticated) wearable sends: a neighbour imitating an unkeyed one must not end it
+            if kind is EventKind.PRESENCE or device.bind_key:
+                watch.present = True
                 for alarm in self.alarm_book.open_of(resident, EventKind.WEARER_ABSENT):
                     out.append(self.alarm_book.close(alarm, t, "gateway", "wearer_seen", {"device_id": device_id}))
         return out
@@ -446,8 +452,8 @@ class CareBook:
         if last is None:
             self.state.resident(resident.id).seen_at = t
             return []
-        if self.alarm_book.open_of(resident.id, EventKind.WEARER_ABSENT):
-            return []
+        if self.alarm_book.open_of(resident.id, EventKind.WEARER_ABSENT) or (known and known.present):
+            return []  # (present: its wearable is heard; it says "away" after presence_timeout_s)
         if not in_hours(resident.absence_watch_hours, self._local_minute(t)) or t - last < resident.absent_after_s:
             return []
         data: dict[str, JsonValue] = {

@@ -9,6 +9,7 @@ transaction as the events they go with. Each entry is one row:
     device:<id>               DeviceWatch: offline since, fault reported, battery reported low
     sms:<number>              times of the SMS sent to that number in the last hour
     alarm:<id>                an open Alarm (gateway/alarms.py)
+    ble_counter:<device>      the last BTHome encryption counter accepted from a keyed device
     clock:platform_time_boot  the boot in which the platform's time was taken
 
 Every change goes through an accessor that marks its row for the next commit (`take_changes`)
@@ -58,6 +59,7 @@ class ResidentWatch:
     active_at: float | None = None  # the last sign of activity (press, movement, measurement)
     seen_at: float | None = None  # a wearable of the resident last heard
     seen_rssi: int | None = None
+    present: bool | None = None  # the wearable is being heard (after "present", until "away")
     vitals: dict[str, VitalWatch] = field(default_factory=dict)  # vital name -> watch
 
 
@@ -85,6 +87,7 @@ class CareStateCheckpoint:
     sms_sent: dict[str, tuple[float, ...]]
     alarms: dict[str, Alarm]
     platform_time_boot: str | None
+    ble_counters: dict[str, int]
     dirty: frozenset[str]
 
 
@@ -98,6 +101,7 @@ class CareState:
     sms_sent: dict[str, tuple[float, ...]] = field(default_factory=dict)
     alarms: dict[str, Alarm] = field(default_factory=dict)  # the open ones
     platform_time_boot: str | None = None
+    ble_counters: dict[str, int] = field(default_factory=dict)  # keyed BLE device -> last counter accepted
     _dirty: set[str] = field(default_factory=set, repr=False, compare=False)  # rows to write
     _copied: set[str] = field(default_factory=set, repr=False, compare=False)  # changed since the checkpoint
 
@@ -132,6 +136,10 @@ class CareState:
     def note_sms(self, number: str, sent: tuple[float, ...]) -> None:
         self.sms_sent[number] = sent
         self._mark(f"sms:{number}")
+
+    def note_ble_counter(self, device_id: str, counter: int) -> None:
+        self.ble_counters[device_id] = counter
+        self._mark(f"ble_counter:{device_id}")
 
     def note_platform_time(self, boot_id: str) -> None:
         self.platform_time_boot = boot_id
@@ -204,6 +212,7 @@ class CareState:
             dict(self.sms_sent),
             dict(self.alarms),
             self.platform_time_boot,
+            dict(self.ble_counters),
             frozenset(self._dirty),
         )
 
@@ -214,6 +223,7 @@ class CareState:
         self.sms_sent = dict(checkpoint.sms_sent)
         self.alarms = dict(checkpoint.alarms)
         self.platform_time_boot = checkpoint.platform_time_boot
+        self.ble_counters = dict(checkpoint.ble_counters)
         self._dirty = set(checkpoint.dirty)
         self._copied = set()
 
@@ -232,6 +242,7 @@ class CareState:
             "device": self.devices,
             "sms": self.sms_sent,
             "alarm": self.alarms,
+            "ble_counter": self.ble_counters,
         }
         table = tables.get(family)  # (none: a row of an older layout, which goes)
         entry = table.get(key) if table is not None else None
@@ -239,6 +250,8 @@ class CareState:
             return None
         if isinstance(entry, tuple):
             return list(entry) or None
+        if isinstance(entry, int):
+            return entry
         assert isinstance(entry, ResidentWatch | ButtonWatch | DeviceWatch | Alarm)
         value: dict[str, JsonValue] = asdict(entry)
         if isinstance(entry, Alarm):
@@ -290,6 +303,7 @@ _READERS: dict[str, tuple[TypeAdapter[Any], Callable[[CareState], dict[str, Any]
     "device": (TypeAdapter(DeviceWatch), lambda s: s.devices),
     "sms": (TypeAdapter(tuple[float, ...]), lambda s: s.sms_sent),
     "alarm": (TypeAdapter(Alarm), lambda s: s.alarms),
+    "ble_counter": (TypeAdapter(int), lambda s: s.ble_counters),
 }
 
 _VERSION_1_FIELDS = {  # v1 row prefix -> (v2 family, field)

@@ -640,6 +640,13 @@ class BleSection(_Section):
     presence_timeout_s: float = Field(
         120.0, ge=5, le=86400, description="seconds unseen before a wearable is reported away, 5-86400"
     )
+    presence_confirm_sightings: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="advertisements, at least a second apart, before a wearable without a bind_key counts as "
+        "present again, 1-20 (anyone nearby can imitate it: one sighting must not end a wearer_absent alarm)",
+    )
 
     @property
     def simulated_socket(self) -> str | None:

@@ -296,8 +296,10 @@ class WearableRules:
     wearer: str | None = None
     trigger_window_s: float | None = None  # None: not a pendant
     trigger_ibeacon: IBeaconMatch | None = None  # the identity an iBeacon-style pendant shows while pressed
+    confirm_sightings: int = 1  # sightings, a second apart, before it is present again (unkeyed: several)
     last_seen: float | None = None
     away: bool = True
+    _sightings: list[float] = field(default_factory=list)
     battery: int | None = None
     moving: bool | None = None
     _last_press: tuple[int | None, float] | None = None
@@ -307,8 +309,13 @@ class WearableRules:
         if isinstance(reading, Seen):
             self.last_seen = now
             if self.away:
-                self.away = False
-                out.append(EventDraft(EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi}))
+                if not self._sightings or now - self._sightings[-1] >= 1.0:
+                    self._sightings.append(now)
+                if len(self._sightings) >= self.confirm_sightings:
+                    self.away, self._sightings = False, []
+                    out.append(
+                        EventDraft(EventKind.PRESENCE, {**self._who(), "state": "present", "rssi": reading.rssi})
+                    )
             return out
         if isinstance(reading, IBeacon) and self.trigger_ibeacon and ibeacon_matches(reading, self.trigger_ibeacon):
             if self.trigger_window_s is not None and self._new_press(None, now):
@@ -341,6 +348,8 @@ class WearableRules:
         return not repeat
 
     def on_tick(self, now: float) -> list[EventDraft]:
+        if self.away and self._sightings and now - self._sightings[-1] > self.presence_timeout_s:
+            self._sightings = []  # the sightings so far were too far apart to confirm anything
         if not self.away and self.last_seen is not None and now - self.last_seen > self.presence_timeout_s:
             self.away = True
             return [
@@ -423,11 +432,14 @@ def rules_for(device: Device, location: StationLocation, now: float, ble: BleSec
     if isinstance(device, GpsDevice):
         return GpsRules(location, device.fix_lost_after_s, started=now)
     presence_timeout = ble.presence_timeout_s if ble else 120.0
+    confirm = 1 if getattr(device, "bind_key", None) else (ble.presence_confirm_sightings if ble else 3)
     rules: DeviceRules
     if isinstance(device, PendantDevice):
-        rules = WearableRules(presence_timeout, device.wearer, device.trigger_window_s, device.trigger_ibeacon)
+        rules = WearableRules(
+            presence_timeout, device.wearer, device.trigger_window_s, device.trigger_ibeacon, confirm_sightings=confirm
+        )
     elif isinstance(device, WristbandDevice):
-        rules = WearableRules(presence_timeout, device.wearer)
+        rules = WearableRules(presence_timeout, device.wearer, confirm_sightings=confirm)
     elif isinstance(device, BadgeDevice):
         rules = BadgeRules(device.caregiver, device.visit_min_s, device.visit_end_s)
     else:

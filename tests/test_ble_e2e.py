@@ -50,13 +50,15 @@ async def test_wearables_through_the_real_ble_link(tmp_path: Path, broker: Mosqu
 
             wrong = bytes.fromhex("00" * 16)  # the pendant was paired with another key
             await w.press(radio, "C0:FF:EE:00:00:09", packet_id=1, adverts=3, interval_s=0.02, key=wrong)
-            assert await station.gateway.wait_for_line("BTHome decryption failed: wrong bind_key")
+            assert await station.gateway.wait_for_line("BTHome decryption failed: wrong bind_key"), (
+                station.gateway.lines[-15:]
+            )
             await w.press(
                 radio, "C0:FF:EE:00:00:09", packet_id=2, adverts=3, interval_s=0.02, key=bytes.fromhex(KEY), counter=7
             )
             assert await wait_until(lambda: events_of(station, "sos", "pendant-enc"))
 
-            for n in range(3):
+            for n in range(5):  # (an unkeyed band is present again after 3 sightings a second apart)
                 w.wristband_beat(radio, n, moving=n == 1)
                 w.badge_beat(radio)
                 await asyncio.sleep(0.6)
@@ -176,3 +178,44 @@ async def test_scan_lists_devices_in_range_with_what_it_decodes(tmp_path: Path) 
     assert "BTHome v2 [battery 50, presence True]" in out
     assert f"iBeacon uuid {w.BADGE_UUID.lower()} major 1 minor 7" in out
     assert "configured but not heard: bp, oxi, pendant-enc, pendant-wang" in out
+
+
+async def test_a_keyed_pendant_cannot_be_imitated_in_plaintext_nor_replayed(tmp_path: Path, broker: Mosquitto) -> None:
+    socket = tmp_path / "ble.sock"
+    enc = "C0:FF:EE:00:00:09"
+    devices = (
+        f'\n[ble]\nadapter = "simulated:{socket}"\npresence_timeout_s = 5\n'
+        f'\n[[devices]]\nid = "pendant-enc"\nkind = "ble_pendant"\naddress = "{enc}"\nbind_key = "{KEY}"\n'
+        "trigger_window_s = 0.5\n"
+    )
+    key = bytes.fromhex(KEY)
+    async with w.SimulatedRadio(socket) as radio, running_station(tmp_path, broker, extra_devices=devices) as station:
+        assert await wait_until(lambda: radio.scans >= 1)
+        gw = station.gateway
+
+        await w.press(radio, enc, packet_id=1, adverts=3, interval_s=0.02)  # a neighbour's plaintext "press"
+        assert await gw.wait_for_line("not encrypted, but the device has a bind_key: refused")
+
+        await w.press(radio, enc, packet_id=2, adverts=3, interval_s=0.02, key=key, counter=7)  # the real one
+        assert await wait_until(lambda: len(events_of(station, "sos", "pendant-enc")) == 1)
+        await asyncio.sleep(0.6)  # past the trigger window: a copy would now count as a new press
+        recorded = w.bthome_encrypt(bytes([0x00, 2, 0x01, 88, 0x3A, 0x01]), key, enc, 7, trigger=True)
+        for _ in range(3):  # the same advertisement recorded and played back
+            radio.advertise(enc, name="SOS-pendant", svc={w.BTHOME_UUID: recorded})
+        await w.press(radio, enc, packet_id=9, adverts=3, interval_s=0.02, key=key, counter=5)  # an older one
+        assert await gw.wait_for_line("replayed: encryption counter 5 is not above 7")
+
+        await w.press(radio, enc, packet_id=3, adverts=3, interval_s=0.02, key=key, counter=8)  # a new press
+
+        def presses_counted() -> int | None:
+            alarms = (station.sink.status or {}).get("alarms_open", [])
+            return alarms[0]["count"] if alarms else None
+
+        for attempt in range(20):  # (the new press is counted into the open alarm: the status says so)
+            await station.sink.command("status", {"id": f"s-{attempt}"})
+            if await wait_until(lambda: presses_counted() == 2, timeout=1.0):
+                break
+        assert presses_counted() == 2
+        assert len(events_of(station, "sos", "pendant-enc")) == 1  # the plaintext and the replays raised nothing
+        assert station.sink.status is not None
+        assert station.sink.status["ble"]["rejected"] >= 2

@@ -474,6 +474,7 @@ def test_the_care_state_is_typed_and_a_restart_reads_back_the_same_value() -> No
                 active_at=t5,
                 seen_at=t5,
                 seen_rssi=-70,
+                present=True,
                 vitals={"heart_rate": VitalWatch(since=t5, alarmed=False)},
             )
         },
@@ -500,6 +501,7 @@ def test_the_care_state_is_typed_and_a_restart_reads_back_the_same_value() -> No
         "active_at": t5,
         "seen_at": t5,
         "seen_rssi": -70,
+        "present": True,
         "vitals": {"heart_rate": {"since": t5, "alarmed": False}},
     }
     assert b.restarted().book.state == b.book.state
@@ -581,3 +583,16 @@ def test_a_rollback_gives_back_the_state_of_the_checkpoint_and_its_unwritten_row
     b.book.rollback(checkpoint)
     assert b.book.state == before
     assert b.book.take_changes() == {}  # nothing of the failed triage is written
+
+
+def test_a_present_wearer_is_not_absent_and_only_a_confirmed_presence_ends_an_absence() -> None:
+    b = Book()
+    b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -70}))
+    assert [e for e in b.jump(3 * 3600) if e.kind is EventKind.WEARER_ABSENT] == []  # heard all along: present
+    b.feed("band", (EventKind.PRESENCE, {"state": "away", "unseen_s": 120}))
+    [absent] = [e for e in b.jump(1800) if e.kind is EventKind.WEARER_ABSENT]
+    # a neighbour imitating the (unkeyed) band: its "moving" advert is noted, but ends nothing
+    assert kinds(b.feed("band", (EventKind.ACTIVITY, {"moving": True, "battery": 60}))) == ["activity"]
+    assert absent.id in b.book.alarms
+    back = b.feed("band", (EventKind.PRESENCE, {"state": "present", "rssi": -60}))  # confirmed by its rules
+    assert kinds(back) == ["presence", "alarm_update"]

@@ -188,3 +188,17 @@ def test_an_ibeacon_trigger_pendant_makes_one_alarm_per_trigger_window() -> None
     assert kinds == [EventKind.SOS]  # 50 trigger advertisements over 10 s: one press
     assert rules.on_reading(idle, 11.0) == []
     assert [k for k, *_ in rules.on_reading(pressed, 21.0)] == [EventKind.SOS]
+
+
+def test_an_unkeyed_wearable_is_present_again_only_after_several_sightings_a_second_apart() -> None:
+    from gateway.rules import Seen, WearableRules
+
+    unkeyed = WearableRules(60, "Wang", confirm_sightings=3)
+    assert unkeyed.on_reading(Seen(-60), 0.0) == []
+    assert unkeyed.on_reading(Seen(-60), 0.3) == []  # (within a second of the last: not a fresh sighting)
+    assert unkeyed.on_reading(Seen(-60), 1.1) == []
+    assert unkeyed.on_reading(Seen(-61), 2.2) == [
+        EventDraft(EventKind.PRESENCE, {"wearer": "Wang", "state": "present", "rssi": -61})
+    ]
+    keyed = WearableRules(60, "Wang", confirm_sightings=1)  # its adverts are authenticated
+    assert [d.kind for d in keyed.on_reading(Seen(-60), 0.0)] == [EventKind.PRESENCE]
