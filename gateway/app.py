@@ -27,9 +27,12 @@ from gateway.care import CareBook, coverage_warnings
 from gateway.care_state import StateRows
 from gateway.clock import Clock, utc_text
 from gateway.commands import (
+    SIGNATURE_WINDOW_S,
     AckCommand,
+    CommandAuth,
     CommandRefused,
     CommandTable,
+    Handler,
     PingCommand,
     ResolveCommand,
     StatusCommand,
@@ -42,6 +45,7 @@ from gateway.config import (
     ConfigError,
     StationConfig,
     load_config,
+    read_secrets,
     status_file_to_write,
 )
 from gateway.errors import GatewayError
@@ -76,6 +80,7 @@ CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE_INTERVAL_S = 1.0
+NONCES_KEPT = 1000  # signed commands' nonces remembered (within twice the signature window)
 UNREAD_CARE_ROWS_LOGGED = 10  # care-state rows that do not read: the first ones named in the journal
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 UNSTORED_LOG_INTERVAL_S = 60.0  # the station's own events that cannot be stored: logged at most this often
@@ -241,16 +246,28 @@ class Station:
         return self.care.take_changes()
 
     def command_table(self) -> CommandTable:
-        """Every downlink command and the station's handler for it (docs/mqtt.md)."""
-        return CommandTable(
-            {
-                "ping": self.on_ping,
-                "status": self.on_status_request,
-                "time": self.on_time,
-                "ack": self.on_ack,
-                "resolve": self.on_resolve,
-            }
-        )
+        """Every downlink command and the station's handler for it (docs/mqtt.md); signed
+        commands only, when the secrets file has a command_key."""
+        up = self.config.uplink
+        key = read_secrets(up.secrets_file).command_key if up.secrets_file else None
+        auth = CommandAuth(key, self, lambda: self.clock.now().timestamp(), self.clock.trusted) if key else None
+        handlers: dict[str, Handler] = {
+            "ping": self.on_ping,
+            "status": self.on_status_request,
+            "time": self.on_time,
+            "ack": self.on_ack,
+            "resolve": self.on_resolve,
+        }
+        return CommandTable(handlers, auth)
+
+    def nonce_seen(self, nonce: str) -> bool:
+        return nonce in self.care.state.command_nonces
+
+    async def remember_nonce(self, nonce: str, issued_at: float) -> None:
+        """A signed command's nonce, committed before the command is carried out."""
+        forget_before = self.clock.now().timestamp() - 2 * SIGNATURE_WINDOW_S
+        self.care.state.note_nonce(nonce, issued_at, forget_before, NONCES_KEPT)
+        await self.record([])
 
     async def on_ping(self, command: PingCommand) -> dict[str, Any]:
         now = self.clock.now().isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -10,6 +10,7 @@ transaction as the events they go with. Each entry is one row:
     sms:<number>              times of the SMS sent to that number in the last hour
     alarm:<id>                an open Alarm (gateway/alarms.py)
     ble_counter:<device>      the last BTHome encryption counter accepted from a keyed device
+    nonce:<nonce>             a signed downlink command carried out (its issued_at), against replays
     clock:platform_time_boot  the boot in which the platform's time was taken
 
 Every change goes through an accessor that marks its row for the next commit (`take_changes`)
@@ -88,6 +89,7 @@ class CareStateCheckpoint:
     alarms: dict[str, Alarm]
     platform_time_boot: str | None
     ble_counters: dict[str, int]
+    command_nonces: dict[str, float]
     dirty: frozenset[str]
 
 
@@ -102,6 +104,7 @@ class CareState:
     alarms: dict[str, Alarm] = field(default_factory=dict)  # the open ones
     platform_time_boot: str | None = None
     ble_counters: dict[str, int] = field(default_factory=dict)  # keyed BLE device -> last counter accepted
+    command_nonces: dict[str, float] = field(default_factory=dict)  # nonce -> issued_at of a signed command
     _dirty: set[str] = field(default_factory=set, repr=False, compare=False)  # rows to write
     _copied: set[str] = field(default_factory=set, repr=False, compare=False)  # changed since the checkpoint
 
@@ -140,6 +143,18 @@ class CareState:
     def note_ble_counter(self, device_id: str, counter: int) -> None:
         self.ble_counters[device_id] = counter
         self._mark(f"ble_counter:{device_id}")
+
+    def note_nonce(self, nonce: str, issued_at: float, forget_before: float, keep_at_most: int) -> None:
+        """A signed command's nonce, kept while a replay of it could still look fresh."""
+        self.command_nonces[nonce] = issued_at
+        self._mark(f"nonce:{nonce}")
+        stale = [n for n, at in self.command_nonces.items() if at < forget_before]
+        stale += sorted(set(self.command_nonces) - set(stale), key=self.command_nonces.__getitem__)[
+            : max(0, len(self.command_nonces) - len(stale) - keep_at_most)
+        ]
+        for old in stale:
+            del self.command_nonces[old]
+            self._mark(f"nonce:{old}")
 
     def note_platform_time(self, boot_id: str) -> None:
         self.platform_time_boot = boot_id
@@ -213,6 +228,7 @@ class CareState:
             dict(self.alarms),
             self.platform_time_boot,
             dict(self.ble_counters),
+            dict(self.command_nonces),
             frozenset(self._dirty),
         )
 
@@ -224,6 +240,7 @@ class CareState:
         self.alarms = dict(checkpoint.alarms)
         self.platform_time_boot = checkpoint.platform_time_boot
         self.ble_counters = dict(checkpoint.ble_counters)
+        self.command_nonces = dict(checkpoint.command_nonces)
         self._dirty = set(checkpoint.dirty)
         self._copied = set()
 
@@ -243,6 +260,7 @@ class CareState:
             "sms": self.sms_sent,
             "alarm": self.alarms,
             "ble_counter": self.ble_counters,
+            "nonce": self.command_nonces,
         }
         table = tables.get(family)  # (none: a row of an older layout, which goes)
         entry = table.get(key) if table is not None else None
@@ -250,7 +268,7 @@ class CareState:
             return None
         if isinstance(entry, tuple):
             return list(entry) or None
-        if isinstance(entry, int):
+        if isinstance(entry, int | float):
             return entry
         assert isinstance(entry, ResidentWatch | ButtonWatch | DeviceWatch | Alarm)
         value: dict[str, JsonValue] = asdict(entry)
@@ -304,6 +322,7 @@ _READERS: dict[str, tuple[TypeAdapter[Any], Callable[[CareState], dict[str, Any]
     "sms": (TypeAdapter(tuple[float, ...]), lambda s: s.sms_sent),
     "alarm": (TypeAdapter(Alarm), lambda s: s.alarms),
     "ble_counter": (TypeAdapter(int), lambda s: s.ble_counters),
+    "nonce": (TypeAdapter(float), lambda s: s.command_nonces),
 }
 
 _VERSION_1_FIELDS = {  # v1 row prefix -> (v2 family, field)

@@ -9,10 +9,15 @@ commands").
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Literal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -23,13 +28,19 @@ from gateway.events import ULID_PATTERN
 __all__ = [
     "COMMANDS",
     "MAX_COMMAND_BYTES",
+    "SIGNATURE_WINDOW_S",
     "AckCommand",
+    "CommandAuth",
     "CommandRefused",
     "CommandTable",
+    "Handler",
+    "NonceBook",
     "PingCommand",
     "ResolveCommand",
     "StatusCommand",
     "TimeCommand",
+    "canonical_command",
+    "sign_command",
 ]
 
 log = logging.getLogger("care_gateway.commands")
@@ -101,14 +112,78 @@ COMMANDS: dict[str, type[_Command]] = {
 }
 Handler = Callable[[Any], Awaitable[dict[str, Any]]]  # takes its command's model; raises CommandRefused
 
+SIGNATURE_WINDOW_S = 300.0  # a signed command's issued_at may be this far from the station's clock
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
+SIGNED_FIELDS = ("issued_at", "nonce", "sig")
+
+
+def canonical_command(name: str, body: Mapping[str, Any]) -> bytes:
+    """What is signed: the command name, a newline, and the body without `sig` as JSON with
+    sorted keys, no spaces, ASCII escapes (docs/mqtt.md, "Signed commands")."""
+    unsigned = {k: v for k, v in body.items() if k != "sig"}
+    return f"{name}\n".encode() + json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+
+
+def sign_command(key: bytes, name: str, body: Mapping[str, Any]) -> str:
+    """The `sig` of a command body (which carries its issued_at and nonce): hex HMAC-SHA256."""
+    return hmac.new(key, canonical_command(name, body), hashlib.sha256).hexdigest()
+
+
+class NonceBook(Protocol):
+    """Where the nonces of the commands carried out are kept (with the care state, persisted)."""
+
+    def nonce_seen(self, nonce: str) -> bool: ...
+
+    async def remember_nonce(self, nonce: str, issued_at: float) -> None: ...
+
+
+@dataclass
+class CommandAuth:
+    """Signed commands, on when the secrets file has a command_key: HMAC-SHA256 over the name
+    and the body, fresh (issued_at within SIGNATURE_WINDOW_S of the station's clock, judged
+    only while that clock is trusted) and never seen before (the nonce)."""
+
+    key: bytes
+    nonces: NonceBook
+    now: Callable[[], float]  # the station's clock, epoch seconds
+    clock_trusted: Callable[[], bool]
+    window_s: float = SIGNATURE_WINDOW_S
+
+    async def check(self, name: str, body: dict[str, Any]) -> None:
+        """Raise CommandRefused saying why the command is not the platform's; else note its nonce."""
+        sig, nonce, issued = body.get("sig"), body.get("nonce"), body.get("issued_at")
+        if not isinstance(sig, str) or not isinstance(nonce, str) or not isinstance(issued, str):
+            raise CommandRefused("unsigned: this station carries out only signed commands (sig, nonce, issued_at)")
+        if not NONCE_PATTERN.fullmatch(nonce):
+            raise CommandRefused("nonce must be 8-64 characters of A-Z, a-z, 0-9, _ and -")
+        expected = sign_command(self.key, name, body)
+        if not hmac.compare_digest(expected, sig.lower()):
+            raise CommandRefused("bad signature (not signed with this station's command_key)")
+        try:
+            at = datetime.fromisoformat(issued.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandRefused("issued_at is not an RFC 3339 time") from None
+        if at.tzinfo is None:
+            raise CommandRefused("issued_at has no time zone offset")
+        skew = at.timestamp() - self.now()
+        if self.clock_trusted() and abs(skew) > self.window_s:
+            when = "before" if skew < 0 else "after"
+            raise CommandRefused(
+                f"stale: issued {abs(skew):.0f} s {when} the station's time (allowed: within {self.window_s:.0f} s)"
+            )
+        if self.nonces.nonce_seen(nonce):
+            raise CommandRefused("replayed: this nonce was used before")
+        await self.nonces.remember_nonce(nonce, at.timestamp())
+
 
 class CommandTable:
     """The handler of each command name (every name of COMMANDS, no other)."""
 
-    def __init__(self, handlers: Mapping[str, Handler]) -> None:
+    def __init__(self, handlers: Mapping[str, Handler], auth: CommandAuth | None = None) -> None:
         if set(handlers) != set(COMMANDS):
             raise ValueError(f"handlers for {sorted(handlers)}, commands are {sorted(COMMANDS)}")
         self._handlers = dict(handlers)
+        self.auth = auth
 
     async def answer(self, name: str, payload: object) -> dict[str, Any]:
         """The reply to a command: `{"id", "command", "ok", "result" | "error"}` (ASCII-safe)."""
@@ -124,8 +199,10 @@ class CommandTable:
             model = COMMANDS.get(name)
             if model is None:
                 raise CommandRefused(f"unknown command {name[:40]!r} (known: {', '.join(COMMANDS)})")
+            if self.auth is not None:
+                await self.auth.check(name, body)
             try:
-                command = model.model_validate(body)
+                command = model.model_validate({k: v for k, v in body.items() if k not in SIGNED_FIELDS})
             except ValidationError as exc:
                 problems = "; ".join(f"{key_path(e['loc'])}: {e['msg']}" for e in exc.errors(include_url=False))
                 raise CommandRefused(f"invalid {name} command: {problems}") from exc

@@ -781,6 +781,7 @@ def is_loopback(host: str) -> bool:
 class BrokerSecrets:
     username: str | None
     password: str | None
+    command_key: bytes | None = None  # HMAC-SHA256 key: downlink commands must be signed with it
 
 
 def read_secrets(path: Path) -> BrokerSecrets:
@@ -799,10 +800,17 @@ def read_secrets(path: Path) -> BrokerSecrets:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: TOML syntax error: {exc}") from exc
-    unknown = set(raw) - {"username", "password"}
+    unknown = set(raw) - {"username", "password", "command_key"}
     if unknown or not all(isinstance(v, str) for v in raw.values()):
-        raise ValueError(f'{path}: only username = "..." and password = "..." are allowed')
-    return BrokerSecrets(raw.get("username"), raw.get("password"))
+        raise ValueError(
+            f'{path}: only username = "...", password = "..." and command_key = "<64 hex digits>" are allowed'
+        )
+    key = raw.get("command_key")
+    if key is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", key):
+        raise ValueError(
+            f"{path}: command_key must be 64 hex digits (32 random bytes, e.g. from: openssl rand -hex 32)"
+        )
+    return BrokerSecrets(raw.get("username"), raw.get("password"), bytes.fromhex(key) if key else None)
 
 
 def cross_check(config: StationConfig) -> list[str]:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     sink.add_argument("--prefix", default="care/v1")
     sink.add_argument("--station", required=True, help="station id")
     sink.add_argument("--out", type=Path, default=Path("platform-events.jsonl"))
+    sink.add_argument("--command-key", help="the station's command_key (64 hex digits): commands are signed with it")
+    sink.add_argument(
+        "--send", action="append", default=[], metavar="NAME=JSON", help='send a command first, e.g. ping={"id":"p1"}'
+    )
 
     link = sub.add_parser(
         "flaky-link",
@@ -82,9 +87,24 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_flaky_link(args))
         from simulators.platform import PlatformSink
 
+        key = bytes.fromhex(args.command_key) if args.command_key else None
+        platform = PlatformSink(args.host, args.port, args.station, args.prefix, args.out, key)
         print(f"recording events of station {args.station} from {args.host}:{args.port} into {args.out}")
-        asyncio.run(PlatformSink(args.host, args.port, args.station, args.prefix, args.out).run())
+        asyncio.run(_platform(platform, args.send))
     return 0
+
+
+async def _platform(sink: Any, commands: list[str]) -> None:
+    """Record forever; first send the commands given (signed if the sink has the key)."""
+    import json
+
+    task = asyncio.create_task(sink.run())
+    await sink.subscribed.wait()
+    for command in commands:
+        name, _, body = command.partition("=")
+        await sink.command(name, json.loads(body or "{}"))
+        print(f"sent {name}: {body}")
+    await task
 
 
 async def _flaky_link(args: argparse.Namespace) -> int:

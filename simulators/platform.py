@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
+import secrets
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,18 @@ RECONNECT_S = 0.2
 
 class PlatformSink:
     def __init__(
-        self, host: str, port: int, station_id: str, prefix: str = "care/v1", out_path: Path | None = None
+        self,
+        host: str,
+        port: int,
+        station_id: str,
+        prefix: str = "care/v1",
+        out_path: Path | None = None,
+        command_key: bytes | None = None,
+        client_id: str | None = None,
     ) -> None:
+        self.client_id = client_id or f"platform-sink-{station_id}"
         self.host, self.port = host, port
+        self.command_key = command_key  # signs every command sent as a dict (docs/mqtt.md, "Signed commands")
         self.prefix, self.station_id = prefix, station_id
         self.out_path = out_path
         self.events: dict[str, dict[str, Any]] = {}  # id -> event, in arrival order
@@ -41,7 +54,7 @@ class PlatformSink:
         while True:
             try:
                 async with aiomqtt.Client(
-                    self.host, self.port, identifier=f"platform-sink-{self.station_id}", clean_session=False
+                    self.host, self.port, identifier=self.client_id, clean_session=False
                 ) as client:
                     await client.subscribe(topic, qos=1)
                     self._client = client
@@ -56,6 +69,8 @@ class PlatformSink:
     async def command(self, name: str, body: dict[str, Any] | bytes) -> None:
         """Publish a downlink command (a dict as JSON; bytes as they are, for hostile tests)."""
         assert self._client is not None, "not connected"
+        if isinstance(body, dict) and self.command_key is not None and "sig" not in body:
+            body = signed(self.command_key, name, body)
         payload = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False)
         await self._client.publish(f"{self.prefix}/{self.station_id}/cmd/{name}", payload, qos=1)
 
@@ -92,3 +107,13 @@ class PlatformSink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait_for(lambda: len(self.events) >= count), timeout)
         return len(self.events) >= count
+
+
+def signed(key: bytes, name: str, body: dict[str, Any], issued_at: datetime | None = None) -> dict[str, Any]:
+    """A command as a platform signs it: issued_at (now, UTC), a fresh nonce, and sig = hex
+    HMAC-SHA256(key, name + "\\n" + the body without sig as sorted, compact, ASCII JSON).
+    Written from docs/mqtt.md, apart from the gateway's own code."""
+    at = (issued_at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
+    body = {**body, "issued_at": at, "nonce": secrets.token_urlsafe(12)}
+    text = name + "\n" + json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return {**body, "sig": hmac.new(key, text.encode(), hashlib.sha256).hexdigest()}

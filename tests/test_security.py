@@ -1,0 +1,132 @@
+"""Only the platform commands a station: signed commands, against a running station and a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.commands import CommandAuth, CommandRefused, sign_command
+from simulators.broker import Mosquitto
+from simulators.button_receiver import surgard_report
+from simulators.platform import PlatformSink, signed
+from tests.conftest import STATION_ID, events_of, running_station, wait_until
+
+KEY = bytes(range(32))
+
+
+class Nonces:
+    def __init__(self) -> None:
+        self.seen: dict[str, float] = {}
+
+    def nonce_seen(self, nonce: str) -> bool:
+        return nonce in self.seen
+
+    async def remember_nonce(self, nonce: str, issued_at: float) -> None:
+        self.seen[nonce] = issued_at
+
+
+def auth(now: datetime, trusted: bool = True) -> CommandAuth:
+    return CommandAuth(KEY, Nonces(), lambda: now.timestamp(), lambda: trusted)
+
+
+async def test_a_command_signed_as_the_docs_say_is_taken_once_and_nothing_else_is() -> None:
+    now = datetime(2026, 12, 2, 8, 0, tzinfo=UTC)
+    body = {"id": "r-1", "alarm_id": "01J0000000000000000000000A", "by": "值班医生", "resolution": "handled"}
+    good = signed(KEY, "resolve", body, issued_at=now)  # the platform simulator's own implementation
+    assert good["sig"] == sign_command(KEY, "resolve", good)  # both sides read the docs the same way
+    checker = auth(now)
+    await checker.check("resolve", dict(good))
+    refusals = [
+        (body, "unsigned"),
+        ({**good, "by": "someone else"}, "bad signature"),  # altered after signing
+        (good, "replayed: this nonce was used before"),
+        (signed(bytes(32), "resolve", body, issued_at=now), "bad signature"),  # another key
+        (
+            signed(KEY, "resolve", body, issued_at=now - timedelta(minutes=6)),
+            "stale: issued 360 s before the station's time",
+        ),
+        (signed(KEY, "ack", body, issued_at=now), "bad signature"),  # signed for another command
+    ]
+    for candidate, reason in refusals:
+        with pytest.raises(CommandRefused, match=reason):
+            await checker.check("resolve", dict(candidate))
+    # a station whose clock is not synchronised cannot judge freshness: the nonce still stops replays
+    old = signed(KEY, "ping", {"id": "p-1"}, issued_at=now - timedelta(days=2))
+    untrusted = auth(now, trusted=False)
+    await untrusted.check("ping", dict(old))
+    with pytest.raises(CommandRefused, match="replayed"):
+        await untrusted.check("ping", dict(old))
+
+
+def secrets_file(folder: Path) -> Path:
+    path = folder / "secrets.toml"
+    path.write_text(f'command_key = "{KEY.hex()}"\n')
+    os.chmod(path, 0o640)
+    return path
+
+
+async def test_a_forged_resolve_is_refused_and_the_platforms_signed_one_is_carried_out_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    extra = f'secrets_file = "{secrets_file(tmp_path)}"'
+    async with running_station(tmp_path, broker, uplink_extra=extra, receiver_extra='residents = { "3" = "wang" }',
+                               extra_devices=RESIDENT) as station:  # fmt: skip
+        assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
+        assert await wait_until(lambda: events_of(station, "sos"))
+        [sos] = events_of(station, "sos")
+        assert await station.gateway.wait_for_line("uplink up")
+        await asyncio.sleep(0.5)  # the command topic is subscribed right after the connection
+
+        intruder = PlatformSink(broker.host, broker.port, STATION_ID, client_id="intruder")
+        async with running_platform(intruder):  # another client the broker lets in
+            forged = {"id": "f-1", "alarm_id": sos["id"], "by": "值班医生", "resolution": "false_alarm"}
+            await intruder.command("resolve", forged)
+            assert await wait_until(lambda: "f-1" in intruder.replies)
+            assert intruder.replies["f-1"]["ok"] is False
+            assert "unsigned" in intruder.replies["f-1"]["error"]
+
+        platform: PlatformSink = station.sink
+        platform.command_key = KEY
+        real = signed(KEY, "resolve", {"id": "r-1", "alarm_id": sos["id"], "by": "值班医生"})
+        await platform.command("resolve", real)
+        assert await wait_until(lambda: "r-1" in platform.replies)
+        assert platform.replies["r-1"]["ok"] is True
+        replayed = {**real, "id": "r-1"}
+        platform.replies.pop("r-1")
+        await platform.command("resolve", replayed)  # the same signed message, captured and sent again
+        assert await wait_until(lambda: "r-1" in platform.replies)
+        assert platform.replies["r-1"] == {
+            "id": "r-1",
+            "command": "resolve",
+            "ok": False,
+            "error": "replayed: this nonce was used before",
+        }
+        assert await wait_until(lambda: len(events_of(station, "alarm_update")) == 1)
+        updates = events_of(station, "alarm_update")
+        assert (updates[0]["data"]["change"], updates[0]["data"]["resolution"]) == ("resolved", "handled")
+
+
+@contextlib.asynccontextmanager
+async def running_platform(sink: PlatformSink) -> AsyncIterator[PlatformSink]:
+    task = asyncio.create_task(sink.run())
+    try:
+        await asyncio.wait_for(sink.subscribed.wait(), 10)
+        yield sink
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+RESIDENT = """
+[[residents]]
+id = "wang"
+name = "王秀英"
+"""
