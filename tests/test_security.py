@@ -129,3 +129,52 @@ RESIDENT = """
 id = "wang"
 name = "王秀英"
 """
+
+
+def test_the_worked_example_of_docs_mqtt_verifies() -> None:
+    import json
+    import re
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "mqtt.md").read_text()
+    example = doc[doc.index("Worked example") : doc.index("```", doc.index("published:"))]
+    published = json.loads(" ".join(example[example.index("published:") + 10 :].split()))
+    text = re.search(r"signed text:  (\w+)\n\s+(\{.*\})", example)
+    assert text is not None
+    assert json.loads(text[2]) == {k: v for k, v in published.items() if k != "sig"}
+    assert sign_command(KEY, text[1], published) == published["sig"]
+
+
+async def test_the_shipped_broker_acl_keeps_every_client_to_its_own_topics(tmp_path: Path) -> None:
+    """systemd/broker/mosquitto-care.acl on a real mosquitto (user names given as the
+    certificates' CNs would give them): only the platform commands a station, and a station
+    speaks only in its own name."""
+    import aiomqtt
+
+    from gateway.uplink import BrokerClient
+
+    acl = (Path(__file__).resolve().parent.parent / "systemd" / "broker" / "mosquitto-care.acl").read_text()
+
+    async def verdict(user: str | None, topic: str) -> int:
+        v5 = aiomqtt.ProtocolVersion.V5  # (only MQTT 5 says "refused" in its PUBACK)
+        async with BrokerClient(
+            broker.host, broker.port, identifier=f"acl-{user}", username=user, protocol=v5
+        ) as client:
+            return (await client.deliver(topic, '{"id":"x"}')).code
+
+    with Mosquitto(tmp_path / "broker", acl=acl) as broker:
+        allowed = {
+            ("platform", "care/v1/st-a/cmd/resolve"),  # the platform commands
+            ("st-a", "care/v1/st-a/events/alarm"),  # a station speaks in its own name
+            ("st-a", "care/v1/st-a/status"),
+            ("st-a", "care/v1/st-a/cmd-reply"),
+        }
+        assert [case for case in allowed if await verdict(*case) >= 0x80] == []  # (0x10: no subscriber yet)
+        refused = {
+            (None, "care/v1/st-a/cmd/resolve"),  # an anonymous client
+            ("intruder", "care/v1/st-a/cmd/resolve"),  # any other user
+            ("st-b", "care/v1/st-a/cmd/resolve"),  # another station
+            ("st-b", "care/v1/st-a/events/alarm"),  # ... speaking in st-a's name
+            ("st-b", "care/v1/st-a/status"),
+            ("st-a", "care/v1/st-a/cmd/ack"),  # a station cannot command itself
+        }
+        assert {case: await verdict(*case) for case in refused} == dict.fromkeys(refused, 0x87)
