@@ -80,6 +80,9 @@ CARE_TICK_S = 1.0  # how often the care rules look at the time
 CLOCK_CHECK_S = 1.0  # how often the wall clock is compared with the monotonic clock
 CLOCK_JUMP_S = 2.0  # a change of wall minus monotonic this large between checks is a jump
 STATUS_FILE_INTERVAL_S = 1.0
+# fields with a person's name or home (PIPL: the minimum necessary leaves the station); the
+# resident's id, the contact's role and the device's id say who, for a platform that knows them
+PERSONAL_FIELDS = frozenset({"wearer", "caregiver", "to_name", "last_place"})
 NONCES_KEPT = 1000  # signed commands' nonces remembered (within twice the signature window)
 UNREAD_CARE_ROWS_LOGGED = 10  # care-state rows that do not read: the first ones named in the journal
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
@@ -198,7 +201,10 @@ class Station:
             log.warning("ALARM accepted: %s from %s (%s; id %s)", event.kind.value, event.device_id, details, event.id)
 
     def make_event(self, device_id: str, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
-        """An event of this station; every alarm carries where the station is."""
+        """An event of this station; every alarm carries where the station is. Names stay on
+        the station unless the platform may have them (`[uplink] share_personal_data`)."""
+        if data and not self.config.uplink.share_personal_data and not PERSONAL_FIELDS.isdisjoint(data):
+            data = {k: v for k, v in data.items() if k not in PERSONAL_FIELDS}
         if PRIORITY_OF_KIND[kind] is Priority.ALARM and "location" not in (data or {}):
             location = self.location.for_alarm(self.clock.monotonic())
             if location is not None:

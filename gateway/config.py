@@ -168,6 +168,12 @@ class UplinkSection(_Section):
         description="a TOML file with username and password for the broker, not readable by other users "
         "(chmod 640, owner root, group care-gateway)",
     )
+    share_personal_data: bool = Field(
+        False,
+        description="true only where the platform has the legal basis (PIPL Art. 13, 28-29): events and the "
+        "status then also carry residents' names and rooms, wearers', caregivers' and SMS recipients' names; "
+        "without it they carry ids and roles only (docs/mqtt.md, 'Personal data')",
+    )
     allow_plaintext: bool = Field(
         False,
         description="true to allow MQTT without TLS to a host other than this machine (the link then carries "

@@ -78,7 +78,7 @@ class ContactIdData(_AlarmData):
 class PendantPressData(_AlarmData):
     source: Literal["ble_pendant"]
     button: str = Field(description="the BTHome button event, or 'trigger' for an iBeacon trigger slot")
-    wearer: str | None = None
+    wearer: str | None = Field(None, description="a person's name: only with [uplink] share_personal_data = true")
     battery: int | None = None
 
 
@@ -152,20 +152,20 @@ class ActivityData(_Data):
     room: str | None = None
     change: Literal[True] | None = None
     summary: ActivitySummary | None = None
-    wearer: str | None = None
+    wearer: str | None = Field(None, description="a person's name: only with [uplink] share_personal_data = true")
     moving: bool | None = None
     battery: int | None = None
 
 
 class PresenceData(_Data):
     state: Literal["present", "away"]
-    wearer: str | None = None
+    wearer: str | None = Field(None, description="a person's name: only with [uplink] share_personal_data = true")
     rssi: int | None = None
     unseen_s: int | None = None
 
 
 class VisitData(_Data):
-    caregiver: str
+    caregiver: str | None = Field(None, description="a person's name: only with [uplink] share_personal_data = true")
     visit: Literal["started", "ended"]
     duration_s: int | None = None
 
@@ -195,7 +195,9 @@ class InactivityData(_AlarmData):
 class WearerAbsentData(_AlarmData):
     last_seen_at: str
     unseen_s: int
-    last_place: str
+    last_place: str | None = Field(
+        None, description="the station's name and the resident's room: only with [uplink] share_personal_data = true"
+    )
     last_rssi: int | None = None
 
 
@@ -271,7 +273,7 @@ class SmsData(_Data):
     alarm_id: str
     alarm_kind: str
     round: int
-    to_name: str
+    to_name: str | None = Field(None, description="a person's name: only with [uplink] share_personal_data = true")
     to_role: str
     to: str = Field(description="the number, masked: +86138****8000")
     result: Literal["sent", "failed", "held_back", "skipped"]
@@ -309,7 +311,10 @@ def _vitals_model(measurement: type, name: str) -> type[BaseModel]:
     hints = typing.get_type_hints(measurement)
     fields: dict[str, Any] = {
         "measurement": (Literal[name], ...),
-        "wearer": (str | None, None),
+        "wearer": (
+            str | None,
+            Field(None, description="a person's name: only with [uplink] share_personal_data = true"),
+        ),
     }
     for f in dataclasses.fields(measurement):
         optional = f.default is not dataclasses.MISSING

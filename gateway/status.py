@@ -121,12 +121,17 @@ class StationStatus:
     tls: dict[str, dict[str, Any]] | None
     station: StationPart | None = None  # (an uplink run on its own, in a benchmark, has none)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, personal: bool = True) -> dict[str, Any]:
         """The flat JSON object every reader gets (docs/mqtt.md): the station's fields, the
-        link profile, the backlog's fields, `link`, `tls`; optional parts only when present."""
+        link profile, the backlog's fields, `link`, `tls`; optional parts only when present.
+        Without `personal` (the MQTT status, unless the platform may have them) residents'
+        names and rooms are left out: their ids remain."""
         body: dict[str, Any] = {"state": self.state}
         if self.station is not None:
             station = dataclasses.asdict(self.station)
+            if not personal:
+                for resident in station["residents"].values():
+                    del resident["name"], resident["room"]
             body.update({k: v for k, v in station.items() if v is not None or k not in _OPTIONAL_PARTS})
         body["link_profile"] = self.link_profile
         body.update(dataclasses.asdict(self.backlog))

@@ -889,7 +889,8 @@ class Uplink:
         return min(measured, budget) if budget else measured
 
     async def _status_payload(self, state: Literal["online", "offline"]) -> str:
-        return json.dumps((await self.status(state)).to_json(), ensure_ascii=False)
+        personal = self._config.uplink.share_personal_data  # (the retained message outlives the station)
+        return json.dumps((await self.status(state)).to_json(personal=personal), ensure_ascii=False)
 
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""

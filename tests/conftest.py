@@ -98,6 +98,22 @@ def assert_published_contract(events: Iterable[dict[str, Any]]) -> None:
     assert not problems, "\n".join(problems[:20])
 
 
+def assert_no_personal_data(events: Iterable[dict[str, Any]], statuses: Iterable[dict[str, Any]]) -> None:
+    """Names and rooms stay on the station: no event or status the platform got carries one."""
+    from gateway.app import PERSONAL_FIELDS
+
+    leaks = [f"{e['kind']} {e['id']}: {sorted(PERSONAL_FIELDS & set(e['data']))}" for e in events]
+    leaks = [leak for leak in leaks if not leak.endswith("[]")]
+    leaks += [
+        f"status: residents.{rid}.{field}"
+        for status in statuses
+        for rid, resident in status.get("residents", {}).items()
+        for field in ("name", "room")
+        if field in resident
+    ]
+    assert not leaks, "\n".join(leaks[:20])
+
+
 async def seed_outbox(db_path: Path, count: int) -> list[str]:
     """A telemetry backlog, as if the link had been down for a while: activity readings of 3 radars."""
     clock = Clock()
@@ -171,6 +187,8 @@ async def running_station(
             yield station
             seeded = set(station.seeded)  # (test data put in the outbox, not made by the gateway)
             assert_published_contract(e for i, e in station.sink.events.items() if i not in seeded)
+            if "share_personal_data = true" not in station.config_path.read_text():
+                assert_no_personal_data(station.sink.events.values(), station.sink.status_history)
         finally:
             await station.gateway.stop()
             station.receiver.close()

@@ -178,3 +178,22 @@ async def test_the_shipped_broker_acl_keeps_every_client_to_its_own_topics(tmp_p
             ("st-a", "care/v1/st-a/cmd/ack"),  # a station cannot command itself
         }
         assert {case: await verdict(*case) for case in refused} == dict.fromkeys(refused, 0x87)
+
+
+def test_names_and_rooms_leave_the_station_only_where_the_platform_may_have_them(tmp_path: Path) -> None:
+    from gateway import app
+    from gateway.config import parse_config
+    from gateway.events import EventKind
+
+    raw: dict[str, Any] = {
+        "station": {"id": "st", "name": "s"},
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": str(tmp_path / "o.db")},
+    }
+    data = {"caregiver": "李娜", "visit": "started", "resident": "wang"}
+    assert app.Station(parse_config(raw)).make_event("badge", EventKind.VISIT, data).data == {
+        "visit": "started",
+        "resident": "wang",
+    }
+    opted_in = parse_config({**raw, "uplink": {"host": "127.0.0.1", "share_personal_data": True}})
+    assert app.Station(opted_in).make_event("badge", EventKind.VISIT, data).data == data
