@@ -84,6 +84,7 @@ STATUS_FILE_INTERVAL_S = 1.0
 # resident's id, the contact's role and the device's id say who, for a platform that knows them
 PERSONAL_FIELDS = frozenset({"wearer", "caregiver", "to_name", "last_place"})
 NONCES_KEPT = 1000  # signed commands' nonces remembered (within twice the signature window)
+STATUS_COMMAND_INTERVAL_S = 10.0  # `status` commands carried out at most this often
 UNREAD_CARE_ROWS_LOGGED = 10  # care-state rows that do not read: the first ones named in the journal
 TASK_RESTART_DELAY_S = 5.0  # a task that failed unexpectedly is restarted after this pause
 UNSTORED_LOG_INTERVAL_S = 60.0  # the station's own events that cannot be stored: logged at most this often
@@ -139,6 +140,7 @@ class Station:
         self.clock = clock or Clock(config.station.trust_clock)
         self._unstored = 0  # the station's own commits that failed since the last log line about them
         self._unstored_logged_at = -math.inf
+        self._status_requested_at = -math.inf
         self._run_started_steady = self.clock.steady().timestamp()
         self.links: list[SerialLink] = []
         self._outbox: Outbox | None = None
@@ -264,7 +266,7 @@ class Station:
             "ack": self.on_ack,
             "resolve": self.on_resolve,
         }
-        return CommandTable(handlers, auth)
+        return CommandTable(handlers, auth, time.monotonic)
 
     def nonce_seen(self, nonce: str) -> bool:
         return nonce in self.care.state.command_nonces
@@ -280,6 +282,13 @@ class Station:
         return {"pong": True, "station_id": self.config.station.id, "ts": now}
 
     async def on_status_request(self, command: StatusCommand) -> dict[str, Any]:
+        """Publish the status now, at most once per STATUS_COMMAND_INTERVAL_S (a burst of
+        commands must not flood the narrow link with retained messages)."""
+        now = time.monotonic()
+        if now - self._status_requested_at < STATUS_COMMAND_INTERVAL_S:
+            wait = STATUS_COMMAND_INTERVAL_S - (now - self._status_requested_at)
+            return {"status": f"published less than {STATUS_COMMAND_INTERVAL_S:.0f} s ago; ask again in {wait:.0f} s"}
+        self._status_requested_at = now
         if self._uplink:
             self._uplink.request_status()
         return {"status": "publishing"}
@@ -465,7 +474,10 @@ class Station:
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care.alarm_book, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:
-                self.status_page = StatusPage(cfg.status_page, self.full_status, ZoneInfo(cfg.care.timezone))
+                secrets = read_secrets(cfg.uplink.secrets_file) if cfg.uplink.secrets_file else None
+                token = secrets.page_token if secrets else None
+                zone = ZoneInfo(cfg.care.timezone)
+                self.status_page = StatusPage(cfg.status_page, self.full_status, zone, token)
             self.links = [
                 SerialLink(
                     device,

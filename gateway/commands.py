@@ -112,6 +112,7 @@ COMMANDS: dict[str, type[_Command]] = {
 }
 Handler = Callable[[Any], Awaitable[dict[str, Any]]]  # takes its command's model; raises CommandRefused
 
+COMMAND_LOG_INTERVAL_S = 10.0  # one journal line per kind of command outcome in this time
 SIGNATURE_WINDOW_S = 300.0  # a signed command's issued_at may be this far from the station's clock
 NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{8,64}")
 SIGNED_FIELDS = ("issued_at", "nonce", "sig")
@@ -179,11 +180,35 @@ class CommandAuth:
 class CommandTable:
     """The handler of each command name (every name of COMMANDS, no other)."""
 
-    def __init__(self, handlers: Mapping[str, Handler], auth: CommandAuth | None = None) -> None:
+    def __init__(
+        self,
+        handlers: Mapping[str, Handler],
+        auth: CommandAuth | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         if set(handlers) != set(COMMANDS):
             raise ValueError(f"handlers for {sorted(handlers)}, commands are {sorted(COMMANDS)}")
         self._handlers = dict(handlers)
         self.auth = auth
+        self._logged: dict[str, tuple[float, int]] = {}  # kind of line -> (when last logged, left out since)
+        self._clock = clock  # monotonic seconds, for pacing the journal (None: every line)
+
+    def _may_log(self, which: str) -> bool:
+        """At most one journal line per kind of command outcome every COMMAND_LOG_INTERVAL_S
+        (a flood of commands is one line, with how many were left out), over a bounded table."""
+        if self._clock is None:
+            return True
+        now = self._clock()
+        last, left_out = self._logged.get(which, (-COMMAND_LOG_INTERVAL_S, 0))
+        if now - last < COMMAND_LOG_INTERVAL_S:
+            self._logged[which] = (last, left_out + 1)
+            return False
+        if left_out:
+            log.warning("downlink: %d more command line(s) like the next were left out of the journal", left_out)
+        if len(self._logged) > 64:
+            self._logged.clear()
+        self._logged[which] = (now, 0)
+        return True
 
     async def answer(self, name: str, payload: object) -> dict[str, Any]:
         """The reply to a command: `{"id", "command", "ok", "result" | "error"}` (ASCII-safe)."""
@@ -208,10 +233,14 @@ class CommandTable:
                 raise CommandRefused(f"invalid {name} command: {problems}") from exc
             result = await self._handlers[name](command)
             reply.update(ok=True, result=result)
-            log.info("downlink command %s (id %r) carried out: %s", name, reply["id"], result)
+            if self._may_log(f"ok:{name}"):
+                log.info("downlink command %s (id %s) carried out: %s", name, ascii(reply["id"]), ascii(result))
         except CommandRefused as exc:
             reply["error"] = str(exc)
-            log.warning("downlink command %r (id %r) refused: %s", name[:40], reply["id"], ascii(str(exc)))
+            if self._may_log(f"refused:{name[:40]}"):
+                log.warning(
+                    "downlink command %s (id %s) refused: %s", ascii(name[:40]), ascii(reply["id"]), ascii(str(exc))
+                )
         except Exception as exc:  # a bug in a handler must not take the uplink down
             reply["error"] = f"internal error: {type(exc).__name__}"
             log.exception("downlink command %r (id %r) failed", name[:40], reply["id"])

@@ -661,8 +661,14 @@ class BleSection(_Section):
 
 class StatusPageSection(_Section):
     bind: str = Field(
-        "0.0.0.0",
-        description="IP address to listen on: 0.0.0.0 for the station's LAN, 127.0.0.1 for this machine only",
+        "127.0.0.1",
+        description="IP address to listen on: 127.0.0.1 for this machine only (the default); 0.0.0.0 for the "
+        "station's LAN, which needs page_token in the secrets file",
+    )
+    hosts: list[str] = Field(
+        default_factory=list,
+        description="names the page may be asked for besides IP addresses, localhost and this machine's "
+        "host name (a request for any other Host is refused: DNS rebinding)",
     )
     port: int = Field(8080, ge=0, le=65535, description="TCP port, 1-65535 (0: any free port, for tests)")
 
@@ -788,6 +794,7 @@ class BrokerSecrets:
     username: str | None
     password: str | None
     command_key: bytes | None = None  # HMAC-SHA256 key: downlink commands must be signed with it
+    page_token: str | None = None  # the status page's password for the LAN (?token=...)
 
 
 def read_secrets(path: Path) -> BrokerSecrets:
@@ -806,17 +813,21 @@ def read_secrets(path: Path) -> BrokerSecrets:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: TOML syntax error: {exc}") from exc
-    unknown = set(raw) - {"username", "password", "command_key"}
+    unknown = set(raw) - {"username", "password", "command_key", "page_token"}
     if unknown or not all(isinstance(v, str) for v in raw.values()):
         raise ValueError(
-            f'{path}: only username = "...", password = "..." and command_key = "<64 hex digits>" are allowed'
+            f'{path}: only username = "...", password = "...", command_key = "<64 hex digits>" and '
+            'page_token = "<at least 16 characters>" are allowed'
         )
+    token = raw.get("page_token")
+    if token is not None and (len(token) < 16 or not token.isascii() or not token.isprintable()):
+        raise ValueError(f"{path}: page_token must be at least 16 printable ASCII characters (openssl rand -hex 16)")
     key = raw.get("command_key")
     if key is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", key):
         raise ValueError(
             f"{path}: command_key must be 64 hex digits (32 random bytes, e.g. from: openssl rand -hex 32)"
         )
-    return BrokerSecrets(raw.get("username"), raw.get("password"), bytes.fromhex(key) if key else None)
+    return BrokerSecrets(raw.get("username"), raw.get("password"), bytes.fromhex(key) if key else None, token)
 
 
 def cross_check(config: StationConfig) -> list[str]:
@@ -829,11 +840,18 @@ def cross_check(config: StationConfig) -> list[str]:
                 f"uplink: plaintext MQTT to {host} is refused (allowed: an [uplink.tls] section with ca_file, "
                 "usually port 8883; or allow_plaintext = true where the link itself is private)"
             )
+    secrets = None
     if up.secrets_file is not None:
         try:
-            read_secrets(up.secrets_file)
+            secrets = read_secrets(up.secrets_file)
         except ValueError as exc:
             problems.append(f"uplink.secrets_file: {exc}")
+    page = config.status_page
+    if page is not None and not is_loopback(page.bind) and (secrets is None or secrets.page_token is None):
+        problems.append(
+            f"status_page.bind: {page.bind} opens the page to the LAN, which needs a password: put "
+            'page_token = "<at least 16 characters>" in the [uplink] secrets_file (or bind = "127.0.0.1")'
+        )
     known = [r.id for r in config.residents]
     allowed = f"(allowed: resident ids from [[residents]]: {', '.join(known) or 'none defined'})"
     seen: dict[str, int] = {}

@@ -1,7 +1,9 @@
 """The station's status page on the local network: for a technician or a carer with a phone.
 
 Off unless the station file has a `[status_page]` section. A deliberately small HTTP/1.1
-server on asyncio (one request per connection, bounded request size and time, GET only):
+server on asyncio (one request per connection, bounded request size and time, at most
+MAX_CONNECTIONS at once, GET and HEAD only, the Host checked against DNS rebinding, a token for
+any client not on this machine, security headers):
 `/` is an HTML page that refreshes itself, `/status.json` the same data as JSON. It shows the
 station, the link, the backlog, the open alarms, the devices and the residents with last-seen
 and battery; it changes nothing.
@@ -11,9 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import html
+import ipaddress
 import json
 import logging
+import socket
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -22,7 +28,9 @@ from zoneinfo import ZoneInfo
 from gateway.config import StatusPageSection
 
 __all__ = [
+    "MAX_CONNECTIONS",
     "StatusPage",
+    "is_local",
     "render_page",
 ]
 
@@ -30,6 +38,11 @@ log = logging.getLogger("care_gateway.status_page")
 
 REQUEST_LIMIT_BYTES = 8192  # a request line and headers; anything longer is refused
 REQUEST_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 32  # more at once are closed unread: a flood must not use up the daemon's files
+SECURITY_HEADERS = (
+    "Content-Security-Policy: default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'\r\n"
+    "X-Content-Type-Options: nosniff\r\nX-Frame-Options: DENY\r\nReferrer-Policy: no-referrer\r\n"
+)
 REFRESH_S = 5  # the page reloads itself this often
 
 StatusBody = Callable[[], Awaitable[dict[str, Any]]]
@@ -133,11 +146,18 @@ def render_page(status: dict[str, Any], zone: ZoneInfo) -> str:
 
 
 class StatusPage:
-    def __init__(self, section: StatusPageSection, status: StatusBody, zone: ZoneInfo) -> None:
+    def __init__(
+        self, section: StatusPageSection, status: StatusBody, zone: ZoneInfo, token: str | None = None
+    ) -> None:
         self.section = section
         self.status = status
         self.zone = zone
+        self.token = token  # asked of every client not on this machine (the secrets file's page_token)
         self.port: int | None = None  # the bound port (the configured one, or a free one for 0)
+        self._open = 0
+        self._names = {"localhost", socket.gethostname().lower(), f"{socket.gethostname().lower()}.local"}
+        self._names |= {name.lower() for name in section.hosts}
+        self.refused = 0  # connections closed unread (over MAX_CONNECTIONS)
 
     async def run(self) -> None:
         server = await asyncio.start_server(self._serve, self.section.bind, self.section.port)
@@ -147,33 +167,92 @@ class StatusPage:
             await server.serve_forever()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= MAX_CONNECTIONS:
+            self.refused += 1
+            if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:  # one line per burst
+                log.warning("status page: %d connection(s) refused, over %d at once", self.refused, MAX_CONNECTIONS)
+            writer.close()
+            return
+        self._open += 1
+        try:
+            await self._serve_one(reader, writer)
+        finally:
+            self._open -= 1
+
+    async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head_only = False
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = await self._answer(head)
+            head_only = head.startswith(b"HEAD ")
+            peer = writer.get_extra_info("peername")
+            status, content_type, body = await self._answer(head, peer[0] if peer else "")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             status, content_type, body = "400 Bad Request", "text/plain", b"bad request\n"
         except Exception:  # the page must never take the station down
             log.exception("status page: a request failed")
             status, content_type, body = "500 Internal Server Error", "text/plain", b"error\n"
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, TimeoutError):
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
-                + body
+                f"Cache-Control: no-store\r\n{SECURITY_HEADERS}Connection: close\r\n\r\n".encode()
+                + (b"" if head_only else body)
             )
-            await writer.drain()
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):  # (a client that never reads is let go)
+                await writer.drain()
         writer.close()
 
-    async def _answer(self, head: bytes) -> tuple[str, str, bytes]:
+    def _host_ok(self, host: str) -> bool:
+        """An IP address (a rebinding needs a name), localhost, this machine's name, or a
+        configured one; any other name is a page on the web pointing its name at the station."""
+        name = _host_name(host).lower()
+        if not name:
+            return True  # (no Host: an HTTP/1.0 client, not a browser on a rebinding page)
+        try:
+            ipaddress.ip_address(name)
+            return True
+        except ValueError:
+            return name in self._names
+
+    def _token_ok(self, query: str, headers: dict[str, str]) -> bool:
+        assert self.token is not None
+        given = urllib.parse.parse_qs(query).get("token", [""])[0]
+        bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        return any(
+            hmac.compare_digest(candidate.encode(), self.token.encode()) for candidate in (given, bearer) if candidate
+        )
+
+    async def _answer(self, head: bytes, peer: str) -> tuple[str, str, bytes]:
         if len(head) > REQUEST_LIMIT_BYTES:
             return "431 Request Header Fields Too Large", "text/plain", b"too large\n"
-        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-        path = rest.split(" ", 1)[0]
+        lines = head.decode("latin-1").split("\r\n")
+        method, _, rest = lines[0].partition(" ")
+        target = rest.split(" ", 1)[0]
+        path, _, query = target.partition("?")
         if method not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if not self._host_ok(headers.get("host", "")):
+            return "421 Misdirected Request", "text/plain", b"this station is not known by that name\n"
+        if self.token is not None and not is_local(peer) and not self._token_ok(query, headers):
+            return "401 Unauthorized", "text/plain", b"the page needs its token: http://<station>:<port>/?token=...\n"
         if path in ("/", "/index.html"):
             return "200 OK", "text/html; charset=utf-8", render_page(await self.status(), self.zone).encode()
         if path == "/status.json":
             return "200 OK", "application/json", json.dumps(await self.status(), ensure_ascii=False).encode()
         return "404 Not Found", "text/plain", b"not found\n"
+
+
+def is_local(peer: str) -> bool:
+    """A client on this machine (the technician's own browser, ssh -L)."""
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    """The Host header without its port (IPv6 literals in brackets kept whole)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
