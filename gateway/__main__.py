@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
-from gateway.config import BleSection, ConfigError, StationConfig, load_config, status_files
+from gateway.config import BleSection, ConfigError, StationConfig, load_config, printable, status_files
 
 if TYPE_CHECKING:
     from gateway.ble_link import Radio
@@ -245,7 +245,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         return 0
     for d in found:
         where = f"configured as {d.configured_as}" if d.configured_as else "not in the station file"
-        print(f"{d.address}  {d.rssi:>4} dBm  {d.adverts:>4} adverts  {d.name or '-':<16} {where}")
+        name = printable(d.name or "-")  # (any radio nearby chooses its name: no escapes, no fake lines)
+        print(f"{d.address}  {d.rssi:>4} dBm  {d.adverts:>4} adverts  {name:<16} {printable(where)}")
         for item in sorted(d.decoded):
             print(f"    {item}")
     missing = {d.id for d in known} - {d.configured_as for d in found}

@@ -252,6 +252,8 @@ def _json_object(raw: bytes) -> dict[str, Any]:
         body = json.loads(raw or b"{}")
     except ValueError as exc:
         raise CommandRefused(f"payload is not JSON: {exc}") from exc
+    except RecursionError:  # (thousands of nested brackets: refused, not a traceback per message)
+        raise CommandRefused("payload is nested too deeply to be a command") from None
     if not isinstance(body, dict):
         raise CommandRefused("payload is not a JSON object")
     return body

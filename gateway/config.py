@@ -10,13 +10,14 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
+import unicodedata
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.errors import GatewayError
 
@@ -41,6 +42,7 @@ __all__ = [
     "LinkSettings",
     "LocationSection",
     "PendantDevice",
+    "PlainText",
     "RadarDevice",
     "RadarModel",
     "ReceiverFormat",
@@ -63,6 +65,7 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_hours",
+    "printable",
     "read_secrets",
     "status_file_to_write",
     "status_files",
@@ -84,7 +87,7 @@ class LocationSection(_Section):
 
 class StationSection(_Section):
     id: str = Field(pattern=ID_PATTERN, description=f"station id used in MQTT topics: {ID_ALLOWED}")
-    name: str = Field(min_length=1, max_length=200, description="human-readable name, 1-200 characters")
+    name: PlainText = Field(min_length=1, max_length=200, description="human-readable name, 1-200 characters")
     trust_clock: Literal["auto", "always"] = Field(
         "auto",
         description="'auto' trusts the wall clock once NTP has synchronised it; "
@@ -101,6 +104,24 @@ class TlsSection(_Section):
     key_file: Path | None = Field(None, description="path of this station's private key (PEM)")
 
 
+def printable(text: str) -> str:
+    """Text with control, format and direction characters (newlines, ANSI escapes, bidi
+    overrides) replaced by U+FFFD: for what a radio, a broker or a file says, before it is
+    printed, logged or sent by SMS."""
+    return "".join("\ufffd" if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c for c in text)
+
+
+def _plain(text: str) -> str:
+    if printable(text) != text:
+        bad = next(c for c in text if printable(c) != c)
+        raise ValueError(
+            f"contains the control or direction character U+{ord(bad):04X}: it would garble the SMS, the page "
+            "and the journal; retype the text"
+        )
+    return text
+
+
+PlainText = Annotated[str, AfterValidator(_plain)]  # names and places a person reads (SMS, page, journal)
 LinkProfile = Literal["broadband", "cellular", "narrowband"]
 ReceiverFormat = Literal["surgard", "ademco685"]  # Contact ID receivers' output formats (drivers/contact_id.py)
 RadarModel = Literal["mr60fda1", "mr60fda2", "mr24hpc1"]  # Seeed radars (drivers/seeed_radar.py)
@@ -323,7 +344,9 @@ class _SerialDevice(_Section):
     bytesize: Literal[7, 8] = Field(8, description="data bits")
     parity: Literal["N", "E", "O"] = Field("N", description="parity")
     stopbits: Literal[1, 2] = Field(1, description="stop bits")
-    label: str | None = Field(None, max_length=100, description="where the device is, e.g. 'bedroom', 1-100 characters")
+    label: PlainText | None = Field(
+        None, max_length=100, description="where the device is, e.g. 'bedroom', 1-100 characters"
+    )
 
 
 class ContactIdReceiverDevice(_SerialDevice):
@@ -389,7 +412,7 @@ class _BleDevice(_Section):
     ibeacon: IBeaconMatch | None = Field(
         None, description="match by iBeacon identity instead of address, for devices whose address rotates"
     )
-    wearer: str | None = Field(None, max_length=100, description="who wears or uses it, 1-100 characters")
+    wearer: PlainText | None = Field(None, max_length=100, description="who wears or uses it, 1-100 characters")
     resident: str | None = Field(None, description="id of the resident who wears or uses it ([[residents]])")
     supervision_s: float = Field(
         0.0,
@@ -458,7 +481,7 @@ class BadgeDevice(_BleDevice):
     """A caregiver's badge: seen long enough at the station, it records a visit."""
 
     kind: Literal["caregiver_badge"] = Field(description="device kind")
-    caregiver: str = Field(min_length=1, max_length=100, description="the caregiver's name or staff number")
+    caregiver: PlainText = Field(min_length=1, max_length=100, description="the caregiver's name or staff number")
     visit_min_s: float = Field(300.0, gt=0, le=86400, description="seconds seen before a visit counts, >0")
     visit_end_s: float = Field(600.0, gt=0, le=86400, description="seconds unseen before a visit is over, >0")
 
@@ -503,7 +526,7 @@ def _minutes(hours: str) -> set[int]:
 
 
 class Contact(_Section):
-    name: str = Field(
+    name: PlainText = Field(
         min_length=1, max_length=50, description="who to tell, as the SMS will name them, 1-50 characters"
     )
     phone: str = Field(pattern=PHONE_PATTERN, description=PHONE_ALLOWED)
@@ -540,8 +563,8 @@ class VitalLimits(_Section):
 
 class ResidentSection(_Section):
     id: str = Field(pattern=ID_PATTERN, description=f"resident id used by devices and events: {ID_ALLOWED}")
-    name: str = Field(min_length=1, max_length=50, description="name as carers know the person, 1-50 characters")
-    room: str | None = Field(None, max_length=100, description="where the person lives, e.g. '3号楼201室'")
+    name: PlainText = Field(min_length=1, max_length=50, description="name as carers know the person, 1-50 characters")
+    room: PlainText | None = Field(None, max_length=100, description="where the person lives, e.g. '3号楼201室'")
     lives_alone: bool = Field(False, description="true: watch for inactivity during waking hours")
     dementia_risk: bool = Field(False, description="true: alarm when the person's wearable is unseen (wandering)")
     waking_hours: str = Field("07:00-21:00", pattern=HOURS_PATTERN, description=HOURS_ALLOWED)

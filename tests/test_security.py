@@ -198,3 +198,42 @@ def test_names_and_rooms_leave_the_station_only_where_the_platform_may_have_them
     }
     opted_in = parse_config({**raw, "uplink": {"host": "127.0.0.1", "share_personal_data": True}})
     assert app.Station(opted_in).make_event("badge", EventKind.VISIT, data).data == data
+
+
+def test_control_and_direction_characters_never_reach_a_reader() -> None:
+    from gateway.config import ConfigError, parse_config, printable
+
+    raw: dict[str, Any] = {
+        "station": {"id": "st", "name": "草原站\u202e"},  # a right-to-left override
+        "uplink": {"host": "127.0.0.1"},
+        "storage": {"path": "/tmp/unused.db"},
+    }
+    with pytest.raises(ConfigError, match=r"station.name: .*control or direction character U\+202E"):
+        parse_config(raw)
+    raw["station"]["name"] = "草原站"
+    raw["residents"] = [{"id": "wang", "name": "王\n秀英"}]
+    with pytest.raises(ConfigError, match=r"residents\[0\]\.name: .*U\+000A"):
+        parse_config(raw)
+    # what a radio names itself is neutralised before it is printed
+    assert printable("pendant\x1b[2J\nconfigured as sos-1") == "pendant\ufffd[2J\ufffdconfigured as sos-1"
+
+
+async def test_a_command_nested_two_thousand_deep_is_refused_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from gateway.commands import COMMANDS, CommandTable
+
+    async def handler(command: object) -> dict[str, Any]:
+        return {}
+
+    table = CommandTable(dict.fromkeys(COMMANDS, handler))
+    reply = await table.answer("ping", b"[" * 2000 + b"]" * 2000)  # (within the 4096-byte limit)
+    assert reply == {
+        "id": None,
+        "command": "ping",
+        "ok": False,
+        "error": "payload is nested too deeply to be a command",
+    }
+    assert "Traceback" not in caplog.text
+    forged_line = await table.answer("ping", b'{"id": "a\\nINFO care_gateway: station stopped"}')
+    assert forged_line["ok"] is False  # an id with a newline is refused (and never starts a journal line)
