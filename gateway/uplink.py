@@ -80,7 +80,7 @@ __all__ = [
     "encode_batch",
     "probe_broker",
     "subscribe_commands",
-    "tls_parameters",
+    "tls_context",
 ]
 
 log = logging.getLogger("care_gateway.uplink")
@@ -556,7 +556,7 @@ class Uplink:
             max_inflight_messages=self.link.batches_in_flight + ALARM_SLOTS + CONTROL_SLOTS,
             max_queued_incoming_messages=COMMAND_QUEUE,
             will=aiomqtt.Will(self.topics.status, self._status_json("offline", "connection lost"), 1, True),
-            tls_params=tls_parameters(up),
+            tls_context=tls_context(up),
         )
         client.pending_calls_threshold = PENDING_CALLS_WARNING
         async with asyncio.timeout(up.connect_timeout_s + SESSION_ABANDON_S):
@@ -981,7 +981,7 @@ async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: f
             username=username,
             password=password,
             protocol=protocol,
-            tls_params=tls_parameters(up),
+            tls_context=tls_context(up),
             timeout=timeout_s,
         )
         try:
@@ -1023,14 +1023,17 @@ def broker_login(up: UplinkSection) -> tuple[str | None, str | None]:
     ) or up.password
 
 
-def tls_parameters(up: UplinkSection) -> aiomqtt.TLSParameters | None:
+def tls_context(up: UplinkSection) -> ssl.SSLContext | None:
+    """The broker's TLS: its certificate checked against [uplink.tls] ca_file and its name,
+    never below TLS 1.2 (pinned here, not left to the machine's defaults), and the station's
+    own certificate when the broker asks for one."""
     if up.tls is None:
         return None
-    return aiomqtt.TLSParameters(
-        ca_certs=str(up.tls.ca_file),
-        certfile=str(up.tls.cert_file) if up.tls.cert_file else None,
-        keyfile=str(up.tls.key_file) if up.tls.key_file else None,
-    )
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(up.tls.ca_file))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if up.tls.cert_file:
+        context.load_cert_chain(str(up.tls.cert_file), str(up.tls.key_file) if up.tls.key_file else None)
+    return context
 
 
 def certificate_not_after(path: Path) -> datetime | None:

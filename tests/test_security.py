@@ -237,3 +237,23 @@ async def test_a_command_nested_two_thousand_deep_is_refused_without_a_traceback
     assert "Traceback" not in caplog.text
     forged_line = await table.answer("ping", b'{"id": "a\\nINFO care_gateway: station stopped"}')
     assert forged_line["ok"] is False  # an id with a newline is refused (and never starts a journal line)
+
+
+def test_the_broker_link_is_never_below_tls_1_2(tmp_path: Path) -> None:
+    import ssl
+
+    from gateway.config import parse_config
+    from gateway.uplink import tls_context
+    from simulators.tls import TestCA
+
+    ca = TestCA(tmp_path)
+    station = ca.client("st-1")
+    tls = {"ca_file": str(ca.ca_file), "cert_file": str(station.cert), "key_file": str(station.key)}
+    raw = {"station": {"id": "st", "name": "s"}, "uplink": {"host": "broker.example", "tls": tls}}
+    context = tls_context(parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}}).uplink)
+    assert context is not None
+    assert (context.minimum_version, context.verify_mode, context.check_hostname) == (
+        ssl.TLSVersion.TLSv1_2,
+        ssl.CERT_REQUIRED,
+        True,
+    )
