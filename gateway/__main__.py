@@ -20,6 +20,7 @@ from gateway.config import BleSection, ConfigError, StationConfig, load_config, 
 if TYPE_CHECKING:
     from gateway.ble_link import Radio
 
+DAEMON_UMASK = 0o027  # files the daemon makes: 0640 at most (the group care-gateway reads the status)
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's RestartPreventExitStatus=78 stops a crash loop on a bad file
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: a part the station cannot run without failed; systemd restarts it
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the outbox cannot be opened (disk, permissions)
@@ -77,6 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from gateway.app import StationFailed, run_station
     from gateway.outbox import OutboxUnavailable
 
+    os.umask(DAEMON_UMASK)  # the outbox and status.json hold care data: never world-readable
     _setup_logging(args.log_level)
     try:
         config = load_config(args.config)

@@ -785,7 +785,16 @@ def load_config(path: Path | str) -> StationConfig:
         where = f"line {match['line']}, column {match['col']}" if match else "?"
         msg = match["msg"] if match else str(exc)
         raise ConfigError([f"{path}: {where}: TOML syntax error: {msg}"]) from exc
-    return parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path))
+    mode = path.stat().st_mode & 0o777
+    if config.uplink.password is not None and mode & SECRET_MODE_FORBIDDEN:
+        raise ConfigError(
+            [
+                f"{path}: uplink.password: the file is readable or writable by other users (mode {mode:04o}), and "
+                f"would give the broker password away: move it to [uplink] secrets_file (chmod 640), or chmod 640 {path}"
+            ]
+        )
+    return config
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> StationConfig:

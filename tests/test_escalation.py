@@ -121,7 +121,10 @@ async def test_sms_when_the_link_is_down_then_the_alarm_and_the_sms_records_reac
         )
         assert len(events_of(station, "alarm_reminder")) == 1
         assert len(modem.messages) == 4
-        assert station.sink.duplicates == 0
+        # (a batch whose PUBACK the cut swallowed is sent again after it: the platform drops it by
+        # id, as the sink does; what counts is that each alarm and SMS record is there once, by id)
+        assert len(events_of(station, "sos")) == 1
+        assert await wait_until(lambda: len(events_of(station, "sms")) == 4)
     modem.close()
 
 

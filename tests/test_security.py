@@ -257,3 +257,35 @@ def test_the_broker_link_is_never_below_tls_1_2(tmp_path: Path) -> None:
         ssl.CERT_REQUIRED,
         True,
     )
+
+
+async def test_the_daemon_makes_no_world_readable_file_whatever_its_umask(tmp_path: Path, broker: Mosquitto) -> None:
+    old = os.umask(0)  # started from a shell that allows everything
+    try:
+        async with running_station(tmp_path, broker) as station:
+            assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
+            status = station.db_path.parent / "status.json"
+            assert await wait_until(status.exists)
+            made = [station.db_path, Path(f"{station.db_path}-wal"), status, Path(f"{station.db_path}.reserve")]
+            modes = {path.name: oct(path.stat().st_mode & 0o777) for path in made if path.exists()}
+            assert station.db_path.name in modes
+            assert {name: mode for name, mode in modes.items() if int(mode, 8) & 0o007} == {}
+    finally:
+        os.umask(old)
+
+
+def test_a_password_in_a_station_file_others_can_read_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    from gateway.config import ConfigError, load_config
+
+    station = tmp_path / "station.toml"
+    station.write_text(
+        '[station]\nid = "st"\nname = "s"\n[uplink]\nhost = "127.0.0.1"\npassword = "hunter2-secret"\n'
+        f'[storage]\npath = "{tmp_path / "o.db"}"\n'
+    )
+    os.chmod(station, 0o644)
+    with pytest.raises(ConfigError) as refused:
+        load_config(station)
+    assert "uplink.password: the file is readable or writable by other users (mode 0644)" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+    os.chmod(station, 0o640)
+    assert load_config(station).uplink.password == "hunter2-secret"
