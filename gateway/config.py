@@ -791,7 +791,8 @@ def load_config(path: Path | str) -> StationConfig:
         raise ConfigError(
             [
                 f"{path}: uplink.password: the file is readable or writable by other users (mode {mode:04o}), and "
-                f"would give the broker password away: move it to [uplink] secrets_file (chmod 640), or chmod 640 {path}"
+                "would give the broker password away: move it to [uplink] secrets_file (chmod 640), "
+                f"or chmod 640 {path}"
             ]
         )
     return config
