@@ -300,7 +300,9 @@ def test_the_unit_is_rated_at_most_1_5_by_systemd_analyze() -> None:
     if analyze is None:
         pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
     unit = Path(__file__).resolve().parent.parent / "systemd" / "care-gateway.service"
-    run = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True, check=False)
+    run = subprocess.run(
+        [analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True, check=False
+    )
     rating = re.search(r"Overall exposure level for care-gateway.service: (\d+\.\d)", run.stdout)
     assert rating is not None, run.stdout[-500:] + run.stderr[-500:]
     assert float(rating[1]) <= 1.5
