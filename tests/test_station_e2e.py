@@ -107,7 +107,7 @@ async def test_broker_down_while_presses_arrive_loses_nothing(tmp_path: Path, br
         broker.start()
         assert await station.sink.wait_for(2 + 25, ARRIVAL_TIMEOUT_S), zones_at_platform(station)
         assert zones_at_platform(station) == list(range(25))
-        assert await wait_until(lambda: outbox_payloads(station.db_path) == [])
+        assert await wait_until(lambda: outbox_payloads(station.db_path) == []), outbox_payloads(station.db_path)
 
 
 async def test_kill_9_mid_stream_loses_nothing_accepted(tmp_path: Path, broker: Mosquitto) -> None:

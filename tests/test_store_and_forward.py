@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Station, running_station, wait_until
 
 from simulators.broker import Mosquitto
@@ -84,6 +85,7 @@ async def test_flaky_link_cuts_blackholes_latency_and_bandwidth(tmp_path: Path, 
             assert link.dropped_bytes > 0  # the black hole really swallowed traffic
 
 
+@pytest.mark.long  # (ten kills and restarts: started first, it does not hold up the end)
 async def test_kill_9_at_random_instants_during_ingest_and_drain(tmp_path: Path, broker: Mosquitto) -> None:
     rng = random.Random(3)
     async with running_station(
