@@ -288,6 +288,7 @@ class Outbox:
         self._station_prefix = '{"station_id":' + json.dumps(station_id) + ',"priority":"'
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite_utils.Database | None = None
+        self._shm_fd: int | None = None  # the WAL index, held open while SQLite maps it (see _preallocate_wal_index)
         self._tally = _Tally()  # touched on the outbox thread only
         self._shed: dict[tuple[str, Priority], int] = {}
         self._shed_unlogged: dict[Priority, int] = dict.fromkeys(Priority, 0)
@@ -634,6 +635,7 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.conn.close()
                 self._db = None
+            self._release_wal_index()
             if not _for_want_of_space(exc):
                 raise
             if self._give_up_reserve(f"the outbox cannot be opened ({exc})", "it can be opened"):
@@ -650,13 +652,26 @@ class Outbox:
     def _preallocate_wal_index(self) -> None:
         """Give the -shm file (the WAL index, memory-mapped by SQLite) real blocks: SQLite writes
         one byte per 4 KiB, which on a filesystem of 1 KiB blocks leaves holes, and touching a
-        hole through the map on a full disk is SIGBUS, not an error."""
+        hole through the map on a full disk is SIGBUS, not an error.
+
+        The descriptor stays open until SQLite's connection is closed (`_release_wal_index`):
+        closing any descriptor of a file drops every POSIX lock the process holds on it,
+        SQLite's own among them, and a reader in another process (`care-gateway status`, a
+        backup) would then take the WAL index for unused, truncate it under the daemon's map,
+        and the daemon would die of SIGBUS."""
+        if self._shm_fd is not None:
+            return
         with contextlib.suppress(OSError):
             fd = os.open(f"{self.path}-shm", os.O_RDWR)
-            try:
-                os.posix_fallocate(fd, 0, SHM_PREALLOCATE_BYTES)
-            finally:
-                os.close(fd)
+            self._shm_fd = fd
+            os.posix_fallocate(fd, 0, SHM_PREALLOCATE_BYTES)
+
+    def _release_wal_index(self) -> None:
+        """After SQLite's connection is closed: the descriptor of _preallocate_wal_index goes."""
+        if self._shm_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._shm_fd)
+            self._shm_fd = None
 
     def _open_database(self) -> None:
         replayed = self._keep_a_damaged_wal()  # before SQLite reads the WAL (and drops what follows a bad frame)
@@ -806,6 +821,7 @@ class Outbox:
                     self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.conn.close()
             self._db = None
+        self._release_wal_index()
 
     def _set_sync(self, mode: str) -> None:
         if mode != self._sync_mode:

@@ -242,3 +242,23 @@ async def test_a_station_with_garbage_in_its_wal_delivers_the_events_sqlite_woul
         assert (fault["fault"], fault["bad_frame"]) == ("damaged_wal", 5)
         assert fault["recovered_events"] >= 9
         assert Path(fault["kept"]).read_bytes() == bytes(data)
+
+
+async def test_another_process_cannot_take_the_wal_index_from_under_the_daemon(tmp_path: Path) -> None:
+    """SQLite marks the WAL index (-shm) as in use with a POSIX lock (byte 128, the "dead man
+    switch"); closing any descriptor of that file in the daemon's process dropped it, and a
+    reader in another process (care-gateway status, a backup) then truncated the index under
+    the daemon's memory map: the daemon died of SIGBUS, with an alarm half-delivered."""
+    import subprocess
+    import sys
+
+    async with Outbox(StorageSection(path=tmp_path / "outbox.db"), STATION_ID) as outbox:
+        await outbox.append(new_event(Clock(), STATION_ID, "rx", EventKind.SOS, {"zone": 1}))
+        grab = (
+            "import fcntl, os, sys\n"
+            f"fd = os.open({str(tmp_path / 'outbox.db-shm')!r}, os.O_RDWR)\n"
+            "try:\n    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128, 0)\n"
+            "except OSError:\n    sys.exit(0)\n"
+            "sys.exit(1)  # taken: SQLite in the daemon would no longer be protected\n"
+        )
+        assert subprocess.run([sys.executable, "-c", grab], check=False).returncode == 0
