@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -249,7 +250,6 @@ async def test_another_process_cannot_take_the_wal_index_from_under_the_daemon(t
     switch"); closing any descriptor of that file in the daemon's process dropped it, and a
     reader in another process (care-gateway status, a backup) then truncated the index under
     the daemon's memory map: the daemon died of SIGBUS, with an alarm half-delivered."""
-    import subprocess
     import sys
 
     async with Outbox(StorageSection(path=tmp_path / "outbox.db"), STATION_ID) as outbox:
@@ -261,4 +261,5 @@ async def test_another_process_cannot_take_the_wal_index_from_under_the_daemon(t
             "except OSError:\n    sys.exit(0)\n"
             "sys.exit(1)  # taken: SQLite in the daemon would no longer be protected\n"
         )
-        assert subprocess.run([sys.executable, "-c", grab], check=False).returncode == 0
+        other = await asyncio.create_subprocess_exec(sys.executable, "-c", grab)
+        assert await other.wait() == 0
