@@ -133,8 +133,8 @@ async def seed_outbox(db_path: Path, count: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
-    sink = PlatformSink(host, port, STATION_ID)
+async def running_platform(sink: PlatformSink) -> AsyncIterator[PlatformSink]:
+    """A platform client subscribed to the station's topics, for as long as the block runs."""
     task = asyncio.create_task(sink.run())
     try:
         await asyncio.wait_for(sink.subscribed.wait(), 10)
@@ -143,6 +143,12 @@ async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def running_sink(host: str, port: int) -> AsyncIterator[PlatformSink]:
+    async with running_platform(PlatformSink(host, port, STATION_ID)) as sink:
+        yield sink
 
 
 @contextlib.asynccontextmanager

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from gateway.commands import CommandAuth, CommandRefused, sign_command
 from simulators.broker import Mosquitto
 from simulators.button_receiver import surgard_report
 from simulators.platform import PlatformSink, signed
-from tests.conftest import STATION_ID, events_of, running_station, wait_until
+from tests.conftest import STATION_ID, events_of, running_platform, running_station, wait_until
 
 KEY = bytes(range(32))
 
@@ -111,18 +109,6 @@ async def test_a_forged_resolve_is_refused_and_the_platforms_signed_one_is_carri
         assert await wait_until(lambda: len(events_of(station, "alarm_update")) == 1)
         updates = events_of(station, "alarm_update")
         assert (updates[0]["data"]["change"], updates[0]["data"]["resolution"]) == ("resolved", "handled")
-
-
-@contextlib.asynccontextmanager
-async def running_platform(sink: PlatformSink) -> AsyncIterator[PlatformSink]:
-    task = asyncio.create_task(sink.run())
-    try:
-        await asyncio.wait_for(sink.subscribed.wait(), 10)
-        yield sink
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 RESIDENT = """
