@@ -253,11 +253,9 @@ class Station:
             self.care.alarm_book.delivered(alarm_id, now)
         return self.care.take_changes()
 
-    def command_table(self) -> CommandTable:
+    def command_table(self, key: bytes | None = None) -> CommandTable:
         """Every downlink command and the station's handler for it (docs/mqtt.md); signed
-        commands only, when the secrets file has a command_key."""
-        up = self.config.uplink
-        key = read_secrets(up.secrets_file).command_key if up.secrets_file else None
+        commands only, with the secrets file's command_key."""
         auth = CommandAuth(key, self, lambda: self.clock.now().timestamp(), self.clock.trusted) if key else None
         handlers: dict[str, Handler] = {
             "ping": self.on_ping,
@@ -470,11 +468,12 @@ class Station:
                 await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
             if unread:
                 await self._report_unread_care_state(unread)
-            self._uplink = Uplink(cfg, outbox, self.station_part, self.on_delivered, self.command_table())
+            secrets = read_secrets(cfg.uplink.secrets_file) if cfg.uplink.secrets_file else None  # (read once)
+            key = secrets.command_key if secrets else None
+            self._uplink = Uplink(cfg, outbox, self.station_part, self.on_delivered, self.command_table(key))
             if cfg.sms is not None:
                 self.escalator = Escalator(cfg, self.care.alarm_book, self.clock, self.make_event, self.record)
             if cfg.status_page is not None:
-                secrets = read_secrets(cfg.uplink.secrets_file) if cfg.uplink.secrets_file else None
                 token = secrets.page_token if secrets else None
                 zone = ZoneInfo(cfg.care.timezone)
                 self.status_page = StatusPage(cfg.status_page, self.full_status, zone, token)
