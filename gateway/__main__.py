@@ -26,10 +26,23 @@ EXIT_SOFTWARE = 70  # EX_SOFTWARE: a part the station cannot run without failed;
 EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: the outbox cannot be opened (disk, permissions)
 
 
+class JournalFormatter(logging.Formatter):
+    """One record, one journal line: whatever a broker, a radio or a file put in a message
+    (a newline, an ANSI escape, a bidi override) is neutralised, so it can never start a
+    forged line nor repaint the technician's terminal. A traceback keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if not record.message.isprintable():
+            record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(level: str) -> None:
     under_journal = "JOURNAL_STREAM" in os.environ  # journald adds its own timestamps
     fmt = "%(levelname)s %(name)s: %(message)s" if under_journal else "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JournalFormatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:

@@ -59,6 +59,16 @@ def process_cpu_seconds(pid: int) -> float:
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
 PR_CAPBSET_DROP = 24  # prctl(2): drop a capability from the bounding set
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # capabilities(7): what lets root ignore file modes
+# prctl(2), Linux >= 6.3: no mapping may become writable and executable, the kernel's own form of
+# the unit's MemoryDenyWriteExecute=yes, so every gateway a test or the demo runs proves that
+# the interpreter and the libraries work under it
+PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
+
+
+def deny_write_execute() -> bool:
+    """Refuse writable+executable memory to this process and its children; False on an old kernel."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN, 0, 0, 0) == 0)
 
 
 def die_with_parent() -> None:
@@ -155,6 +165,7 @@ class GatewayProcess:
 
     def _preexec(self) -> None:
         die_with_parent()
+        deny_write_execute()
         if self.obey_file_modes and os.geteuid() == 0:
             libc = ctypes.CDLL(None, use_errno=True)
             for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):

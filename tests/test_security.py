@@ -292,3 +292,74 @@ def test_the_unit_is_rated_at_most_1_5_by_systemd_analyze() -> None:
     rating = re.search(r"Overall exposure level for care-gateway.service: (\d+\.\d)", run.stdout)
     assert rating is not None, run.stdout[-500:] + run.stderr[-500:]
     assert float(rating[1]) <= 1.5
+
+
+def test_the_gateways_of_the_tests_run_under_the_units_memory_deny_write_execute() -> None:
+    """The unit sets MemoryDenyWriteExecute=yes; the harness starts every test's and the demo's
+    gateway under the kernel's same rule, so the whole suite shows the daemon works under it."""
+    import subprocess
+    import sys
+
+    from simulators.harness import GatewayProcess
+
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "care-gateway.service").read_text()
+    assert "\nMemoryDenyWriteExecute=yes\n" in unit
+    if not deny_write_execute_supported():
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux < 6.3): the gateways run without the rule")
+    harness = GatewayProcess(Path("unused.toml"))
+    try_wx = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
+    run = subprocess.run([sys.executable, "-c", try_wx], preexec_fn=harness._preexec, capture_output=True, text=True)
+    assert "PermissionError" in run.stderr, run.stderr
+    free = subprocess.run([sys.executable, "-c", try_wx], capture_output=True, text=True)
+    assert free.returncode == 0, free.stderr  # (without the rule the same mapping is allowed)
+
+
+def deny_write_execute_supported() -> bool:
+    import subprocess
+    import sys
+
+    probe = "from simulators.harness import deny_write_execute; raise SystemExit(0 if deny_write_execute() else 1)"
+    return subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+async def test_text_from_the_broker_never_starts_a_journal_line_nor_reaches_the_terminal(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """A hostile client puts newlines, carriage returns, ANSI escapes and bidi overrides in
+    every part of a downlink message the gateway reads: the topic, the command name, the
+    fields. However the gateway logs them, each record stays one line with no control character."""
+    async with running_station(tmp_path, broker) as station:
+        assert await station.gateway.wait_for_line("uplink up")
+        await asyncio.sleep(0.5)  # the command topic is subscribed right after the connection
+        forged = "\nERROR care_gateway: FORGED station stopped\r\x1b[2J\u202e"
+        in_topic = "\u2028ERROR care_gateway: FORGED\u202e"  # (mosquitto drops a client for C0 controls there)
+        intruder = PlatformSink(broker.host, broker.port, STATION_ID, client_id="intruder")
+        async with running_platform(intruder):
+            await intruder.command("ping" + in_topic, {"id": "t-1"})
+            await intruder.command("resolve", {"id": "t-2", "alarm_id": "a" + forged, "by": "x" + forged})
+            await intruder.command("ack", {"id": "t-3" + forged})
+            await intruder.command("ping", {"id": "t-4", "extra": forged, forged: 1})
+            await intruder.command("status", ("\xff" + forged).encode("utf-8", "surrogateescape"))
+            await intruder.command("config" + in_topic, b"\x1b[31m" + forged.encode())
+            assert await wait_until(lambda: "t-2" in intruder.replies)
+            await asyncio.sleep(1.0)  # the rest are answered or logged as refused
+        log = station.gateway.lines
+        assert any("downlink" in line for line in log), "\n".join(log)
+        assert not [line for line in log if line.startswith("ERROR care_gateway: FORGED")], "\n".join(log)
+        assert not [line for line in log if any(c in line for c in "\r\x1b\u202e\u2028")], "\n".join(log)
+        assert station.gateway.proc is not None
+        assert station.gateway.proc.returncode is None
+
+
+def test_a_message_logged_raw_is_still_one_line_without_control_characters() -> None:
+    """The journal's last defence: even a `%s` of hostile text (a broker's reason string, an
+    exception's message) cannot start a line or send an escape to the terminal."""
+    import logging
+
+    from gateway.__main__ import JournalFormatter
+
+    record = logging.LogRecord("care_gateway.uplink", logging.WARNING, __file__, 1, "broker said: %s", (
+        "bye\nERROR care_gateway: FORGED\r\x1b[2J\u202e",), None)  # fmt: skip
+    line = JournalFormatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "WARNING care_gateway.uplink: broker said: bye\ufffdERROR care_gateway: FORGED\ufffd\ufffd[2J\ufffd"
+    assert JournalFormatter("%(message)s").format(logging.makeLogRecord({"msg": "草原站 3号楼"})) == "草原站 3号楼"

@@ -132,6 +132,23 @@ async def test_on_the_lan_the_page_needs_its_token_and_a_flood_does_not_reach_th
         here = f"Host: 127.0.0.1:{port}\r\n".encode()
         assert (await http(port, b"GET / HTTP/1.1\r\n" + here + b"\r\n")).startswith(b"HTTP/1.1 200")  # local
 
+        # the same in a real browser: a phone on the station's Wi-Fi, and a web page that rebinds its
+        # own name to the station's address (Chromium resolves evil.example to the station)
+        refused = await chromium(tmp_path, "--dump-dom", f"http://{lan}:{port}/")
+        assert "the page needs its token" in refused, refused
+        assert "王秀英" not in refused
+        forged = await chromium(tmp_path, "--dump-dom", f"http://{lan}:{port}/?token=0123456789abcdef0124")
+        assert "the page needs its token" in forged, forged
+        assert "王秀英" not in forged
+        rebound = await chromium(
+            tmp_path, f"--host-resolver-rules=MAP evil.example {lan}", "--dump-dom",
+            f"http://evil.example:{port}/?token=0123456789abcdef0123",
+        )  # fmt: skip
+        assert "not known by that name" in rebound, rebound
+        assert "王秀英" not in rebound
+        allowed = await chromium(tmp_path, "--dump-dom", f"http://{lan}:{port}/?token=0123456789abcdef0123")
+        assert '<tr id="resident-wang"><td>王秀英</td>' in allowed, allowed
+
         # 1,100 connections that never send a request (the daemon's file limit is 1,024 without the unit's)
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
