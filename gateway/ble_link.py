@@ -435,6 +435,14 @@ class BleLink:
             )
         return BleakClient(device, on_disconnect, timeout=10.0, bluez={"adapter": self.ble.adapter})
 
+    @staticmethod
+    async def _hang_up(client: BleakClient) -> None:
+        """Always, even when the device hung up first: bleak's BlueZ client keeps its own D-Bus
+        connection until disconnect(), and BlueZ keeps that connection's notify session and
+        re-arms it on the next connection, so every later session would get each value twice."""
+        with contextlib.suppress(*BLE_ERRORS):
+            await client.disconnect()
+
     async def _measure(self, configured: HealthBleDevice, device: BLEDevice) -> None:
         gone = asyncio.Event()
         client = self._client(device, lambda _: gone.set())
@@ -444,9 +452,16 @@ class BleLink:
             wait=wait_exponential_jitter(multiplier=0.5, max=5, jitter=0.5),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                await client.connect()
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await client.connect()
+        except BaseException:
+            await self._hang_up(client)
+            raise
+        # bleak's BlueZ backend calls the disconnected callback on its way through an
+        # le-connection-abort-by-local it retried: only a disconnection after connect() counts
+        gone.clear()
         values: list[tuple[str, bytes]] = []
         try:
             log.info("BLE device %s: connected for a %s measurement", configured.id, configured.profile)
@@ -464,9 +479,7 @@ class BleLink:
                 async with asyncio.timeout(configured.session_s):
                     await gone.wait()
         finally:
-            if client.is_connected:
-                with contextlib.suppress(*BLE_ERRORS):
-                    await client.disconnect()
+            await self._hang_up(client)
         got = sum(1 for uuid, _ in values if uuid != BATTERY_LEVEL)
         log.info(
             "BLE device %s: session ended (%s) with %d measurement value(s)",

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import tty
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -133,9 +133,14 @@ class GatewayProcess:
     """`python -m gateway run --config FILE` as a child process, its log lines streamed."""
 
     def __init__(
-        self, config_path: Path, on_line: Callable[[str], None] | None = None, obey_file_modes: bool = False
+        self,
+        config_path: Path,
+        on_line: Callable[[str], None] | None = None,
+        obey_file_modes: bool = False,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.config_path = config_path
+        self.env = dict(env or {})  # on top of this process's environment (a private D-Bus, a PATH)
         # root ignores file modes; tests of "permission denied" drop that privilege in the child
         self.obey_file_modes = obey_file_modes
         self.on_line = on_line
@@ -145,7 +150,7 @@ class GatewayProcess:
         self._seen = asyncio.Condition()
 
     async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         # The child must not outlive a demo or test that dies: an orphaned gateway would keep
         # re-opening /dev/pts/N and grab the next simulator that gets the same number.
         self.proc = await asyncio.create_subprocess_exec(

@@ -13,6 +13,7 @@ import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
@@ -288,6 +289,21 @@ class SimulatedRadio:
 
 # --- scripted people and devices ---------------------------------------------------------------
 
+
+class Air(Protocol):
+    """Where the scripted devices advertise: the simulated radio, or the BlueZ stand-in."""
+
+    def advertise(
+        self,
+        address: str,
+        *,
+        name: str | None = None,
+        mfr: dict[int, bytes] | None = None,
+        svc: dict[str, bytes] | None = None,
+        rssi: int = -60,
+    ) -> object: ...
+
+
 PENDANT = "C0:FF:EE:00:00:01"
 WRISTBAND = "C0:FF:EE:00:00:02"
 BADGE = "C0:FF:EE:00:00:03"
@@ -297,7 +313,7 @@ BADGE_UUID = "fda50693-a4e2-4fb1-afcf-c6eb07647825"
 
 
 async def press(
-    radio: SimulatedRadio,
+    radio: Air,
     address: str,
     packet_id: int,
     adverts: int = 20,
@@ -315,7 +331,7 @@ async def press(
         await asyncio.sleep(interval_s)
 
 
-def wristband_beat(radio: SimulatedRadio, packet_id: int, moving: bool) -> None:
+def wristband_beat(radio: Air, packet_id: int, moving: bool) -> None:
     radio.advertise(
         WRISTBAND,
         name="band",
@@ -323,7 +339,7 @@ def wristband_beat(radio: SimulatedRadio, packet_id: int, moving: bool) -> None:
     )
 
 
-def badge_beat(radio: SimulatedRadio) -> None:
+def badge_beat(radio: Air) -> None:
     radio.advertise(BADGE, mfr={APPLE: ibeacon(BADGE_UUID, 1, 7, -59)})
 
 

@@ -165,6 +165,7 @@ async def running_station(
     obey_file_modes: bool = False,
     receiver_extra: str = "",
     storage_extra: str = "",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
@@ -190,7 +191,7 @@ async def running_station(
     )
     seeded = await seed_outbox(db_path, seed_telemetry) if seed_telemetry else []
     async with running_sink(broker.host, broker.port) as sink:
-        gateway = GatewayProcess(config_path, obey_file_modes=obey_file_modes)
+        gateway = GatewayProcess(config_path, obey_file_modes=obey_file_modes, env=env)
         station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway, seeded)
         await gateway.start()
         try:
