@@ -73,6 +73,13 @@ PASSIVE_PATTERNS = [
     OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x4c\x00"),
 ]
 
+# Device1 properties that change with the link, not with an advertisement: bleak's BlueZ
+# scanner calls back on every PropertiesChanged, so a GATT session looks like ~4 adverts
+LINK_STATE = frozenset({"Connected", "ServicesResolved", "Paired", "Bonded", "Trusted", "Blocked", "WakeAllowed",
+                        "LegacyPairing", "Modalias"})  # fmt: skip
+LEARNT_WHILE_CONNECTED = frozenset({"UUIDs", "Alias", "Name", "Appearance", "Icon", "Class"})  # (GATT reads)
+LAST_PROPERTIES_KEPT = 1024  # configured devices' last properties (badges may rotate their address)
+
 KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BTHome
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
 
@@ -202,6 +209,7 @@ class BleLink:
         self.last_advert = time.monotonic()
         self.stats: dict[str, int] = collections.Counter(dict.fromkeys(BLE_COUNTERS, 0))  # (zeros reported too)
         self._last_reject_log: dict[tuple[str, str], float] = {}
+        self._last_properties: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -286,17 +294,40 @@ class BleLink:
 
     def _on_advertisement(self, device: BLEDevice, adv: AdvertisementData) -> None:
         """bleak's callback: only look the device up and queue it; decoding happens in a task."""
-        self.last_advert = time.monotonic()
-        self.stats["advertisements"] += 1
         configured = self._by_address.get(device.address.upper())
         if configured is None and self._by_beacon:
             configured = self._match_beacon(adv)
+        if configured is not None and self._link_change_only(device.address.upper(), adv):
+            return  # a connection-state change: neither a sighting nor a reason for a new session
+        self.last_advert = time.monotonic()
+        self.stats["advertisements"] += 1
         if configured is None:
             return
         if len(self._queue) == self._queue.maxlen:
             self.stats["dropped"] += 1
         self._queue.append((configured, device, adv, self.last_advert))
         self._arrived.set()
+
+    def _link_change_only(self, address: str, adv: AdvertisementData) -> bool:
+        """True when bleak called back for a change of the link (Connected, ServicesResolved,
+        what a GATT session taught BlueZ) with no new advertisement in it. bleak's BlueZ
+        backend gives (object path, Device1 properties) as platform_data; other backends give
+        no properties, and every callback is an advertisement."""
+        details = adv.platform_data
+        props = details[1] if len(details) == 2 and isinstance(details[1], dict) else None
+        if props is None:
+            return False
+        last = self._last_properties.pop(address, None)
+        self._last_properties[address] = dict(props)
+        if len(self._last_properties) > LAST_PROPERTIES_KEPT:
+            self._last_properties.popitem(last=False)
+        if last is None:
+            return False
+        changed = {k for k in props.keys() | last.keys() if props.get(k) != last.get(k)}
+        if not changed:
+            return False  # the same advertisement again (a discovery filter re-emits RSSI)
+        connected = bool(props.get("Connected") or last.get("Connected"))
+        return changed <= (LINK_STATE | LEARNT_WHILE_CONNECTED if connected else LINK_STATE)
 
     def _match_beacon(self, adv: AdvertisementData) -> BleDevice | None:
         readings = decode_advertisement("", adv.manufacturer_data, {})
@@ -468,25 +499,19 @@ class BleLink:
             with contextlib.suppress(*BLE_ERRORS):
                 values.append((BATTERY_LEVEL, bytes(await client.read_gatt_char(BATTERY_LEVEL))))
             measurement = PROFILE_CHARACTERISTICS[configured.profile]
-            arrived = asyncio.Event()
 
             def on_value(_: object, data: bytearray) -> None:
                 values.append((measurement, bytes(data)))
-                arrived.set()
 
             await client.start_notify(measurement, on_value)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(configured.session_s):
                     await gone.wait()
+            ended_by = "the device disconnected" if gone.is_set() else "time limit"  # (before we hang up)
         finally:
             await self._hang_up(client)
         got = sum(1 for uuid, _ in values if uuid != BATTERY_LEVEL)
-        log.info(
-            "BLE device %s: session ended (%s) with %d measurement value(s)",
-            configured.id,
-            "the device disconnected" if gone.is_set() else "time limit",
-            got,
-        )
+        log.info("BLE device %s: session ended (%s) with %d measurement value(s)", configured.id, ended_by, got)
         drafts: list[EventDraft] = []
         rules = self.rules[configured.id]
         for uuid, value in values:

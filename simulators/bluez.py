@@ -224,6 +224,7 @@ class Peripheral:
     battery: int = 80
     outcomes: deque[ConnectOutcome] = field(default_factory=deque)  # (then "ok")
     drop_after: int | None = None  # disconnect after this many values, on every session
+    hangs_up: bool = True  # False: stays connected after its values until the client disconnects
     connections: int = 0
     values_sent: int = 0
 
@@ -278,6 +279,7 @@ class BlueZStandIn:
         self.power_cycles = 0
         self.starts = 0  # StartDiscovery calls
         self.signals = 0
+        self.adverts_delivered = 0  # advertisements that reached the bus as a Device1 signal
         self._bus: MessageBus | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.Task[None] | None = None
@@ -609,6 +611,7 @@ class BlueZStandIn:
             props["TxPower"] = Variant("n", heard.tx_power)
         device = _Device(path, address, props, now, rssi)
         self.devices[address] = device
+        self.adverts_delivered += 1
         self._signal("/", OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}", [path, {DEVICE: props}])
         return device
 
@@ -637,6 +640,7 @@ class BlueZStandIn:
             changed["TxPower"] = Variant("n", heard.tx_power)
         device.props.update(changed)
         self._changed(device.path, DEVICE, changed)
+        self.adverts_delivered += bool(changed)
 
     def _remove(self, device: _Device) -> None:
         self.devices.pop(device.address, None)
@@ -763,6 +767,8 @@ class BlueZStandIn:
                 self._changed(measurement_path, CHARACTERISTIC, {"Value": Variant("ay", value)})
         else:
             await asyncio.sleep(0.2)
+            if not peripheral.hangs_up:
+                await asyncio.Event().wait()  # (until Disconnect cancels the session)
         device.session = None
         self._set_link(device, connected=False)  # the device ends the connection
 

@@ -122,3 +122,27 @@ async def test_five_sessions_in_a_row_each_give_exactly_their_own_values(
         ended = [line.split(") with ")[1] for line in station.gateway.lines if "BLE device bp: session ended" in line]
         assert ended == ["1 measurement value(s)"] * 5, ble_log(station)  # one indication, one value
         assert bp.connections == 5  # the disconnect at the end of a session does not start another
+
+
+async def test_the_end_of_a_session_is_not_an_advertisement(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    """A monitor that stays connected: the gateway hangs up at session_s; the Connected and
+    ServicesResolved changes bleak reports as "advertisements" must not start the next session
+    (cooldown_s = 0) nor count as sightings."""
+    devices = devices_toml().replace("cooldown_s = 0\n", "cooldown_s = 0\nsession_s = 1\n")
+    async with (
+        BlueZStandIn(system_bus.address) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices, env=system_bus.env()) as station,
+    ):
+        assert await wait_until(lambda: bluez.discovery)
+        bp = bluez.add_peripheral(Peripheral(w.BP_MONITOR, "blood_pressure", deque([[bp_record(131)]]), hangs_up=False))
+        bluez.advertise(w.BP_MONITOR, name="BP-monitor", uuids16=[BP_SERVICE])  # one advertisement, then quiet
+        assert await wait_until(lambda: systolics(station) == [131.0]), ble_log(station)
+        assert await station.gateway.wait_for_line("BLE device bp: session ended (time limit)"), ble_log(station)
+        await asyncio.sleep(2.0)
+        assert bp.connections == 1, ble_log(station)
+        await station.sink.command("status", {"id": "s-1"})
+        assert await wait_until(lambda: "s-1" in station.sink.replies)
+        assert station.sink.status is not None
+        assert station.sink.status["ble"]["advertisements"] == bluez.adverts_delivered == 1  # the link is not
