@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from bleak import BleakClient, BleakScanner
 from bleak.args.bluez import OrPattern
@@ -67,11 +67,26 @@ CONNECT_ATTEMPTS = 3
 CONNECT_GIVE_UP_S = 30.0
 ADAPTER_RESET_TIMEOUT_S = 15.0
 BLE_ERRORS = (BleakError, TimeoutError, OSError, EOFError)
-# passive scanning on BlueZ needs patterns: BTHome service data (D2 FC) and Apple's iBeacons
-PASSIVE_PATTERNS = [
-    OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
-    OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x4c\x00"),
-]
+HEALTH_UUID_PLACES = 3  # a health service UUID is matched among the first three of the advertised list
+
+
+def passive_patterns() -> list[OrPattern]:
+    """What BlueZ forwards in passive mode (a pattern matches at a fixed offset inside one AD
+    structure): BTHome service data (D2 FC), Apple manufacturer data (iBeacons), and the health
+    services' 16-bit UUIDs among the first HEALTH_UUID_PLACES of a complete or incomplete list."""
+    patterns = [
+        OrPattern(0, AdvertisementDataType.SERVICE_DATA_UUID16, b"\xd2\xfc"),
+        OrPattern(0, AdvertisementDataType.MANUFACTURER_SPECIFIC_DATA, b"\x4c\x00"),
+    ]
+    for uuid in HEALTH_SERVICES:
+        short = int(uuid[4:8], 16).to_bytes(2, "little")
+        for ad_type in (AdvertisementDataType.COMPLETE_LIST_SERVICE_UUID16,
+                        AdvertisementDataType.INCOMPLETE_LIST_SERVICE_UUID16):  # fmt: skip
+            patterns += [OrPattern(2 * place, ad_type, short) for place in range(HEALTH_UUID_PLACES)]
+    return patterns
+
+
+PASSIVE_UNAVAILABLE = "passive scanning on Linux requires"  # bleak's error when bluetoothd lacks --experimental
 
 # Device1 properties that change with the link, not with an advertisement: bleak's BlueZ
 # scanner calls back on every PropertiesChanged, so a GATT session looks like ~4 adverts
@@ -107,15 +122,20 @@ BLE_COUNTERS = ("advertisements", "decoded", "rejected", "dropped")  # the statu
 
 
 def make_scanner(
-    ble: BleSection, callback: Callable[[BLEDevice, AdvertisementData], None], radio: Radio = BLUEZ
+    ble: BleSection,
+    callback: Callable[[BLEDevice, AdvertisementData], None],
+    radio: Radio = BLUEZ,
+    mode: Literal["active", "passive"] | None = None,
 ) -> BleakScanner:
-    """A scanner on the configured adapter (BlueZ, or the injected radio), duplicates kept."""
+    """A scanner on the configured adapter (BlueZ, or the injected radio), duplicates kept;
+    `mode` overrides the configured scanning mode (the fall-back to active)."""
+    mode = mode or ble.scanning_mode
     if radio.scanner_backend is not None:
-        return BleakScanner(callback, scanning_mode=ble.scanning_mode, backend=radio.scanner_backend, **radio.options)
+        return BleakScanner(callback, scanning_mode=mode, backend=radio.scanner_backend, **radio.options)
     bluez: dict[str, Any] = {"adapter": ble.adapter, "filters": {"DuplicateData": True}}
-    if ble.scanning_mode == "passive":
-        bluez["or_patterns"] = PASSIVE_PATTERNS
-    return BleakScanner(callback, scanning_mode=ble.scanning_mode, bluez=bluez)  # type: ignore[arg-type]
+    if mode == "passive":
+        bluez["or_patterns"] = passive_patterns()
+    return BleakScanner(callback, scanning_mode=mode, bluez=bluez)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -210,6 +230,7 @@ class BleLink:
         self.stats: dict[str, int] = collections.Counter(dict.fromkeys(BLE_COUNTERS, 0))  # (zeros reported too)
         self._last_reject_log: dict[tuple[str, str], float] = {}
         self._last_properties: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self._mode: Literal["active", "passive"] = ble.scanning_mode
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -220,7 +241,7 @@ class BleLink:
     # --- scanning and its self-healing ---------------------------------------------------------
 
     def _scanner(self) -> BleakScanner:
-        return make_scanner(self.ble, self._on_advertisement, self.radio)
+        return make_scanner(self.ble, self._on_advertisement, self.radio, self._mode)
 
     async def _scan_forever(self) -> None:
         failures = 0
@@ -232,6 +253,15 @@ class BleLink:
                     failures = 0
                     await self._until_silent()
             except (*BLE_ERRORS, FileNotFoundError) as exc:
+                if self._mode == "passive" and PASSIVE_UNAVAILABLE in str(exc):
+                    self._mode = "active"  # alarms first: scan actively rather than hear nothing
+                    log.error(
+                        'BLE: scanning_mode = "passive" needs bluetoothd started with --experimental '
+                        "(docs/devices.md); scanning actively on %s instead",
+                        self.ble.adapter,
+                    )
+                    await self._emit("gateway", [EventDraft(EventKind.BLE_RADIO, {"action": "scan_fallback_active"})])
+                    continue
                 failures += 1
                 if failures == 1:
                     log.error(

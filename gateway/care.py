@@ -82,8 +82,9 @@ def periodic_wearables(config: StationConfig) -> dict[str, list[PendantDevice | 
 
 
 def coverage_warnings(config: StationConfig) -> list[str]:
-    """Residents a care rule is asked to watch but cannot (check-config and the daemon's start
-    say so: else the rule would stay silent, or raise false alarms, without anyone knowing)."""
+    """What the station is asked to watch but cannot: residents without the device a care rule
+    needs, badges a passive scan cannot see (check-config and the daemon's start say so: else a
+    rule would stay silent, or raise false alarms, without anyone knowing)."""
     moving, periodic = activity_sources(config), periodic_wearables(config)
     out = []
     for resident in config.residents:
@@ -99,6 +100,14 @@ def coverage_warnings(config: StationConfig) -> list[str]:
                 f"periodically (supervision_s > 0): wandering away is not watched for them; give them a wristband "
                 f"or a periodic pendant with supervision_s set"
             )
+    if config.ble.scanning_mode == "passive":
+        for device in config.devices:
+            if device.kind == "caregiver_badge":
+                out.append(
+                    f'device {device.id!r} is a caregiver badge, but [ble] scanning_mode = "passive": without a '
+                    f"discovery session BlueZ reports an iBeacon whose bytes never change only once (and its signal "
+                    f'only on an 8 dB change), so visits are not seen; use scanning_mode = "active" (docs/devices.md)'
+                )
     return out
 
 

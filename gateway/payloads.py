@@ -171,8 +171,8 @@ class VisitData(_Data):
 
 
 class BleRadioData(_Data):
-    action: Literal["scan_restarted", "adapter_reset"]
-    silent_s: int
+    action: Literal["scan_restarted", "adapter_reset", "scan_fallback_active"]
+    silent_s: int | None = None
     ok: bool | None = None
 
 

@@ -290,6 +290,14 @@ class BlueZStandIn:
         self._bus.add_message_handler(self._on_message)
         await self._add_match("type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged'")
         await self._bus.request_name(BLUEZ)
+        # bluetoothd announces its adapter when it has it (a client may have been waiting)
+        self._signal(
+            "/",
+            OBJECT_MANAGER,
+            "InterfacesAdded",
+            "oa{sa{sv}}",
+            [self.adapter_path, self._objects()[self.adapter_path]],
+        )
         self._expiry = asyncio.create_task(self._expire_forever(), name="bluez-expiry")
         return self
 

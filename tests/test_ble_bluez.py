@@ -5,6 +5,8 @@ simulators/bluez.py plays bluetoothd 5.66 -> the real ble_link.py -> mosquitto -
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -146,3 +148,103 @@ async def test_the_end_of_a_session_is_not_an_advertisement(
         assert await wait_until(lambda: "s-1" in station.sink.replies)
         assert station.sink.status is not None
         assert station.sink.status["ble"]["advertisements"] == bluez.adverts_delivered == 1  # the link is not
+
+
+async def test_passive_mode_hears_pendants_and_health_devices_and_warns_of_badges(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    async with (
+        BlueZStandIn(system_bus.address, experimental=True) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices_toml("passive"), env=system_bus.env()) as station,
+    ):
+        assert await wait_until(lambda: any(m.patterns for m in bluez.monitors.values())), ble_log(station)
+        assert not bluez.discovery  # no discovery session: no scan requests
+        assert any('caregiver badge, but [ble] scanning_mode = "passive"' in line for line in station.gateway.lines)
+
+        await w.press(bluez, w.PENDANT, packet_id=42, adverts=5, interval_s=0.02)
+        assert await wait_until(lambda: events_of(station, "sos", "pendant-wang")), ble_log(station)
+        assert not bluez.advertise("C0:FF:EE:00:00:66", mfr={0x0006: b"\x01\x09"})  # matches no pattern
+
+        bluez.add_peripheral(Peripheral(w.BP_MONITOR, "blood_pressure", deque([[bp_record(117)]])))
+        for uuids in ([BP_SERVICE], [0x180F, 0x180A, BP_SERVICE]):  # first, and third of the list
+            assert bluez.advertise(w.BP_MONITOR, uuids16=uuids), uuids
+        assert await wait_until(lambda: systolics(station) == [117.0]), ble_log(station)
+
+
+async def test_passive_mode_without_experimental_scans_actively_and_says_so(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    async with (
+        BlueZStandIn(system_bus.address, experimental=False) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices_toml("passive"), env=system_bus.env()) as station,
+    ):
+        assert await station.gateway.wait_for_line("needs bluetoothd started with --experimental"), ble_log(station)
+        assert await wait_until(lambda: bluez.discovery)
+        assert await wait_until(lambda: events_of(station, "ble_radio"))
+        assert [e["data"]["action"] for e in events_of(station, "ble_radio")] == ["scan_fallback_active"]
+        await w.press(bluez, w.PENDANT, packet_id=43, adverts=3, interval_s=0.02)
+        assert await wait_until(lambda: events_of(station, "sos", "pendant-wang"))
+
+
+@pytest.mark.parametrize("with_bluetoothctl", [True, False])
+async def test_a_hung_adapter_is_reset_through_bluetoothctl(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus, with_bluetoothctl: bool
+) -> None:
+    """No advertisement: the scan is restarted, then the adapter power-cycled with bluetoothctl
+    on the same D-Bus; without bluetoothctl the reset is reported with ok: false."""
+    bluetoothctl = shutil.which("bluetoothctl")
+    assert bluetoothctl is not None, "this test needs bluetoothctl: bash .ci/setup installs it (apt-get install bluez)"
+    env = system_bus.env()
+    if not with_bluetoothctl:
+        env["PATH"] = str(tmp_path / "no-tools")  # (the gateway is started by its full path)
+    devices = devices_toml(silence_restart_s=5, silence_reset_s=10)
+    async with (
+        BlueZStandIn(system_bus.address) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices, env=env) as station,
+    ):
+        assert await wait_until(lambda: bluez.discovery)
+        bluez.silent_until_power_cycle = True  # a hung controller
+
+        async def keep_advertising() -> None:
+            for n in range(600):
+                w.wristband_beat(bluez, n % 256, moving=False)
+                await asyncio.sleep(0.1)
+
+        beats = asyncio.create_task(keep_advertising())
+        try:
+            assert await wait_until(lambda: len(events_of(station, "ble_radio")) >= 2, timeout=40), ble_log(station)
+            radio = sorted(events_of(station, "ble_radio"), key=lambda e: e["id"])
+            assert [e["data"]["action"] for e in radio[:2]] == ["scan_restarted", "adapter_reset"]
+            assert radio[1]["data"]["ok"] is with_bluetoothctl, ble_log(station)
+            if with_bluetoothctl:
+                assert bluez.power_cycles == 1
+                assert bluez.powered
+                assert await wait_until(lambda: events_of(station, "presence", "band-wang"))  # heard again
+            else:
+                assert bluez.power_cycles == 0
+                assert await station.gateway.wait_for_line("BLE adapter reset failed")
+        finally:
+            beats.cancel()
+
+
+async def test_the_scan_survives_bluetoothd_restarting(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    devices = devices_toml(silence_restart_s=5, silence_reset_s=60)
+    async with running_station(tmp_path, broker, extra_devices=devices, env=system_bus.env()) as station:
+        async with BlueZStandIn(system_bus.address) as first:
+            assert await wait_until(lambda: first.discovery)
+            await w.press(first, w.PENDANT, packet_id=1, adverts=3, interval_s=0.02)
+            assert await wait_until(lambda: events_of(station, "sos", "pendant-wang"))
+        # bluetoothd restarts (systemctl restart bluetooth, an upgrade): its discovery sessions are gone
+        async with BlueZStandIn(system_bus.address) as second:
+            assert await wait_until(lambda: second.discovery, timeout=30), ble_log(station)
+            for n in range(100):  # the wristband, heard only by the new bluetoothd
+                w.wristband_beat(second, n, moving=False)
+                if await wait_until(lambda: events_of(station, "presence", "band-wang"), timeout=0.3):
+                    break
+            assert events_of(station, "presence", "band-wang"), ble_log(station)
+            assert await station.gateway.wait_for_line("restarting the scan"), ble_log(station)
+            assert station.gateway.proc is not None
+            assert station.gateway.proc.returncode is None
+        assert os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") != system_bus.address  # (only the gateway's env has it)
