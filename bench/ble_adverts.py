@@ -1,6 +1,6 @@
 """How many BLE advertisements can the gateway ingest and decode, and what does a normal load cost?
 
-    python bench/ble_adverts.py [--seconds 10]
+    python bench/ble_adverts.py [--seconds 10] [--strangers 50000]
 
 A real gateway process scans through bleak with the simulated backend (the same `ble_link.py`
 path as with BlueZ; the simulated radio's JSON lines stand in for BlueZ's D-Bus messages).
@@ -8,7 +8,11 @@ Two runs:
 - flood: 200 configured BTHome wristbands in range, the radio sending as fast as the gateway
   takes them; advertisements decoded per second (from the gateway's own counters in its
   status message) and how many were dropped by the bounded queue;
-- realistic: 50 wristbands advertising once a second each; the gateway's CPU share.
+- realistic: 50 wristbands advertising once a second each; the gateway's CPU share;
+- strangers: through bleak's real BlueZ backend and simulators/bluez.py, `--strangers`
+  random addresses (a flood of random-address advertisers, or a spoofing neighbour) each
+  advertising once with BTHome data; the gateway's resident memory before, during and after,
+  while a configured wristband must stay heard.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from simulators import wearables as w
+from simulators.bluez import BlueZStandIn, PrivateBus
 from simulators.broker import Mosquitto
-from simulators.harness import GatewayProcess, process_cpu_seconds, station_toml
+from simulators.harness import GatewayProcess, process_cpu_seconds, process_rss_mb, station_toml
 from simulators.platform import PlatformSink
 
 STATION = "bench-ble"
@@ -125,11 +130,89 @@ async def run(seconds: float) -> dict[str, Any]:
     return result
 
 
+def band_age(sink: PlatformSink, at: float) -> float | None:
+    """Seconds between the configured wristband's last sighting (the status) and `at`."""
+    from datetime import datetime
+
+    seen = ((sink.status or {}).get("ble_devices") or {}).get("band", {}).get("last_seen")
+    return None if seen is None else round(at - datetime.fromisoformat(seen).timestamp(), 1)
+
+
+async def strangers(count: int, rate: float) -> dict[str, Any]:
+    """`count` random addresses through bleak's BlueZ backend; RSS of the gateway as they come."""
+    import random
+
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "broker") as broker:
+        folder = Path(tmp)
+        config = folder / "station.toml"
+        band = address(1)
+        config.write_text(
+            station_toml(
+                station_id=STATION,
+                broker_port=broker.port,
+                db_path=folder / "o.db",
+                receiver_ports={},
+                status_interval_s=1.0,
+                extra_devices=f'\n[ble]\nadapter = "hci0"\n\n[[devices]]\nid = "band"\nkind = "ble_wristband"\n'
+                f'address = "{band}"\n',
+            )
+        )
+        sink = PlatformSink(broker.host, broker.port, STATION)
+        async with PrivateBus() as bus, BlueZStandIn(bus.address) as bluez, asyncio.TaskGroup() as tasks:
+            sink_task = tasks.create_task(sink.run())
+            await asyncio.wait_for(sink.subscribed.wait(), 10)
+            gateway = GatewayProcess(config, env=bus.env())
+            await gateway.start()
+            assert gateway.proc is not None
+            while not bluez.discovery:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(2)
+            rss = {"before": round(process_rss_mb(gateway.proc.pid), 1)}
+            before = await ble_stats(sink, time.monotonic())
+            t0 = time.monotonic()
+            data = w.bthome_service_data(packet_id=1, battery=50, presence=True)
+            for n in range(count):
+                stranger = ":".join(f"{rng.randrange(256):02X}" for _ in range(6))
+                bluez.advertise(stranger, svc={w.BTHOME_UUID: data})
+                if n % 50 == 0:  # at `rate`, and never faster than the bus daemon reads them
+                    await bluez.flush()
+                    await asyncio.sleep(max(0.0, t0 + n / rate - time.monotonic()))
+                if n % 500 == 0:
+                    w.wristband_beat(bluez, (n // 500) % 256, moving=False)
+                if n and n % (count // 5) == 0:
+                    rss[f"after_{n}"] = round(process_rss_mb(gateway.proc.pid), 1)
+            flood_s, flood_end = time.monotonic() - t0, time.time()
+            await asyncio.sleep(3)
+            rss[f"after_{count}"] = round(process_rss_mb(gateway.proc.pid), 1)
+            after = await ble_stats(sink, time.monotonic())
+            result = {
+                "addresses": count,
+                "seconds": round(flood_s, 1),
+                "offered_per_s": round(count / flood_s),
+                "gateway_rss_mb": rss,
+                "rss_growth_mb": round(rss[f"after_{count}"] - rss["before"], 1),
+                "advertisements_counted": after.get("advertisements", 0) - before.get("advertisements", 0),
+                "configured_band_last_seen_s_before_the_end": band_age(sink, flood_end),
+                "bluez_devices_at_end": len(bluez.devices),
+            }
+            await gateway.stop()
+            sink_task.cancel()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--strangers", type=int, default=50_000, help="random addresses for the flood (0: skip)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="new random addresses per second in the flood")
+    parser.add_argument("--only-strangers", action="store_true", help="only the random-address flood")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.seconds)), indent=2))
+    result = {} if args.only_strangers else asyncio.run(run(args.seconds))
+    if args.strangers:
+        result.setdefault("command", "python bench/ble_adverts.py " + " ".join(sys.argv[1:]))
+        result["random_address_flood_bluez"] = asyncio.run(strangers(args.strangers, args.rate))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

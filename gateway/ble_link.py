@@ -94,6 +94,14 @@ LINK_STATE = frozenset({"Connected", "ServicesResolved", "Paired", "Bonded", "Tr
                         "LegacyPairing", "Modalias"})  # fmt: skip
 LEARNT_WHILE_CONNECTED = frozenset({"UUIDs", "Alias", "Name", "Appearance", "Icon", "Class"})  # (GATT reads)
 LAST_PROPERTIES_KEPT = 1024  # configured devices' last properties (badges may rotate their address)
+# Devices not in the station file that BlueZ may keep: bleak mirrors every device BlueZ knows
+# (~3.7 KB each in this process), and BlueZ forgets one only after 30 s of silence, so a crowd
+# or a random-address flood would grow the daemon towards MemoryMax; beyond this many, the
+# oldest strangers are removed from BlueZ (RemoveDevice), which frees bleak's copy too. A
+# stranger that advertises again is simply created again.
+STRANGERS_KEPT = 500
+STRANGERS_PENDING = 10_000  # removals waiting; beyond, the oldest are not removed (they expire in BlueZ)
+LINK_KEPT = ("Paired", "Bonded", "Trusted", "Connected")  # a device with any of these is never removed
 
 KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BTHome
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
@@ -231,12 +239,18 @@ class BleLink:
         self._last_reject_log: dict[tuple[str, str], float] = {}
         self._last_properties: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._mode: Literal["active", "passive"] = ble.scanning_mode
+        self._strangers: collections.OrderedDict[str, None] = collections.OrderedDict()  # BlueZ object paths
+        self._forget: collections.deque[str] = collections.deque(maxlen=STRANGERS_PENDING)
+        self._forget_wanted = asyncio.Event()
+        self.strangers_removed = 0
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._scan_forever(), name="ble-scan")
             tasks.create_task(self._decode_forever(tasks), name="ble-decode")
             tasks.create_task(self._tick_forever(), name="ble-rules")
+            if self.radio.scanner_backend is None:
+                tasks.create_task(self._forget_strangers_forever(), name="ble-strangers")
 
     # --- scanning and its self-healing ---------------------------------------------------------
 
@@ -332,11 +346,58 @@ class BleLink:
         self.last_advert = time.monotonic()
         self.stats["advertisements"] += 1
         if configured is None:
+            self._note_stranger(adv)
             return
         if len(self._queue) == self._queue.maxlen:
             self.stats["dropped"] += 1
         self._queue.append((configured, device, adv, self.last_advert))
         self._arrived.set()
+
+    def _note_stranger(self, adv: AdvertisementData) -> None:
+        """Keep at most STRANGERS_KEPT unconfigured devices in BlueZ (and so in bleak)."""
+        details = adv.platform_data
+        if self.radio.scanner_backend is not None or len(details) != 2 or not isinstance(details[1], dict):
+            return
+        path, props = details
+        if any(props.get(k) for k in LINK_KEPT):
+            return  # (a paired keyboard, a connected phone: not ours to forget)
+        if path in self._strangers:
+            self._strangers.move_to_end(path)
+            return
+        self._strangers[path] = None
+        if len(self._strangers) > STRANGERS_KEPT:
+            self._forget.append(self._strangers.popitem(last=False)[0])
+            self._forget_wanted.set()
+
+    async def _forget_strangers_forever(self) -> None:
+        """Remove the oldest strangers from BlueZ, one call at a time (back-pressure: a flood
+        waits for bluetoothd instead of filling the bus), on a D-Bus connection of our own."""
+        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast.aio import MessageBus
+
+        bus: MessageBus | None = None
+        adapter = f"/org/bluez/{self.ble.adapter}"
+        failures = 0
+        while True:
+            await self._forget_wanted.wait()
+            self._forget_wanted.clear()
+            try:
+                if bus is None or not bus.connected:
+                    bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
+                while self._forget:
+                    path = self._forget.popleft()
+                    remove = Message(destination="org.bluez", path=adapter, interface="org.bluez.Adapter1",
+                                     member="RemoveDevice", signature="o", body=[path])  # fmt: skip
+                    reply = await bus.call(remove)
+                    self.strangers_removed += reply is not None and reply.message_type == MessageType.METHOD_RETURN
+                failures = 0
+            except (OSError, EOFError, ConnectionError, ValueError) as exc:
+                failures += 1
+                if failures == 1:
+                    log.warning("BLE: cannot ask bluetoothd to forget unknown devices (%r); retrying", exc)
+                bus = None
+                await asyncio.sleep(min(30.0, 2.0**failures))
+                self._forget_wanted.set()
 
     def _link_change_only(self, address: str, adv: AdvertisementData) -> bool:
         """True when bleak called back for a change of the link (Connected, ServicesResolved,

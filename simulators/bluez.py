@@ -352,6 +352,11 @@ class BlueZStandIn:
                 self._spawn(self._call(monitor.client, monitor.path, MONITOR, "DeviceFound", "o", [device.path]))
         return True
 
+    async def flush(self) -> None:
+        """Wait until the bus daemon has read every signal sent so far (a round trip to it):
+        back-pressure for floods, as dbus-fast takes a full socket buffer for a lost bus."""
+        await self._call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetId")
+
     def add_peripheral(self, peripheral: Peripheral) -> Peripheral:
         self.peripherals[peripheral.address.upper()] = peripheral
         return peripheral

@@ -56,6 +56,14 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process in MB (/proc/PID/status VmRSS), for benchmarks."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
 PR_CAPBSET_DROP = 24  # prctl(2): drop a capability from the bounding set
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # capabilities(7): what lets root ignore file modes

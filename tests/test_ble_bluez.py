@@ -248,3 +248,29 @@ async def test_the_scan_survives_bluetoothd_restarting(
             assert station.gateway.proc is not None
             assert station.gateway.proc.returncode is None
         assert os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") != system_bus.address  # (only the gateway's env has it)
+
+
+async def test_a_random_address_flood_is_forgotten_and_the_pendant_still_heard(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    """bleak mirrors every device BlueZ knows: beyond STRANGERS_KEPT unknown addresses the
+    gateway has BlueZ forget the oldest (memory: bench/ble_adverts.py --strangers)."""
+    import random
+
+    from gateway.ble_link import STRANGERS_KEPT
+
+    rng = random.Random(1)
+    async with BlueZStandIn(system_bus.address) as bluez, running_station(
+        tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()
+    ) as station:
+        assert await wait_until(lambda: bluez.discovery)
+        junk = w.bthome_service_data(packet_id=1, battery=50)
+        for n in range(3 * STRANGERS_KEPT):
+            bluez.advertise(":".join(f"{rng.randrange(256):02X}" for _ in range(6)), svc={w.BTHOME_UUID: junk})
+            if n % 50 == 0:
+                await bluez.flush()
+            if n == STRANGERS_KEPT:
+                await w.press(bluez, w.PENDANT, packet_id=77, adverts=3, interval_s=0.01)  # amid the flood
+        assert await wait_until(lambda: len(bluez.devices) <= STRANGERS_KEPT + 1, timeout=10), len(bluez.devices)
+        assert w.PENDANT.upper() in bluez.devices  # a configured device is never forgotten
+        assert await wait_until(lambda: events_of(station, "sos", "pendant-wang"))
