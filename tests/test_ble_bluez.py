@@ -260,9 +260,10 @@ async def test_a_random_address_flood_is_forgotten_and_the_pendant_still_heard(
     from gateway.ble_link import STRANGERS_KEPT
 
     rng = random.Random(1)
-    async with BlueZStandIn(system_bus.address) as bluez, running_station(
-        tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()
-    ) as station:
+    async with (
+        BlueZStandIn(system_bus.address) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
+    ):
         assert await wait_until(lambda: bluez.discovery)
         junk = w.bthome_service_data(packet_id=1, battery=50)
         for n in range(3 * STRANGERS_KEPT):
@@ -274,3 +275,22 @@ async def test_a_random_address_flood_is_forgotten_and_the_pendant_still_heard(
         assert await wait_until(lambda: len(bluez.devices) <= STRANGERS_KEPT + 1, timeout=10), len(bluez.devices)
         assert w.PENDANT.upper() in bluez.devices  # a configured device is never forgotten
         assert await wait_until(lambda: events_of(station, "sos", "pendant-wang"))
+
+
+async def test_a_connection_that_hangs_is_given_up_and_tried_again(
+    tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
+) -> None:
+    """BlueZ never answers Connect (a device gone out of range mid-connection): bleak's timeout
+    cancels it, the gateway's retry connects, the session gives its value."""
+    async with (
+        BlueZStandIn(system_bus.address) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
+    ):
+        assert await wait_until(lambda: bluez.discovery)
+        bp = bluez.add_peripheral(
+            Peripheral(w.BP_MONITOR, "blood_pressure", deque([[bp_record(119)]]), outcomes=deque(["hang"]))
+        )
+        bluez.advertise(w.BP_MONITOR, name="BP-monitor", uuids16=[BP_SERVICE])
+        assert await wait_until(lambda: systolics(station) == [119.0], timeout=40), ble_log(station)
+        assert bp.connections == 2
+        assert bluez.devices[w.BP_MONITOR.upper()].pending_connect is None  # the hung call was cancelled
