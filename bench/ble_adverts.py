@@ -146,7 +146,7 @@ async def strangers(count: int, rate: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp) / "broker") as broker:
         folder = Path(tmp)
         config = folder / "station.toml"
-        band = address(1)
+        band = w.WRISTBAND
         config.write_text(
             station_toml(
                 station_id=STATION,
