@@ -47,7 +47,7 @@ from gateway.clock import Clock
 from gateway.config import LINK_PROFILES, StorageSection
 from gateway.events import Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
-from gateway.uplink import MQTT_OVERHEAD_BYTES, Topics, encode_batch
+from gateway.uplink import BATCH_MAX_BYTES, MQTT_OVERHEAD_BYTES, Topics, fit_batch
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim, surgard_report
 from simulators.harness import GatewayProcess, station_toml
@@ -299,15 +299,20 @@ def bench_wire() -> dict[str, Any]:
     from gateway.outbox import OutboxRow
 
     for name, link in LINK_PROFILES.items():
-        n = link.batch_max_events
-        events = [varied_reading(clock, rng, i) for i in range(n)]
+        events = [varied_reading(clock, rng, i) for i in range(link.batch_max_events)]
         rows = [OutboxRow(i, Priority.TELEMETRY, 0, e.to_json(), e.id) for i, e in enumerate(events)]
-        payload = encode_batch(rows, link.compress)
+        wire_max = BATCH_MAX_BYTES
+        if link.byte_budget_per_s:  # (as the uplink sizes a batch: after compression, with its framing)
+            wire_max = min(wire_max, link.byte_budget_per_s - len(topic) - MQTT_OVERHEAD_BYTES)
+        sent, payload = fit_batch(rows, link.compress, wire_max)
         out[name] = {
-            "batch_events": n,
+            "batch_events": len(sent),
             "compressed": link.compress,
-            "bytes_per_event": round((len(payload) + len(topic) + MQTT_OVERHEAD_BYTES) / n, 1),
-        }
+            "message_bytes": len(payload) + len(topic) + MQTT_OVERHEAD_BYTES,
+            "bytes_per_event": round((len(payload) + len(topic) + MQTT_OVERHEAD_BYTES) / len(sent), 1),
+            "events_per_s_at_budget": round(link.byte_budget_per_s * len(sent) / (len(payload) + len(topic)
+                                            + MQTT_OVERHEAD_BYTES)) if link.byte_budget_per_s else None,
+        }  # fmt: skip
     single = reading(clock, 0).to_json()
     out["single_event_json_bytes"] = len(single)
     return out

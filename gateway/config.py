@@ -147,9 +147,10 @@ LINK_PROFILES: dict[str, LinkSettings] = {
     "cellular": LinkSettings(
         batch_max_events=200, batch_linger_s=0.5, compress=True, byte_budget_per_s=None, batches_in_flight=4
     ),
-    # GPRS, satellite, long-range radio: small compressed batches within 1 kB/s (8 kbit/s)
+    # GPRS, satellite, long-range radio: compressed batches of at most 1 kB on the wire (one
+    # second of the 1 kB/s budget, 8 kbit/s), as many events as fit after compression
     "narrowband": LinkSettings(
-        batch_max_events=50, batch_linger_s=2.0, compress=True, byte_budget_per_s=1000, batches_in_flight=2
+        batch_max_events=120, batch_linger_s=2.0, compress=True, byte_budget_per_s=1000, batches_in_flight=2
     ),
 }
 

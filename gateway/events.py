@@ -126,7 +126,6 @@ ULID_PATTERN = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 
 
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
-RANDOM_BITS = 80
 
 
 def _encode_random_half(value: int) -> str:
@@ -141,35 +140,36 @@ def _encode_time(ms: int) -> str:
 
 
 class _UlidFactory:
-    """ULIDs (48-bit ms time + 80 random bits), strictly increasing within one process.
+    """ULIDs (48-bit ms time + 80 bits), strictly increasing within one process.
 
-    Within one millisecond (or if the clock steps back) the random part is incremented, so
-    ids keep their order. The random source is seeded from os.urandom once: ids must be
-    unique, not secret. The text of the time and of the random part's upper half is kept,
-    since increments rarely change them.
+    The 80 bits are 40 random bits drawn once per process (seeded from os.urandom) and a
+    40-bit counter that starts at a random value and counts every id: unique within the
+    process (the counter), between restarts and stations (the random half), sortable (time
+    first, then the counter; if the clock steps back the last time is kept). Ids must be
+    unique, not secret: and since consecutive ids share their random half, a batch of events
+    compresses to about half the bytes it would with 80 fresh random bits each (narrow links:
+    docs/mqtt.md, "Batches").
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._random = random.Random(os.urandom(16))
+        source = random.Random(os.urandom(16))
+        self._high = source.getrandbits(40)
+        self._count = source.getrandbits(39)  # (headroom before the counter carries into the half)
         self._ms = -1
-        self._rand = 0
-        self._high = -1
-        self._prefix = ""  # time + upper 40 random bits, as text
+        self._prefix = ""  # time + the random half, as text
 
     def new(self, ms: int) -> str:
         with self._lock:
-            if ms > self._ms:
+            if ms > self._ms or not self._prefix:
                 self._ms = ms
-                self._rand = self._random.getrandbits(RANDOM_BITS - 1)  # headroom for increments
-                self._high = -1
-            else:  # same millisecond, or the clock stepped back: keep the last time, count up
-                self._rand += 1
-            rand = self._rand
-            if rand >> 40 != self._high:
-                self._high = rand >> 40
+                self._prefix = _encode_time(ms) + _encode_random_half(self._high)
+            self._count += 1
+            if self._count >> 40:  # (after 2^39 ids at the least: a new random half)
+                self._count &= (1 << 40) - 1
+                self._high = (self._high + 1) & ((1 << 40) - 1)
                 self._prefix = _encode_time(self._ms) + _encode_random_half(self._high)
-            return self._prefix + _encode_random_half(rand)
+            return self._prefix + _encode_random_half(self._count)
 
 
 _ulids = _UlidFactory()

@@ -104,8 +104,9 @@ REFUSAL_RETRY_S = 1.0  # first pause after a refused publish; doubles up to reco
 SESSION_ABANDON_S = 3.0  # a session task that ignores its cancellation this long is abandoned
 SHUTDOWN_STATUS_TIMEOUT_S = 2.0  # how long a clean stop waits to publish the offline status
 PENDING_CALLS_WARNING = 10_000  # aiomqtt warns above this many pending calls; our windows are smaller
-TYPICAL_ZLIB_RATIO = 0.15  # compressed/plain size of telemetry batches (bench/store_and_forward.py "wire")
-DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the bytes acknowledged in this window
+TYPICAL_ZLIB_RATIO = 0.1  # wire/plain size of a narrowband telemetry batch (bench/store_and_forward.py "wire")
+DRAIN_RATE_WINDOW_S = 30.0  # the drain-time estimate uses the events acknowledged in this window
+DRAIN_RATE_MIN_SPAN_S = 5.0  # ... once they span at least this long
 TLS_EXPIRY_WARNING_DAYS = 30  # a certificate expiring sooner is logged at start and flagged in the status
 LINK_HISTORY = 20  # link changes kept for the status message
 STALL_MARGIN_S = 30.0  # added to the longest healthy wait before the watchdog is starved
@@ -300,7 +301,8 @@ class Uplink:
         self.topics = Topics(config.uplink.topic_prefix, config.station.id)
         self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
         self._status_due = asyncio.Event()
-        self._acked_bytes: collections.deque[tuple[float, int]] = collections.deque()
+        # (when, events, bytes sent, bytes of plain JSON) per acknowledged batch
+        self._acked: collections.deque[tuple[float, int, int, int]] = collections.deque()
         # Events per batch, adapted to the link: halved when a connection dies with a batch in
         # flight (its PUBACK, or the keepalive's PINGRESP, could not get through behind it),
         # grown back slowly while batches are acknowledged. Ends the livelock of a batch that
@@ -803,15 +805,14 @@ class Uplink:
                 if batch is None:
                     window.release()
                     continue
-                priority, rows = batch
+                priority, rows, payload = batch
                 cursors[priority] = rows[-1].seq
-                payload = encode_batch(rows, self.link.compress)
                 topic = self.topics.events(priority)
                 if self._budget:
                     await self._budget.spend(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES)
                 in_flight.create_task(self._publish_batch(client, topic, priority, rows, payload, window, refusals))
 
-    async def _next_batch(self, cursors: dict[Priority, int]) -> tuple[Priority, list[OutboxRow]] | None:
+    async def _next_batch(self, cursors: dict[Priority, int]) -> tuple[Priority, list[OutboxRow], bytes] | None:
         """The next batch to send, or None after waiting a little (nothing, or lingering)."""
         link = self.link
         self._alive()
@@ -823,9 +824,14 @@ class Uplink:
             if len(rows) < self.batch_events and 0 <= age_s < link.batch_linger_s:
                 await asyncio.sleep(link.batch_linger_s - age_s)  # let the batch fill
                 return None
-            # one batch is at most about one second of the byte budget, so that it cannot hold
-            # back a PUBACK or a PINGRESP for long on a thin link
-            return priority, _cut_to_size(rows, min(BATCH_MAX_BYTES, link.byte_budget_per_s or BATCH_MAX_BYTES))
+            # one batch is at most about one second of the byte budget on the wire, so that it
+            # cannot hold back a PUBACK or a PINGRESP for long on a thin link
+            wire_max = BATCH_MAX_BYTES
+            if link.byte_budget_per_s:
+                framing = len(self.topics.events(priority)) + MQTT_OVERHEAD_BYTES
+                wire_max = min(wire_max, link.byte_budget_per_s - framing)
+            rows, payload = fit_batch(rows, link.compress, wire_max)
+            return priority, rows, payload
         await self._outbox.wait_for_new(Priority.TELEMETRY, IDLE_POLL_S)  # status shares this signal
         return None
 
@@ -854,9 +860,9 @@ class Uplink:
         if self.batch_events < self.link.batch_max_events:
             self.batch_events = min(self.link.batch_max_events, self.batch_events + max(1, self.batch_events // 8))
         now = time.monotonic()
-        self._acked_bytes.append((now, len(payload)))
-        while self._acked_bytes and self._acked_bytes[0][0] < now - DRAIN_RATE_WINDOW_S:
-            self._acked_bytes.popleft()
+        self._acked.append((now, len(rows), len(payload), sum(len(row.payload) + 1 for row in rows)))
+        while self._acked and self._acked[0][0] < now - DRAIN_RATE_WINDOW_S:
+            self._acked.popleft()
 
     async def _report_status(self, client: BrokerClient) -> None:
         interval = self._config.uplink.status_interval_s
@@ -876,17 +882,22 @@ class Uplink:
                     await self._status_due.wait()
             self._status_due.clear()
 
-    def drain_rate_bytes_per_s(self) -> float | None:
-        """Bytes per second of status/telemetry acknowledged lately (or the budget, if lower)."""
-        measured = None
-        if len(self._acked_bytes) >= 2:
-            span = self._acked_bytes[-1][0] - self._acked_bytes[0][0]
-            if span > 0:
-                measured = sum(n for _, n in self._acked_bytes) / span
-        budget = self.link.byte_budget_per_s
-        if measured is None:
-            return float(budget) if budget else None
-        return min(measured, budget) if budget else measured
+    def drain_rate_events_per_s(self) -> float | None:
+        """Status and telemetry events acknowledged per second lately (None: not yet measurable,
+        under DRAIN_RATE_MIN_SPAN_S of batches: a budget's first second goes out in a burst)."""
+        if len(self._acked) < 2:
+            return None
+        span = self._acked[-1][0] - self._acked[0][0]
+        if span < DRAIN_RATE_MIN_SPAN_S:
+            return None
+        return (sum(batch[1] for batch in self._acked) - self._acked[0][1]) / span  # (the first began the span)
+
+    def wire_ratio(self) -> float:
+        """Bytes sent per byte of plain JSON in the recent batches (typical if none)."""
+        plain = sum(batch[3] for batch in self._acked)
+        if plain:
+            return sum(batch[2] for batch in self._acked) / plain
+        return TYPICAL_ZLIB_RATIO if self.link.compress else 1.0
 
     async def _status_payload(self, state: Literal["online", "offline"]) -> str:
         personal = self._config.uplink.share_personal_data  # (the retained message outlives the station)
@@ -907,14 +918,15 @@ class Uplink:
 
     def backlog_report(self, snap: OutboxSnapshot) -> BacklogStatus:
         """Backlog, its age, an estimated drain time and what was shed: for the status message."""
+        bulk_rows = snap.rows[Priority.STATUS] + snap.rows[Priority.TELEMETRY]
         bulk_bytes = snap.bytes[Priority.STATUS] + snap.bytes[Priority.TELEMETRY]
-        rate = self.drain_rate_bytes_per_s()
-        ratio = TYPICAL_ZLIB_RATIO if self.link.compress else 1.0
         drain_s = None
-        if bulk_bytes == 0:
+        if bulk_rows == 0:
             drain_s = 0.0
-        elif rate:
-            drain_s = round(bulk_bytes * ratio / rate, 1)
+        elif (rate := self.drain_rate_events_per_s()) is not None:
+            drain_s = round(bulk_rows / rate, 1)  # what the link has been doing: measured, not modelled
+        elif self.link.byte_budget_per_s:  # not measured yet: the budget, at the compression seen so far
+            drain_s = round(bulk_bytes * self.wire_ratio() / self.link.byte_budget_per_s, 1)
         return BacklogStatus(
             backlog={p.value: n for p, n in snap.rows.items()},
             backlog_bytes=sum(snap.bytes.values()),
@@ -1003,6 +1015,27 @@ async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: f
             where, True, f"{where} accepted an MQTT {name} connection", None, verdict, subscription, name
         )
     return BrokerProbe(where, False, f"{where} refused both MQTT 5 and 3.1.1")
+
+
+def fit_batch(rows: list[OutboxRow], compress: bool, max_bytes: int) -> tuple[list[OutboxRow], bytes]:
+    """The leading rows whose batch, as sent (compressed when the link compresses), fits in
+    `max_bytes` (at least one row), and that batch. Sizing after compression is what lets a
+    narrow link carry ~45 events a message instead of the 3 whose plain JSON fits."""
+    if not compress:
+        rows = _cut_to_size(rows, max_bytes)
+        return rows, encode_batch(rows, False)
+    payload = encode_batch(rows, True)
+    if len(payload) <= max_bytes or len(rows) == 1:
+        return rows, payload
+    best, low, high = (rows[:1], encode_batch(rows[:1], True)), 2, len(rows) - 1
+    while low <= high:  # the largest count that fits (a batch grows with its rows)
+        middle = (low + high) // 2
+        candidate = encode_batch(rows[:middle], True)
+        if len(candidate) <= max_bytes:
+            best, low = (rows[:middle], candidate), middle + 1
+        else:
+            high = middle - 1
+    return best
 
 
 def _cut_to_size(rows: list[OutboxRow], max_bytes: int) -> list[OutboxRow]:

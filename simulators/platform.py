@@ -14,6 +14,7 @@ import hmac
 import json
 import secrets
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import aiomqtt
 
 RECONNECT_S = 0.2
+MQTT_HEADER_BYTES = 6  # fixed header, remaining length, packet id of a QoS 1 PUBLISH (small message)
 
 
 class PlatformSink:
@@ -46,6 +48,8 @@ class PlatformSink:
         self.status_history: list[dict[str, Any]] = []  # every retained status seen, in order
         self.replies: dict[str | None, dict[str, Any]] = {}  # correlation id -> the station's reply
         self.subscribed = asyncio.Event()
+        # (arrival, bytes on the wire: payload + topic + MQTT header, events, priority) per events message
+        self.messages: list[tuple[float, int, int, str]] = []
         self._client: aiomqtt.Client | None = None
         self._arrived = asyncio.Condition()
 
@@ -78,7 +82,8 @@ class PlatformSink:
         base = f"{self.prefix}/{self.station_id}"
         if topic.startswith(f"{base}/cmd/"):
             return  # our own commands, echoed by the broker
-        body = json.loads(payload)
+        wire = len(payload) + len(topic) + MQTT_HEADER_BYTES
+        body = json.loads(payload if payload[:1] == b"{" else zlib.decompress(payload))  # (docs/mqtt.md)
         if topic == f"{base}/cmd-reply":
             self.replies[body.get("id")] = body
             return
@@ -89,6 +94,7 @@ class PlatformSink:
         if not topic.startswith(f"{base}/events/"):
             return
         batch = body.get("events", [body])
+        self.messages.append((time.monotonic(), wire, len(batch), topic.rsplit("/", 1)[-1]))
         async with self._arrived:
             for event in batch:
                 if event["id"] in self.events:

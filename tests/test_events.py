@@ -113,16 +113,28 @@ def test_millisecond_truncation_is_exact_across_a_day_of_timestamps() -> None:
 
 
 def test_ulid_text_is_the_number_it_stands_for_across_a_carry_of_the_cached_half() -> None:
-    """The factory caches the text of the time and of the random part's upper half; an
-    increment that carries into that half must still give id = (ms << 80) + random."""
+    """The factory caches the text of the time and of the random half; a count that carries
+    into that half must still give id = (ms << 80) + (random half << 40) + count, in order."""
     factory = _UlidFactory()
     factory.new(1_795_000_000_000)
-    factory._rand = (1 << 40) - 3  # three increments before the carry
+    high = factory._high
+    factory._count = (1 << 40) - 3  # three ids before the carry
     ids = [factory.new(1_795_000_000_000) for _ in range(6)]
     numbers = [sum(CROCKFORD.index(c) << (5 * i) for i, c in enumerate(reversed(text))) for text in ids]
     assert [n >> 80 for n in numbers] == [1_795_000_000_000] * 6
-    assert [n & ((1 << 80) - 1) for n in numbers] == [(1 << 40) - 2 + k for k in range(6)]
+    assert [n & ((1 << 80) - 1) for n in numbers] == [(high << 40) + (1 << 40) - 2 + k for k in range(6)]
     assert ids == sorted(ids)
+
+
+def test_ulids_increase_across_milliseconds_and_clock_steps_and_share_the_runs_random_half() -> None:
+    factory = _UlidFactory()
+    times = [1_795_000_000_000, 1_795_000_000_000, 1_795_000_000_007, 1_794_999_000_000, 1_795_000_000_009]
+    ids = [factory.new(ms) for ms in times]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert ids[3][:10] == ids[2][:10]  # a step back keeps the last time
+    assert len({i[10:18] for i in ids}) == 1  # one random half for the run: batches compress
+    assert _UlidFactory().new(times[0])[10:18] != ids[0][10:18]  # another run, another half
 
 
 def test_the_kinds_table_of_docs_mqtt_names_every_kind_and_every_field_of_the_schema() -> None:

@@ -151,3 +151,39 @@ async def test_telemetry_stays_within_the_byte_budget(tmp_path: Path, broker: Mo
         times = sorted(station.sink.arrived_at[i] for i in station.seeded)
         # one second of budget may go at once (the bucket's burst), the rest at the budget's pace
         assert times[-1] - times[0] >= (payload_bytes - 2 * budget) / budget
+
+
+async def test_a_narrow_link_carries_forty_events_a_message_within_its_budget(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """narrowband: batches sized after compression against the 1 kB/s budget; the status's
+    drain estimate is the one the link then achieves."""
+    import time
+
+    rows = 600
+    async with running_station(
+        tmp_path, broker, seed_telemetry=rows, uplink_extra='link_profile = "narrowband"'
+    ) as station:
+        sink = station.sink
+        seeded = set(station.seeded)
+        assert await wait_until(lambda: len(seeded & set(sink.events)) >= 150, timeout=30)
+        await sink.command("status", {"id": "s-1"})
+        assert await wait_until(lambda: "s-1" in sink.replies)
+        asked_at = time.monotonic()
+        assert await wait_until(lambda: sink.status is not None and sink.status["backlog"]["telemetry"] < rows)
+        assert sink.status is not None
+        estimate = sink.status["estimated_drain_s"]
+        assert await wait_until(lambda: seeded <= set(sink.events), timeout=60)
+        took = time.monotonic() - asked_at
+        assert estimate is not None
+        assert 0.6 * took <= estimate <= 1.5 * took, (estimate, took)
+
+        telemetry = [(at, wire, n) for at, wire, n, priority in sink.messages if priority == "telemetry"]
+        events = sum(n for _, _, n in telemetry)
+        assert events == rows
+        assert all(wire <= 1000 for _, wire, _ in telemetry), telemetry
+        assert all(n >= 40 for _, _, n in telemetry[:-1]), [n for _, _, n in telemetry]
+        assert sum(wire for _, wire, _ in telemetry) / events <= 25
+        span = telemetry[-1][0] - telemetry[0][0]
+        # the budget held: 1 kB/s, plus the bucket's one second of burst (the first message aside)
+        assert sum(wire for _, wire, _ in telemetry[1:]) <= 1000 * (span + 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from gateway.config import ConfigError, parse_config
 from gateway.events import EventKind, Priority
 from gateway.outbox import Outbox
 from gateway.rules import EventDraft
-from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, Topics, Uplink
+from gateway.uplink import ALARM_RETRY_MAX_S, ALARM_RETRY_MIN_S, Backoff, Topics, Uplink, encode_batch
 
 RAW: dict[str, Any] = {
     "station": {"id": "st", "name": "s"},
@@ -248,3 +249,43 @@ async def test_the_platform_time_is_taken_once_per_boot_even_across_a_restart(
             else:
                 with pytest.raises(CommandRefused, match="already taken in this boot"):
                     await station.on_time(TimeCommand(id="t-2", utc=platform_time))
+
+
+def test_a_narrowband_batch_is_sized_after_compression() -> None:
+    """Radar readings as a station makes them (8 radars, one every 0.7 s, varied values): a
+    narrowband message holds at least 40 of them in one second of budget, at most 25 bytes an
+    event on the wire; plain JSON would have fitted 4."""
+    import random
+
+    from gateway.config import LINK_PROFILES
+    from gateway.events import new_event
+    from gateway.outbox import OutboxRow
+    from gateway.uplink import MQTT_OVERHEAD_BYTES, fit_batch
+
+    class Stepping(Clock):
+        def __init__(self) -> None:
+            super().__init__()
+            self.at = datetime(2026, 11, 23, tzinfo=UTC)
+
+        def now(self) -> datetime:
+            self.at += timedelta(milliseconds=700)
+            return self.at
+
+    clock, rng = Stepping(), random.Random(3)
+    link = LINK_PROFILES["narrowband"]
+    rows = []
+    for n in range(link.batch_max_events):
+        data = {"presence": rng.random() < 0.8, "motion": rng.choice(["none", "stationary", "moving"]),
+                "movement": rng.randrange(101)}  # fmt: skip
+        event = new_event(clock, "nm-xilin-0012", f"radar-{n % 8}", EventKind.ACTIVITY, data)
+        rows.append(OutboxRow(n, Priority.TELEMETRY, 0, event.to_json(), event.id))
+    topic = Topics("care/v1", "nm-xilin-0012").events(Priority.TELEMETRY)
+    assert link.byte_budget_per_s is not None
+    wire_max = link.byte_budget_per_s - len(topic) - MQTT_OVERHEAD_BYTES
+    sent, payload = fit_batch(rows, link.compress, wire_max)
+    assert len(payload) <= wire_max < len(encode_batch(rows[: len(sent) + 1], True))  # the most that fit
+    assert len(sent) >= 40
+    assert (len(payload) + len(topic) + MQTT_OVERHEAD_BYTES) / len(sent) <= 25
+    assert json.loads(zlib.decompress(payload))["events"] == [json.loads(r.payload) for r in sent]
+    plain, _ = fit_batch(rows, False, wire_max)
+    assert len(plain) <= 4
