@@ -218,7 +218,11 @@ class UplinkSection(_Section):
         60.0, ge=1, le=3600, description="longest wait between reconnect attempts in seconds, 1-3600"
     )
     status_interval_s: float = Field(
-        60.0, ge=1, le=3600, description="seconds between status messages while connected, 1-3600"
+        60.0,
+        ge=1,
+        le=3600,
+        description="seconds between heartbeats while connected (the full status is sent on connect and when "
+        "something an operator acts on changes), 1-3600",
     )
     tls: TlsSection | None = Field(None, description="[uplink.tls] section; absent means plain TCP")
     link_profile: LinkProfile = Field(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "HEARTBEAT_FIELDS",
     "AlarmStatus",
     "BacklogStatus",
     "BleDeviceStatus",
@@ -23,6 +24,8 @@ __all__ = [
     "SerialDeviceStatus",
     "StationPart",
     "StationStatus",
+    "heartbeat",
+    "operator_view",
 ]
 
 DeviceState = Literal["starting", "online", "offline"]
@@ -141,3 +144,49 @@ class StationStatus:
 
 
 _OPTIONAL_PARTS = frozenset({"ble", "ble_devices", "sms"})
+
+
+# What changes all the time and is not acted on: leaving it out of the comparison is what lets
+# the retained status be sent only when something an operator acts on changed (docs/mqtt.md).
+_VOLATILE = frozenset({"ts", "uptime_s", "backlog", "backlog_bytes", "oldest_unsent_s", "estimated_drain_s",
+                       "published_since_start", "storage_use", "ble"})  # fmt: skip
+_VOLATILE_PER_DEVICE = frozenset({"last_seen", "frames_ok", "frames_rejected", "bytes_rejected", "rssi", "battery"})
+HEARTBEAT_FIELDS = ("ts", "uptime_s", "oldest_unsent_s", "estimated_drain_s")
+
+
+def operator_view(body: dict[str, Any]) -> dict[str, Any]:
+    """The part of a status message whose change makes the station publish it in full: the
+    state, devices online or offline, open alarms and their counts, residents' open alarms,
+    storage faults and disk-full mode, shed events, the clock, TLS expiry, the SMS modem, the
+    broker's refusals, version and run. Counters, times, signal strength and backlog are left
+    out: the heartbeat carries the backlog."""
+    view = {k: v for k, v in body.items() if k not in _VOLATILE}
+    for part in ("devices", "ble_devices"):
+        if isinstance(view.get(part), dict):
+            view[part] = {
+                name: {k: v for k, v in device.items() if k not in _VOLATILE_PER_DEVICE}
+                for name, device in view[part].items()
+            }
+    if isinstance(view.get("residents"), dict):
+        view["residents"] = {
+            name: {k: v for k, v in resident.items() if k != "last_activity"}
+            for name, resident in view["residents"].items()
+        }
+    if isinstance(view.get("storage"), dict):
+        view["storage"] = {k: v for k, v in view["storage"].items() if k in ("disk_full", "disk_full_errors", "fault")}
+    if isinstance(view.get("link"), dict):
+        view["link"] = {k: view["link"].get(k) for k in ("refused", "commands")}
+    if isinstance(view.get("sms"), dict):
+        view["sms"] = {"modem": view["sms"].get("modem")}
+    return view
+
+
+def heartbeat(body: dict[str, Any]) -> dict[str, Any]:
+    """The small message sent between full statuses: alive, the backlog, its age (~150 bytes)."""
+    out: dict[str, Any] = {"state": body.get("state")}
+    out.update({k: body.get(k) for k in HEARTBEAT_FIELDS})
+    backlog = body.get("backlog")
+    out["backlog"] = sum(backlog.values()) if isinstance(backlog, dict) else None
+    alarms = body.get("alarms_open")
+    out["alarms_open"] = len(alarms) if isinstance(alarms, list) else None
+    return out

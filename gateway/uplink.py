@@ -58,7 +58,7 @@ from gateway.config import StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
 from gateway.events import Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
-from gateway.status import BacklogStatus, LinkStatus, StationPart, StationStatus
+from gateway.status import BacklogStatus, LinkStatus, StationPart, StationStatus, heartbeat, operator_view
 
 __all__ = [
     "ALARM_RETRY_MAX_S",
@@ -129,6 +129,7 @@ class Topics:
     def __init__(self, prefix: str, station_id: str) -> None:
         base = f"{prefix}/{station_id}"
         self.status = f"{base}/status"
+        self.heartbeat = f"{base}/heartbeat"
         self.commands = f"{base}/cmd/+"  # one level: cmd/x/y/ping is not a command
         self._command_prefix = f"{base}/cmd/"
         self.command_replies = f"{base}/cmd-reply"
@@ -301,6 +302,7 @@ class Uplink:
         self.topics = Topics(config.uplink.topic_prefix, config.station.id)
         self._budget = ByteBudget(self.link.byte_budget_per_s) if self.link.byte_budget_per_s else None
         self._status_due = asyncio.Event()
+        self._status_full_due = True  # the next status message is the full one
         # (when, events, bytes sent, bytes of plain JSON) per acknowledged batch
         self._acked: collections.deque[tuple[float, int, int, int]] = collections.deque()
         # Events per batch, adapted to the link: halved when a connection dies with a batch in
@@ -395,7 +397,8 @@ class Uplink:
         self.progress_at = time.monotonic()
 
     def request_status(self) -> None:
-        """Publish the status message soon (a device came or went)."""
+        """Publish the full status message soon (a device came or went, the platform asked)."""
+        self._status_full_due = True
         self._status_due.set()
 
     # --- connections ----------------------------------------------------------------------------
@@ -865,14 +868,32 @@ class Uplink:
             self._acked.popleft()
 
     async def _report_status(self, client: BrokerClient) -> None:
+        """The full retained status on connect, on request and whenever what an operator acts
+        on changes (status.operator_view); between them, every status_interval_s, a heartbeat
+        of ~150 bytes, not retained: at fleet scale the broker keeps one status per station
+        and writes it only when it says something new (docs/mqtt.md, "Status")."""
         interval = self._config.uplink.status_interval_s
         refused_before: str | None = None
+        self._status_full_due = True  # (a new connection: the broker may have lost the retained one)
+        last_view: dict[str, Any] | None = None
         while True:
-            verdict = await client.deliver(self.topics.status, await self._status_payload("online"), retain=True)
+            personal = self._config.uplink.share_personal_data  # (the retained message outlives the station)
+            body = (await self.status("online")).to_json(personal=personal)
+            view = operator_view(body)
+            if self._status_full_due or view != last_view:
+                self._status_full_due = False
+                topic, payload, retain = self.topics.status, json.dumps(body, ensure_ascii=False), True
+            else:
+                topic, payload, retain = self.topics.heartbeat, json.dumps(heartbeat(body)), False
+            if self._budget:
+                await self._budget.spend(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES)
+            verdict = await client.deliver(topic, payload, retain=retain)
+            if retain:
+                last_view = view if verdict.accepted else None  # (refused: send the full one again)
             if not verdict.accepted and verdict.label != refused_before:
                 log.error(
                     "uplink: the broker refused the status message on %s (%s)%s",
-                    self.topics.status,
+                    topic,
                     verdict.label,
                     _refusal_advice(verdict.code, self._config.client_id),
                 )
@@ -898,10 +919,6 @@ class Uplink:
         if plain:
             return sum(batch[2] for batch in self._acked) / plain
         return TYPICAL_ZLIB_RATIO if self.link.compress else 1.0
-
-    async def _status_payload(self, state: Literal["online", "offline"]) -> str:
-        personal = self._config.uplink.share_personal_data  # (the retained message outlives the station)
-        return json.dumps((await self.status(state)).to_json(personal=personal), ensure_ascii=False)
 
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""

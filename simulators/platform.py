@@ -46,6 +46,9 @@ class PlatformSink:
         self.duplicates = 0
         self.status: dict[str, Any] | None = None
         self.status_history: list[dict[str, Any]] = []  # every retained status seen, in order
+        self.heartbeats: list[dict[str, Any]] = []  # the small messages between full statuses
+        self.status_bytes: list[int] = []  # bytes on the wire of each status / heartbeat message
+        self.heartbeat_bytes: list[int] = []
         self.replies: dict[str | None, dict[str, Any]] = {}  # correlation id -> the station's reply
         self.subscribed = asyncio.Event()
         # (arrival, bytes on the wire: payload + topic + MQTT header, events, priority) per events message
@@ -90,6 +93,11 @@ class PlatformSink:
         if topic == f"{base}/status":
             self.status = body
             self.status_history.append(body)
+            self.status_bytes.append(wire)
+            return
+        if topic == f"{base}/heartbeat":
+            self.heartbeats.append(body)
+            self.heartbeat_bytes.append(wire)
             return
         if not topic.startswith(f"{base}/events/"):
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,17 @@ async def wait_until(predicate: Callable[[], object], timeout: float = ARRIVAL_T
             return True
         await asyncio.sleep(0.05)
     return bool(predicate())
+
+
+async def fresh_status(station: Station) -> dict[str, Any]:
+    """A full status published after now: asked for with the `status` command (the station
+    otherwise publishes it only when something an operator acts on changes)."""
+    before = len(station.sink.status_history)
+    ask = f"fresh-{before}-{time.monotonic_ns()}"
+    await station.sink.command("status", {"id": ask})
+    assert await wait_until(lambda: ask in station.sink.replies), "no reply to the status command"
+    assert await wait_until(lambda: len(station.sink.status_history) > before), "no status after the command"
+    return station.sink.status_history[-1]
 
 
 def events_of(station: Station, kind: str, device: str | None = None) -> list[dict[str, Any]]:
@@ -166,6 +178,7 @@ async def running_station(
     receiver_extra: str = "",
     storage_extra: str = "",
     env: dict[str, str] | None = None,
+    status_interval_s: float = 5.0,
 ) -> AsyncIterator[Station]:
     """Gateway (child process) + receiver simulator + sink; the uplink may go through a proxy."""
     receiver = ButtonReceiverSim(ack_deadline_s=TEST_ACK_DEADLINE_S)
@@ -187,6 +200,7 @@ async def running_station(
             station_extra=station_extra,
             receiver_extra=receiver_extra,
             storage_extra=storage_extra,
+            status_interval_s=status_interval_s,
         )
     )
     seeded = await seed_outbox(db_path, seed_telemetry) if seed_telemetry else []

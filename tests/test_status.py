@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
+from conftest import STATION_ID, running_platform, running_station, wait_until
+
 from gateway.status import (
     AlarmStatus,
     BacklogStatus,
@@ -12,6 +17,9 @@ from gateway.status import (
     StationPart,
     StationStatus,
 )
+from simulators.broker import Mosquitto
+from simulators.button_receiver import surgard_report
+from simulators.platform import PlatformSink
 
 LINK = LinkStatus("up", "2026-12-02T01:00:00Z", "127.0.0.1:1883", "5", 1, [], {}, 0, {"subscription": "granted QoS 1"})
 BACKLOG = BacklogStatus({"alarm": 0, "status": 2, "telemetry": 5}, 900, 12.5, 0.1, {}, {"max_bytes": 1}, {"alarm": 1})
@@ -129,3 +137,36 @@ def test_the_ble_counters_are_in_the_status_from_the_start_zeros_included() -> N
             "dropped": 0,
         }
     )
+
+
+async def test_the_full_status_is_sent_when_it_says_something_new_and_a_heartbeat_between(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """At 10,000 stations a ~1 KB retained status every minute is 15 GB a day on the platform's
+    broker: the full one goes out on connect and on a change an operator acts on, a heartbeat
+    of at most 200 bytes between them, and a late subscriber still gets the full one."""
+    async with running_station(tmp_path, broker, status_interval_s=1) as station:
+        sink = station.sink
+        assert await wait_until(lambda: len(sink.heartbeats) >= 4, timeout=15)
+        fulls = len(sink.status_history)
+        assert fulls <= 2  # on connect (and once more if the receiver came online after it)
+        assert all(size <= 200 for size in sink.heartbeat_bytes), sink.heartbeat_bytes
+        beat = sink.heartbeats[-1]
+        assert set(beat) == {"state", "ts", "uptime_s", "oldest_unsent_s", "estimated_drain_s", "backlog",
+                             "alarms_open"}  # fmt: skip
+        assert beat["state"] == "online"
+
+        assert (await station.receiver.send(surgard_report(code=101, zone=4))).acked  # an operator acts on it
+        assert await wait_until(lambda: any(s["alarms_open"] for s in sink.status_history[fulls:]))
+        assert sink.heartbeats[-1]["alarms_open"] in (0, 1)
+        after_alarm, beats = len(sink.status_history), len(sink.heartbeats)
+        await asyncio.sleep(4)
+        assert len(sink.heartbeats) >= beats + 3
+        assert len(sink.status_history) <= after_alarm + 1  # (its delivery may change it once), then beats
+
+        late = PlatformSink(broker.host, broker.port, STATION_ID, client_id="late-subscriber")
+        async with running_platform(late):
+            assert await wait_until(lambda: late.status is not None)
+            assert late.status is not None
+            assert late.status["alarms_open"][0]["kind"] == "sos"  # the retained one is the full status
+            assert "devices" in late.status
