@@ -86,6 +86,12 @@ SPACE_CHECK_S = 1.0  # how often the writer looks at the disk (a statvfs call, o
 REOPEN_S = 5.0  # how often an outbox that could not be opened (disk full) is tried again
 ROW_OVERHEAD_BYTES = 24  # rowid, record header, index entry: added to the payload for the byte bound
 MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
+MAX_URGENT_GROUP_EVENTS = 64  # most events in one commit of the urgent queue: an alarm waits behind few
+# care-state rows that change with telemetry (a resident's last activity, a device's supervision):
+# on their own they neither jump the queue nor need a full sync (the next full sync covers them;
+# a power cut loses seconds of "last seen", never an alarm, an SMS record or a replay cache)
+ROUTINE_STATE_PREFIXES = ("resident:", "device:")
+STATE_ARRIVALS_KEPT = 10_000
 DISK_FULL_SHED_ROWS = 500  # rows shed at once when the disk itself is full (and the sweep's batch)
 RETENTION_SWEEP_S = 60.0  # how often rows past max_age_days are looked for
 WRITER_TICK_S = 5.0  # the writer looks around at least this often (its heartbeat)
@@ -138,7 +144,7 @@ CREATE TABLE IF NOT EXISTS shed (
 
 _Item = tuple[int, int, str, int, Event]  # a row to insert: rank, created_ms, payload, bytes, the event
 # events of one append() call, the care state written with them, and the caller's waiter
-_Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "StateRows | None"]
+_Append = tuple[tuple[Event, ...], "asyncio.Future[None]", "StateRows | None", int]  # (..., arrival number)
 
 
 class OutboxUnavailable(GatewayError):
@@ -261,6 +267,12 @@ class _Tally:
         return sum(self.bytes.values())
 
 
+def _urgent_state(state: StateRows | None) -> bool:
+    """Care state that must be on disk before the append returns, ahead of telemetry: any row
+    but the routine ones (alarms, SMS records, BLE counters, command nonces, buttons)."""
+    return state is not None and any(not row.startswith(ROUTINE_STATE_PREFIXES) for row in state)
+
+
 def row_bytes(stored: str) -> int:
     return (len(stored) if stored.isascii() else len(stored.encode())) + ROW_OVERHEAD_BYTES
 
@@ -321,6 +333,10 @@ class Outbox:
         self._bad_unsaved: set[int] = set()
         self._urgent: list[_Append] = []  # appends carrying an alarm: committed first
         self._pending: list[_Append] = []  # the others, in arrival order
+        self._arrivals = 0
+        # care-state row -> arrival number of the append whose value of it was committed last: an
+        # older append committed later (the urgent queue overtakes) must not write an older value
+        self._state_arrival: dict[str, int] = {}
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
         self._arrived = {Priority.ALARM: asyncio.Event(), Priority.STATUS: bulk, Priority.TELEMETRY: bulk}
@@ -335,7 +351,7 @@ class Outbox:
     def _writer_ended(self, writer: asyncio.Task[None]) -> None:
         """Every append still waiting gets its answer: the writer is gone."""
         why = "the outbox closed" if writer.cancelled() else f"the outbox writer stopped ({writer.exception()!r})"
-        for _, future, _ in self._urgent + self._pending:
+        for _, future, _, _ in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(WriterStopped(f"{why} before the event was committed"))
         self._urgent, self._pending = [], []
@@ -345,7 +361,7 @@ class Outbox:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed writer was reported
                 await self._writer
-        for _, future, _ in self._urgent + self._pending:
+        for _, future, _, _ in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
         await self._run(self._close)
@@ -367,10 +383,11 @@ class Outbox:
         if self._writer is None or self._writer.done():
             raise WriterStopped(f"the outbox writer stopped ({self.writer_failure!r})")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if state or any(e.priority is Priority.ALARM for e in events):
-            self._urgent.append((events, future, state))
+        self._arrivals += 1
+        if _urgent_state(state) or any(e.priority is Priority.ALARM for e in events):
+            self._urgent.append((events, future, state, self._arrivals))
         else:
-            self._pending.append((events, future, state))
+            self._pending.append((events, future, state, self._arrivals))
         self._wakeup.set()
         await future
 
@@ -458,16 +475,14 @@ class Outbox:
             self._wakeup.clear()
             while self._urgent or self._pending:
                 group = self._next_group()
-                events = [e for batch, _, _ in group for e in batch]
-                state: dict[str, JsonValue | None] = {}
-                for _, _, changes in group:
-                    state.update(changes or {})
+                events = [e for batch, _, _, _ in group for e in batch]
+                state, newest = self._state_of(group)
                 self._committing = True
                 try:
                     await self._run(functools.partial(self._commit, events, state))
                 except BaseException as exc:  # the group's appends get the error (closing: WriterStopped)
                     failure = exc if isinstance(exc, Exception) else WriterStopped("the outbox closed mid-commit")
-                    for _, future, _ in group:
+                    for _, future, _, _ in group:
                         if not future.done():
                             future.set_exception(failure)
                     if not isinstance(exc, Exception):
@@ -475,7 +490,8 @@ class Outbox:
                     continue
                 finally:
                     self._committing = False
-                for _, future, _ in group:
+                self._state_arrival.update(newest)
+                for _, future, _, _ in group:
                     if not future.done():
                         future.set_result(None)
                 for priority in {e.priority for e in events}:
@@ -504,11 +520,31 @@ class Outbox:
                         RETENTION_SWEEP_S,
                     )
 
+    def _state_of(self, group: list[_Append]) -> tuple[StateRows, dict[str, int]]:
+        """The care state a group writes: for each row the value of its latest append, unless a
+        later append's value of it is already on disk."""
+        state: dict[str, JsonValue | None] = {}
+        newest: dict[str, int] = {}
+        for _, _, changes, arrival in sorted(group, key=lambda append: append[3]):
+            for row, value in (changes or {}).items():
+                if self._state_arrival.get(row, 0) < arrival:
+                    state[row], newest[row] = value, arrival
+        if len(self._state_arrival) > STATE_ARRIVALS_KEPT:  # forget what no waiting append can undercut
+            oldest = min((a[3] for a in self._urgent + self._pending), default=self._arrivals)
+            self._state_arrival = {row: n for row, n in self._state_arrival.items() if n >= oldest}
+        return state, newest
+
     def _next_group(self) -> list[_Append]:
         """Appends carrying an alarm go first, in a small transaction of their own; then the
         oldest others, up to MAX_GROUP_EVENTS events."""
-        if self._urgent:
-            urgent, self._urgent = self._urgent, []
+        if self._urgent:  # in arrival order (their state rows may follow one another), a few at a time
+            taken = events = 0
+            while taken < len(self._urgent) and (
+                taken == 0 or events + len(self._urgent[taken][0]) <= MAX_URGENT_GROUP_EVENTS
+            ):
+                events += len(self._urgent[taken][0])
+                taken += 1
+            urgent, self._urgent = self._urgent[:taken], self._urgent[taken:]
             return urgent
         rest = self._pending
         taken = events = 0
@@ -852,7 +888,7 @@ class Outbox:
                     "the event was not accepted",
                     self._free_space_advice(),
                 )
-        durable = bool(state) or any(e.priority is not Priority.TELEMETRY for e in events)
+        durable = _urgent_state(state) or any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
         items: list[_Item] = []
         for e in events:

@@ -281,3 +281,41 @@ async def test_a_row_that_cannot_be_sent_is_quarantined_and_the_queue_goes_on(tm
             (5, 0, "no event id"),
         ]
         assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 3
+
+
+async def test_telemetry_with_routine_care_state_never_holds_back_an_alarm_and_never_undoes_newer_state(
+    tmp_path: Path,
+) -> None:
+    """Radar readings carry a resident's last activity (routine state): they wait in the
+    ordinary queue. Appends with state that matters (a command nonce) jump the queue but are
+    committed a few at a time, so an alarm behind them waits for at most MAX_URGENT_GROUP_EVENTS
+    events; and a reading committed after a newer state overtook it does not write its older value."""
+    from gateway.outbox import MAX_URGENT_GROUP_EVENTS
+
+    clock = Clock()
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        finished: list[str] = []
+        sizes: dict[str, int] = {}
+
+        async def append(label: str, events: list[Event], state: dict[str, object]) -> None:
+            before = outbox.commits
+            await outbox.append(*events, state=state)  # type: ignore[arg-type]
+            sizes[label] = outbox.commits - before
+            finished.append(label)
+
+        def reading(n: int) -> list[Event]:
+            return [make(EventKind.ACTIVITY, "radar", clock, n=k) for k in range(10)]
+
+        readings = [append(f"reading-{n}", reading(n), {"resident:wang": {"active_at": n}}) for n in range(300)]
+        nonces = [
+            append(f"nonce-{n}", [make(EventKind.TEST, "gw", clock) for _ in range(10)], {f"nonce:{n}": 1.0})
+            for n in range(50)
+        ]
+        alarm = append("alarm", [make(EventKind.SOS, "rx", clock, zone=1)], {"resident:wang": {"active_at": 999}})
+        await asyncio.gather(*readings, *nonces, alarm)
+        assert finished.index("alarm") < 0.2 * len(finished), finished.index("alarm")  # ahead of the readings
+        urgent_commits = sizes["alarm"]  # (commits while the alarm waited, its own included)
+        assert urgent_commits >= 50 * 10 // MAX_URGENT_GROUP_EVENTS  # the nonces went a few at a time
+        state = await outbox.load_state()
+        assert state["resident:wang"] == {"active_at": 999}  # the readings' older values did not win
+        assert len([k for k in state if k.startswith("nonce:")]) == 50
