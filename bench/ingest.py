@@ -95,6 +95,11 @@ async def ours(folder: Path, events: int, per_call: int) -> float:
         return events / (time.perf_counter() - start)
 
 
+def clear(folder: Path) -> None:
+    for leftover in folder.iterdir():
+        leftover.unlink()
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     return {
         "median": round(statistics.median(values), 2),
@@ -118,8 +123,7 @@ async def run(events: int, rounds: int) -> dict[str, Any]:
             rates["ours_10"].append(ten)
             ratios["ours_1"].append(one / base)
             ratios["ours_10"].append(ten / base)
-            for leftover in folder.iterdir():
-                leftover.unlink()
+            clear(folder)
     return {
         "command": "python bench/ingest.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}, "
