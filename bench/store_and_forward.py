@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import platform
 import random
@@ -47,7 +48,7 @@ from gateway.clock import Clock
 from gateway.config import LINK_PROFILES, StorageSection
 from gateway.events import Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
-from gateway.uplink import BATCH_MAX_BYTES, MQTT_OVERHEAD_BYTES, Topics, fit_batch
+from gateway.uplink import BATCH_MAX_BYTES, MQTT_OVERHEAD_BYTES, Topics, encode_batch, fit_batch
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim, surgard_report
 from simulators.harness import GatewayProcess, station_toml
@@ -154,24 +155,30 @@ def disk_bytes(db: Path) -> int:
 class CountingSink:
     """A platform that only counts distinct ids (so that it keeps up with the drain)."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
+    def __init__(self, host: str, port: int, station: str = STATION) -> None:
+        self.host, self.port, self.station = host, port, station
         self.ids: set[bytes] = set()
         self.alarm_at: dict[int, float] = {}
         self.duplicates = 0
         self.subscribed = asyncio.Event()
+        self.first_at: float | None = None  # the first and the latest telemetry message
+        self.last_at = 0.0
 
     async def run(self) -> None:
         async with aiomqtt.Client(
-            self.host, self.port, identifier="bench-sink", clean_session=False, max_queued_incoming_messages=0
-        ) as client:
-            await client.subscribe(f"care/v1/{STATION}/events/#", qos=1)
+            self.host, self.port, identifier=f"bench-sink-{self.station}", clean_session=False,
+            max_queued_incoming_messages=0,
+        ) as client:  # fmt: skip
+            await client.subscribe(f"care/v1/{self.station}/events/#", qos=1)
             self.subscribed.set()
             async for message in client.messages:
                 payload = bytes(message.payload)  # type: ignore[arg-type]
                 if payload[:1] != b"{":
                     payload = zlib.decompress(payload)
                 now = time.perf_counter()
+                if str(message.topic).endswith("/telemetry"):
+                    self.first_at = self.first_at or now
+                    self.last_at = now
                 for event_id in ID_RE.findall(payload):
                     if event_id in self.ids:
                         self.duplicates += 1
@@ -220,6 +227,8 @@ async def bench_drain(folder: Path, rows: int) -> dict[str, Any]:
     per_event_disk = disk_bytes(db) / rows
     out: dict[str, Any] = {"disk_bytes_per_event": round(per_event_disk, 1), "seed_s": round(seeded_s, 1)}
 
+    batches = folder / "batches.jsonl"  # the same batches, for mosquitto_pub (one message a line)
+    await write_batches(db, batches, LINK_PROFILES["broadband"].batch_max_events)
     with Mosquitto(folder / "broker") as broker:
         sink = CountingSink(broker.host, broker.port)
         sim = ButtonReceiverSim()
@@ -252,16 +261,61 @@ async def bench_drain(folder: Path, rows: int) -> dict[str, Any]:
             rss = peak_rss_mb(gateway.proc.pid)
             await gateway.stop()
             sink_task.cancel()
+            reference = await mosquitto_pub_drain(broker, batches, rows)
         sim.close()
     out.update(
-        drain_events_per_s=round(rows / drain_s),
+        drain_events_per_s=round(rows / drain_s),  # (from the gateway's start: its start-up included)
+        drain_events_per_s_first_to_last=round(rows / (sink.last_at - (sink.first_at or sink.last_at) or 1)),
         drain_s=round(drain_s, 1),
         gateway_peak_rss_mb=rss,
         alarm_latency_ms_while_draining=pct(during),
         alarm_latency_ms_idle=pct(idle),
         duplicates_at_platform=sink.duplicates,
     )
+    if reference:
+        out["mosquitto_pub_same_batches_events_per_s"] = round(rows / reference)
+        out["ratio_to_mosquitto_pub"] = round(reference / drain_s, 3)
     return out
+
+
+async def write_batches(db: Path, out: Path, per_batch: int) -> None:
+    """The backlog as the uplink would send it on broadband: `{"events": [...]}` per line."""
+    from gateway.outbox import Outbox
+
+    async with Outbox(StorageSection(path=db, max_bytes=4 << 30), STATION) as outbox:
+        after = 0
+        with out.open("wb") as lines:
+            while rows := await outbox.rows_after(Priority.TELEMETRY, after, per_batch):
+                lines.write(encode_batch(rows, False).replace(STATION.encode(), b"ref-station") + b"\n")
+                after = rows[-1].seq
+
+
+async def mosquitto_pub_drain(broker: Mosquitto, batches: Path, rows: int) -> float | None:
+    """Seconds for mosquitto_pub (QoS 1, the same batches, to the same broker) until a counting
+    platform has every event: the reference a drain is measured against in the same run."""
+    import shutil
+
+    tool = shutil.which("mosquitto_pub")
+    if tool is None:
+        print("bench: mosquitto_pub not found (apt-get install mosquitto-clients): no reference", file=sys.stderr)
+        return None
+    sink = CountingSink(broker.host, broker.port, "ref-station")
+    task = asyncio.create_task(sink.run())
+    await asyncio.wait_for(sink.subscribed.wait(), 10)
+    start = time.perf_counter()
+    with batches.open("rb") as stdin:
+        proc = await asyncio.create_subprocess_exec(
+            tool, "-h", broker.host, "-p", str(broker.port), "-q", "1", "-t", "care/v1/ref-station/events/telemetry",
+            "-l", stdin=stdin,
+        )  # fmt: skip
+        await proc.wait()
+    while len(sink.ids) < rows:
+        await asyncio.sleep(0.02)
+    took = time.perf_counter() - start
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+        await task
+    return took
 
 
 class SteppingClock(Clock):
