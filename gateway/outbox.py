@@ -41,7 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import sqlite_utils
 from pydantic import JsonValue
@@ -221,8 +221,10 @@ class DiskReserve:
         return self.size
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
+    """One row to send (a tuple: made for every row the drain reads, 0.6 µs cheaper than a
+    frozen dataclass)."""
+
     seq: int
     priority: Priority
     created_ms: int
@@ -1260,11 +1262,15 @@ class Outbox:
         for attempt in range(3):
             try:
                 with self._transaction() as conn:
+                    # what goes, counted in C per class (a RETURNING row per deleted row and a Python
+                    # loop over them cost twice the delete itself), then the delete: one transaction
+                    listed = json.dumps(seqs)
                     gone = conn.execute(
-                        "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
-                        "RETURNING seq, priority, length(CAST(payload AS BLOB))",
-                        (json.dumps(seqs),),
+                        "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox "
+                        "WHERE seq IN (SELECT value FROM json_each(?1)) GROUP BY priority",
+                        (listed,),
                     ).fetchall()
+                    conn.execute("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))", (listed,))
                     if state:
                         _write_state(conn, state)
                 break
@@ -1288,8 +1294,8 @@ class Outbox:
                     return
         self._acked_unsaved.clear()
         self._state_unsaved = {}
-        for _, rank, size in gone:  # rows shed while in flight are gone already: not counted twice
-            freed.add(_PRIORITY_OF_RANK[rank], size + ROW_OVERHEAD_BYTES)
+        for rank, count, size in gone:  # rows shed while in flight are gone already: not counted twice
+            freed.add(_PRIORITY_OF_RANK[rank], size + count * ROW_OVERHEAD_BYTES, count)
         for priority in Priority:
             self._tally.add(priority, -freed.bytes[priority], -freed.rows[priority])
 
