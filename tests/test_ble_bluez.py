@@ -101,9 +101,13 @@ async def test_wearables_and_a_gatt_session_through_bleaks_bluez_backend(
         assert await measurement_taken(bluez, station, 1), "\n".join(station.gateway.lines[-20:])
         await asyncio.sleep(1.0)
         assert systolics(station) == [128.0]  # the session survived the refusal and the abort
-        assert bp.connections == 3  # refused; aborted by the host, then connected inside bleak's retry
+        # refused; aborted by the host, then connected inside bleak's retry: one session did it all
+        # (a later advertisement may start another, empty one: cooldown_s = 0 here)
+        assert bp.connections >= 3
+        ended = [line for line in station.gateway.lines if "BLE device bp: session ended" in line]
+        assert ended[0].endswith("with 1 measurement value(s)"), ble_log(station)
+        assert not any("GATT session failed" in line for line in station.gateway.lines), ble_log(station)
         assert await wait_until(lambda: bluez.notify_sessions(w.BP_MONITOR) == 0, timeout=2)  # none left in BlueZ
-        assert not await station.gateway.wait_for_line("with 0 measurement value(s)", timeout=0.1)
 
 
 async def test_five_sessions_in_a_row_each_give_exactly_their_own_values(
