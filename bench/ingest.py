@@ -39,7 +39,7 @@ GROUP = 1000
 
 
 def data(n: int) -> dict[str, Any]:
-    return {"presence": True, "motion": "moving", "movement": 30 + n % 50}
+    return {"presence": True, "motion": ("moving", "stationary")[n % 2], "room": "bedroom", "change": True}
 
 
 def bare(folder: Path, events: int) -> float:

@@ -78,7 +78,7 @@ def reading(clock: Clock, n: int) -> Event:
         STATION,
         f"radar-{n % 8}",
         EventKind.ACTIVITY,
-        {"presence": True, "motion": "moving", "movement": 30 + n % 50},
+        {"presence": True, "motion": ("moving", "stationary")[n % 2], "room": "bedroom", "change": True},
     )
 
 
@@ -339,7 +339,8 @@ def varied_reading(clock: Clock, rng: random.Random, n: int) -> Event:
         {
             "presence": rng.random() < 0.8,
             "motion": rng.choice(["none", "stationary", "moving"]),
-            "movement": rng.randrange(101),
+            "room": rng.choice(["bedroom", "living room", "bathroom"]),
+            "change": True,
         },
     )
 
@@ -350,10 +351,15 @@ def bench_wire() -> dict[str, Any]:
     topics = Topics("care/v1", "nm-xilin-0012")
     topic = topics.events(Priority.TELEMETRY)
     out = {}
+    import jsonschema
+
     from gateway.outbox import OutboxRow
 
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "event.schema.json").read_text())
     for name, link in LINK_PROFILES.items():
         events = [varied_reading(clock, rng, i) for i in range(link.batch_max_events)]
+        for event in events[:20]:  # (what is measured is what a station sends: the published schema)
+            jsonschema.validate(json.loads(event.to_json()), schema)
         rows = [OutboxRow(i, Priority.TELEMETRY, 0, e.to_json(), e.id) for i, e in enumerate(events)]
         wire_max = BATCH_MAX_BYTES
         if link.byte_budget_per_s:  # (as the uplink sizes a batch: after compression, with its framing)

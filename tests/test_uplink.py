@@ -276,7 +276,7 @@ def test_a_narrowband_batch_is_sized_after_compression() -> None:
     rows = []
     for n in range(link.batch_max_events):
         data = {"presence": rng.random() < 0.8, "motion": rng.choice(["none", "stationary", "moving"]),
-                "movement": rng.randrange(101)}  # fmt: skip
+                "room": rng.choice(["bedroom", "living room", "bathroom"]), "change": True}  # fmt: skip
         event = new_event(clock, "nm-xilin-0012", f"radar-{n % 8}", EventKind.ACTIVITY, data)
         rows.append(OutboxRow(n, Priority.TELEMETRY, 0, event.to_json(), event.id))
     topic = Topics("care/v1", "nm-xilin-0012").events(Priority.TELEMETRY)
