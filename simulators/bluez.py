@@ -819,10 +819,17 @@ class BlueZStandIn:
 
 
 async def main(bus_address: str | None = None) -> None:  # pragma: no cover - a manual aid
-    """`python -m simulators.bluez`: a private bus with the stand-in, its address printed."""
+    """`python -m simulators.bluez`: a private bus with the stand-in, its address printed,
+    until Ctrl-C or SIGTERM (the bus and its folder are removed then)."""
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with PrivateBus() as bus, BlueZStandIn(bus_address or bus.address):
         print(f"export DBUS_SYSTEM_BUS_ADDRESS={bus.address}", flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()
 
 
 if __name__ == "__main__":  # pragma: no cover
