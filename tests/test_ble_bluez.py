@@ -5,6 +5,7 @@ simulators/bluez.py plays bluetoothd 5.66 -> the real ble_link.py -> mosquitto -
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 from collections import deque
@@ -54,6 +55,19 @@ def ble_log(station: Station) -> str:
     return "\n".join(line for line in station.gateway.lines if "BLE" in line)
 
 
+@contextlib.asynccontextmanager
+async def station_on_bluez(
+    tmp_path: Path, broker: Mosquitto, bus: PrivateBus, devices: str | None = None,
+    env: dict[str, str] | None = None, experimental: bool = True,
+) -> AsyncIterator[tuple[BlueZStandIn, Station]]:  # fmt: skip
+    """The BlueZ stand-in on the private bus, and a station whose gateway uses it through bleak."""
+    async with (
+        BlueZStandIn(bus.address, experimental=experimental) as bluez,
+        running_station(tmp_path, broker, extra_devices=devices or devices_toml(), env=env or bus.env()) as station,
+    ):
+        yield bluez, station
+
+
 @pytest.fixture
 async def system_bus() -> AsyncIterator[PrivateBus]:
     async with PrivateBus() as bus:  # (fails, naming the setup command, where dbus-daemon is missing)
@@ -72,10 +86,7 @@ async def measurement_taken(bluez: BlueZStandIn, station: Station, expected: int
 async def test_wearables_and_a_gatt_session_through_bleaks_bluez_backend(
     tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
 ) -> None:
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery), "\n".join(station.gateway.lines[-20:])
         assert any(f.get("DuplicateData") for f in bluez.discovery.values())
 
@@ -113,10 +124,7 @@ async def test_wearables_and_a_gatt_session_through_bleaks_bluez_backend(
 async def test_five_sessions_in_a_row_each_give_exactly_their_own_values(
     tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
 ) -> None:
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery)
         bp = bluez.add_peripheral(Peripheral(w.BP_MONITOR, "blood_pressure", deque()))
         for n in range(5):
@@ -137,10 +145,7 @@ async def test_the_end_of_a_session_is_not_an_advertisement(
     ServicesResolved changes bleak reports as "advertisements" must not start the next session
     (cooldown_s = 0) nor count as sightings."""
     devices = devices_toml().replace("cooldown_s = 0\n", "cooldown_s = 0\nsession_s = 1\n")
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices, env=system_bus.env()) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus, devices) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery)
         bp = bluez.add_peripheral(Peripheral(w.BP_MONITOR, "blood_pressure", deque([[bp_record(131)]]), hangs_up=False))
         bluez.advertise(w.BP_MONITOR, name="BP-monitor", uuids16=[BP_SERVICE])  # one advertisement, then quiet
@@ -157,9 +162,9 @@ async def test_the_end_of_a_session_is_not_an_advertisement(
 async def test_passive_mode_hears_pendants_and_health_devices_and_warns_of_badges(
     tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
 ) -> None:
-    async with (
-        BlueZStandIn(system_bus.address, experimental=True) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml("passive"), env=system_bus.env()) as station,
+    async with station_on_bluez(tmp_path, broker, system_bus, devices_toml("passive"), experimental=True) as (
+        bluez,
+        station,
     ):
         assert await wait_until(lambda: any(m.patterns for m in bluez.monitors.values())), ble_log(station)
         assert not bluez.discovery  # no discovery session: no scan requests
@@ -178,9 +183,9 @@ async def test_passive_mode_hears_pendants_and_health_devices_and_warns_of_badge
 async def test_passive_mode_without_experimental_scans_actively_and_says_so(
     tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
 ) -> None:
-    async with (
-        BlueZStandIn(system_bus.address, experimental=False) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml("passive"), env=system_bus.env()) as station,
+    async with station_on_bluez(tmp_path, broker, system_bus, devices_toml("passive"), experimental=False) as (
+        bluez,
+        station,
     ):
         assert await station.gateway.wait_for_line("needs bluetoothd started with --experimental"), ble_log(station)
         assert await wait_until(lambda: bluez.discovery)
@@ -202,10 +207,7 @@ async def test_a_hung_adapter_is_reset_through_bluetoothctl(
     if not with_bluetoothctl:
         env["PATH"] = str(tmp_path / "no-tools")  # (the gateway is started by its full path)
     devices = devices_toml(silence_restart_s=5, silence_reset_s=10)
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices, env=env) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus, devices, env=env) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery)
         bluez.silent_until_power_cycle = True  # a hung controller
 
@@ -264,10 +266,7 @@ async def test_a_random_address_flood_is_forgotten_and_the_pendant_still_heard(
     from gateway.ble_link import STRANGERS_KEPT
 
     rng = random.Random(1)
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery)
         junk = w.bthome_service_data(packet_id=1, battery=50)
         for n in range(3 * STRANGERS_KEPT):
@@ -286,10 +285,7 @@ async def test_a_connection_that_hangs_is_given_up_and_tried_again(
 ) -> None:
     """BlueZ never answers Connect (a device gone out of range mid-connection): bleak's timeout
     cancels it, the gateway's retry connects, the session gives its value."""
-    async with (
-        BlueZStandIn(system_bus.address) as bluez,
-        running_station(tmp_path, broker, extra_devices=devices_toml(), env=system_bus.env()) as station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus) as (bluez, station):
         assert await wait_until(lambda: bluez.discovery)
         bp = bluez.add_peripheral(
             Peripheral(w.BP_MONITOR, "blood_pressure", deque([[bp_record(119)]]), outcomes=deque(["hang"]))
