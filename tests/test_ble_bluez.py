@@ -162,10 +162,7 @@ async def test_the_end_of_a_session_is_not_an_advertisement(
 async def test_passive_mode_hears_pendants_and_health_devices_and_warns_of_badges(
     tmp_path: Path, broker: Mosquitto, system_bus: PrivateBus
 ) -> None:
-    async with station_on_bluez(tmp_path, broker, system_bus, devices_toml("passive"), experimental=True) as (
-        bluez,
-        station,
-    ):
+    async with station_on_bluez(tmp_path, broker, system_bus, devices_toml("passive")) as (bluez, station):
         assert await wait_until(lambda: any(m.patterns for m in bluez.monitors.values())), ble_log(station)
         assert not bluez.discovery  # no discovery session: no scan requests
         assert any('caregiver badge, but [ble] scanning_mode = "passive"' in line for line in station.gateway.lines)
