@@ -48,7 +48,7 @@ from gateway.clock import Clock
 from gateway.config import LINK_PROFILES, StorageSection
 from gateway.events import Event, EventKind, Priority, new_event
 from gateway.outbox import Outbox
-from gateway.uplink import BATCH_MAX_BYTES, MQTT_OVERHEAD_BYTES, Topics, encode_batch, fit_batch
+from gateway.uplink import MQTT_OVERHEAD_BYTES, Topics, batch_limit, encode_batch, fit_batch
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim, surgard_report
 from simulators.harness import GatewayProcess, station_toml
@@ -361,10 +361,7 @@ def bench_wire() -> dict[str, Any]:
         for event in events[:20]:  # (what is measured is what a station sends: the published schema)
             jsonschema.validate(json.loads(event.to_json()), schema)
         rows = [OutboxRow(i, Priority.TELEMETRY, 0, e.to_json(), e.id) for i, e in enumerate(events)]
-        wire_max = BATCH_MAX_BYTES
-        if link.byte_budget_per_s:  # (as the uplink sizes a batch: after compression, with its framing)
-            wire_max = min(wire_max, link.byte_budget_per_s - len(topic) - MQTT_OVERHEAD_BYTES)
-        sent, payload = fit_batch(rows, link.compress, wire_max)
+        sent, payload = fit_batch(rows, link.compress, batch_limit(link, topic))  # (as the uplink sizes it)
         out[name] = {
             "batch_events": len(sent),
             "compressed": link.compress,

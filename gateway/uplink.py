@@ -55,7 +55,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.care_state import StateRows
 from gateway.clock import utc_text
 from gateway.commands import COMMANDS, CommandRefused, CommandTable
-from gateway.config import StationConfig, UplinkSection, read_secrets
+from gateway.config import LinkSettings, StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
 from gateway.events import Priority
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
@@ -831,13 +831,7 @@ class Uplink:
             if len(rows) < self.batch_events and 0 <= age_s < link.batch_linger_s:
                 await asyncio.sleep(link.batch_linger_s - age_s)  # let the batch fill
                 return None
-            # one batch is at most about one second of the byte budget on the wire, so that it
-            # cannot hold back a PUBACK or a PINGRESP for long on a thin link
-            wire_max = BATCH_MAX_BYTES
-            if link.byte_budget_per_s:
-                framing = len(self.topics.events(priority)) + MQTT_OVERHEAD_BYTES
-                wire_max = min(wire_max, link.byte_budget_per_s - framing)
-            rows, payload = fit_batch(rows, link.compress, wire_max)
+            rows, payload = fit_batch(rows, link.compress, batch_limit(link, self.topics.events(priority)))
             return priority, rows, payload
         await self._outbox.wait_for_new(Priority.TELEMETRY, IDLE_POLL_S)  # status shares this signal
         return None
@@ -1036,6 +1030,15 @@ async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: f
             where, True, f"{where} accepted an MQTT {name} connection", None, verdict, subscription, name
         )
     return BrokerProbe(where, False, f"{where} refused both MQTT 5 and 3.1.1")
+
+
+def batch_limit(link: LinkSettings, topic: str) -> int:
+    """Most payload bytes of one batch: about one second of the byte budget on the wire, topic
+    and MQTT header included, so that it cannot hold back a PUBACK or a PINGRESP for long on a
+    thin link; BATCH_MAX_BYTES whatever the profile."""
+    if not link.byte_budget_per_s:
+        return BATCH_MAX_BYTES
+    return min(BATCH_MAX_BYTES, link.byte_budget_per_s - len(topic) - MQTT_OVERHEAD_BYTES)
 
 
 def fit_batch(rows: list[OutboxRow], compress: bool, max_bytes: int) -> tuple[list[OutboxRow], bytes]:

@@ -260,7 +260,7 @@ def test_a_narrowband_batch_is_sized_after_compression() -> None:
     from gateway.config import LINK_PROFILES
     from gateway.events import new_event
     from gateway.outbox import OutboxRow
-    from gateway.uplink import MQTT_OVERHEAD_BYTES, fit_batch
+    from gateway.uplink import MQTT_OVERHEAD_BYTES, batch_limit, fit_batch
 
     class Stepping(Clock):
         def __init__(self) -> None:
@@ -280,8 +280,8 @@ def test_a_narrowband_batch_is_sized_after_compression() -> None:
         event = new_event(clock, "nm-xilin-0012", f"radar-{n % 8}", EventKind.ACTIVITY, data)
         rows.append(OutboxRow(n, Priority.TELEMETRY, 0, event.to_json(), event.id))
     topic = Topics("care/v1", "nm-xilin-0012").events(Priority.TELEMETRY)
-    assert link.byte_budget_per_s is not None
-    wire_max = link.byte_budget_per_s - len(topic) - MQTT_OVERHEAD_BYTES
+    wire_max = batch_limit(link, topic)
+    assert wire_max == 1000 - len(topic) - MQTT_OVERHEAD_BYTES  # one second of the budget, framing included
     sent, payload = fit_batch(rows, link.compress, wire_max)
     assert len(payload) <= wire_max < len(encode_batch(rows[: len(sent) + 1], True))  # the most that fit
     assert len(sent) >= 40
