@@ -107,6 +107,15 @@ KEYED = (PendantDevice, WristbandDevice)  # the kinds that may send encrypted BT
 EventSink = Callable[[str, list[EventDraft]], Awaitable[None]]
 
 
+def _bluez_object(adv: AdvertisementData) -> tuple[str, dict[str, Any]] | None:
+    """(object path, Device1 properties) as bleak's BlueZ backend gives them in platform_data;
+    None from other backends (the simulated radio gives none)."""
+    details = adv.platform_data
+    if len(details) == 2 and isinstance(details[0], str) and isinstance(details[1], dict):
+        return details[0], details[1]
+    return None
+
+
 def bind_keys(devices: Sequence[BleDevice]) -> dict[str, bytes]:
     """device id -> BTHome key, for the encrypted pendants and wristbands."""
     return {d.id: bytes.fromhex(d.bind_key) for d in devices if isinstance(d, KEYED) and d.bind_key}
@@ -242,7 +251,6 @@ class BleLink:
         self._strangers: collections.OrderedDict[str, None] = collections.OrderedDict()  # BlueZ object paths
         self._forget: collections.deque[str] = collections.deque(maxlen=STRANGERS_PENDING)
         self._forget_wanted = asyncio.Event()
-        self.strangers_removed = 0
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -355,10 +363,10 @@ class BleLink:
 
     def _note_stranger(self, adv: AdvertisementData) -> None:
         """Keep at most STRANGERS_KEPT unconfigured devices in BlueZ (and so in bleak)."""
-        details = adv.platform_data
-        if self.radio.scanner_backend is not None or len(details) != 2 or not isinstance(details[1], dict):
+        known = _bluez_object(adv)
+        if self.radio.scanner_backend is not None or known is None:
             return
-        path, props = details
+        path, props = known
         if any(props.get(k) for k in LINK_KEPT):
             return  # (a paired keyboard, a connected phone: not ours to forget)
         if path in self._strangers:
@@ -372,7 +380,7 @@ class BleLink:
     async def _forget_strangers_forever(self) -> None:
         """Remove the oldest strangers from BlueZ, one call at a time (back-pressure: a flood
         waits for bluetoothd instead of filling the bus), on a D-Bus connection of our own."""
-        from dbus_fast import BusType, Message, MessageType
+        from dbus_fast import BusType, Message
         from dbus_fast.aio import MessageBus
 
         bus: MessageBus | None = None
@@ -388,8 +396,7 @@ class BleLink:
                     path = self._forget.popleft()
                     remove = Message(destination="org.bluez", path=adapter, interface="org.bluez.Adapter1",
                                      member="RemoveDevice", signature="o", body=[path])  # fmt: skip
-                    reply = await bus.call(remove)
-                    self.strangers_removed += reply is not None and reply.message_type == MessageType.METHOD_RETURN
+                    await bus.call(remove)  # (an error reply: the device went already, or is not ours to remove)
                 failures = 0
             except (OSError, EOFError, ConnectionError, ValueError) as exc:
                 failures += 1
@@ -404,10 +411,10 @@ class BleLink:
         what a GATT session taught BlueZ) with no new advertisement in it. bleak's BlueZ
         backend gives (object path, Device1 properties) as platform_data; other backends give
         no properties, and every callback is an advertisement."""
-        details = adv.platform_data
-        props = details[1] if len(details) == 2 and isinstance(details[1], dict) else None
-        if props is None:
+        known = _bluez_object(adv)
+        if known is None:
             return False
+        props = known[1]
         last = self._last_properties.pop(address, None)
         self._last_properties[address] = dict(props)
         if len(self._last_properties) > LAST_PROPERTIES_KEPT:
