@@ -153,6 +153,7 @@ async def test_the_shipped_broker_acl_keeps_every_client_to_its_own_topics(tmp_p
             ("platform", "care/v1/st-a/cmd/resolve"),  # the platform commands
             ("st-a", "care/v1/st-a/events/alarm"),  # a station speaks in its own name
             ("st-a", "care/v1/st-a/status"),
+            ("st-a", "care/v1/st-a/heartbeat"),
             ("st-a", "care/v1/st-a/cmd-reply"),
         }
         assert [case for case in allowed if await verdict(*case) >= 0x80] == []  # (0x10: no subscriber yet)
@@ -162,6 +163,7 @@ async def test_the_shipped_broker_acl_keeps_every_client_to_its_own_topics(tmp_p
             ("st-b", "care/v1/st-a/cmd/resolve"),  # another station
             ("st-b", "care/v1/st-a/events/alarm"),  # ... speaking in st-a's name
             ("st-b", "care/v1/st-a/status"),
+            ("st-b", "care/v1/st-a/heartbeat"),
             ("st-a", "care/v1/st-a/cmd/ack"),  # a station cannot command itself
         }
         assert {case: await verdict(*case) for case in refused} == dict.fromkeys(refused, 0x87)

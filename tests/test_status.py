@@ -170,3 +170,23 @@ async def test_the_full_status_is_sent_when_it_says_something_new_and_a_heartbea
             assert late.status is not None
             assert late.status["alarms_open"][0]["kind"] == "sos"  # the retained one is the full status
             assert "devices" in late.status
+
+
+async def test_a_broker_that_refuses_the_full_status_gets_it_again_not_a_heartbeat_instead(tmp_path: Path) -> None:
+    """An ACL that lets the station write its heartbeat but not its status (a platform that
+    forgot the status line): the station never settles for heartbeats, since the platform has
+    no full status to go with them; it offers the full one at each interval and says why once."""
+    acl = (
+        f"topic write care/v1/{STATION_ID}/events/#\ntopic write care/v1/{STATION_ID}/heartbeat\n"
+        f"topic write care/v1/{STATION_ID}/cmd-reply\ntopic read care/v1/{STATION_ID}/#\n"
+    )
+    with Mosquitto(tmp_path / "acl-broker", acl=acl) as broker:
+        async with running_station(tmp_path, broker, status_interval_s=1) as station:
+            assert await station.gateway.wait_for_line("refused the status message on care/v1/test-station/status")
+            await asyncio.sleep(4)
+            assert station.sink.heartbeats == []  # (every interval offered the full status again)
+            assert station.sink.status_history == []
+            refusals = [line for line in station.gateway.lines if "refused the status message" in line]
+            assert len(refusals) == 1, refusals  # logged once, not every second
+            assert (await station.receiver.send(surgard_report(code=101, zone=2))).acked
+            assert await wait_until(lambda: any(e["kind"] == "sos" for e in station.sink.events.values()))
