@@ -7,6 +7,7 @@ at-least-once without the platform ever counting an alarm twice.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -14,10 +15,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, TypeAdapter, ValidationError
+from pydantic_core import SchemaValidator
 from typing_extensions import TypeAliasType
 
 from gateway.clock import Clock
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "PRIORITY_OF_KIND",
@@ -25,6 +29,7 @@ __all__ = [
     "Event",
     "EventKind",
     "Priority",
+    "check_data",
     "new_event",
 ]
 
@@ -222,6 +227,51 @@ class Event(BaseModel):
         return self.model_dump_json()
 
 
+class _DataCheck:
+    """Checks each event's `data` against its kind's model (gateway/payloads.py, the published
+    schema) before the event is accepted.
+
+    A breach is a builder's mistake, never the sender's: the event is still accepted and sent
+    (an alarm is not dropped for a field name), the journal names the kind, the device and the
+    field, once per kind and field, and `breaches` counts it for the status (`off_contract`).
+    The validators are pydantic's compiled ones, in strict mode so that what is checked is the
+    value that is stored (no "3" taken for 3): about a microsecond an event (docs/performance.md).
+    """
+
+    def __init__(self) -> None:
+        self._validators: dict[EventKind, SchemaValidator] = {}
+        self._named: set[tuple[str, str]] = set()
+        self.breaches: dict[str, int] = {}
+
+    def __call__(self, kind: EventKind, device_id: str, data: dict[str, Any]) -> None:
+        validator = self._validators.get(kind)
+        if validator is None:
+            from gateway.payloads import DATA_OF_KIND  # (payloads imports this module)
+
+            validator = self._validators[kind] = SchemaValidator(TypeAdapter(DATA_OF_KIND[kind.value]).core_schema)
+        try:
+            validator.validate_python(data, strict=True)
+        except ValidationError as exc:
+            self.breaches[kind.value] = self.breaches.get(kind.value, 0) + 1
+            where = ", ".join(".".join(str(p) for p in error["loc"]) or "data" for error in exc.errors()[:3])
+            if (kind.value, where) not in self._named:
+                self._named.add((kind.value, where))
+                log.error(
+                    "event %s of device %r does not match its published data schema at %s (%s); it is sent "
+                    "all the same, and counted in the status (off_contract): please report this as a bug",
+                    kind.value,
+                    device_id,
+                    where,
+                    exc.errors()[0]["msg"],
+                )
+
+
+check_data = _DataCheck()
+_FIELDS_SET = frozenset(Event.model_fields)  # every field is given
+_new_model = object.__new__
+_set = object.__setattr__
+
+
 def new_event(
     clock: Clock,
     station_id: str,
@@ -230,16 +280,31 @@ def new_event(
     data: dict[str, Any] | None = None,
     priority: Priority | None = None,
 ) -> Event:
-    """Stamp a new event with an id, the time and the clock's trust; priority from the kind."""
+    """Stamp a new event with an id, the time and the clock's trust; priority from the kind.
+
+    `data` is checked against its kind's schema (check_data). The envelope is built here from
+    values this function made or typed itself, so it is set without pydantic's validation of
+    it (2 µs an event on the ingest path); tests pin that the result equals the validated model.
+    """
+    data = data or {}
+    check_data(kind, device_id, data)
     ms = int(clock.now().timestamp() * 1000)
-    ts = datetime.fromtimestamp(ms / 1000, UTC)  # the wire carries milliseconds (exact: see tests)
-    return Event(
-        id=_ulids.new(ms),
-        station_id=station_id,
-        device_id=device_id,
-        kind=kind,
-        priority=priority or PRIORITY_OF_KIND[kind],
-        ts=ts,
-        clock_trusted=clock.trusted(),
-        data=data or {},
+    event = _new_model(Event)
+    _set(
+        event,
+        "__dict__",
+        {
+            "id": _ulids.new(ms),
+            "station_id": station_id,
+            "device_id": device_id,
+            "kind": kind,
+            "priority": priority or PRIORITY_OF_KIND[kind],
+            "ts": datetime.fromtimestamp(ms / 1000, UTC),  # the wire carries milliseconds (exact: see tests)
+            "clock_trusted": clock.trusted(),
+            "data": data,
+        },
     )
+    _set(event, "__pydantic_fields_set__", _FIELDS_SET)  # (read-only: a frozen model is never assigned to)
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event

@@ -39,10 +39,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+import orjson
 import sqlite_utils
 from pydantic import JsonValue
 
@@ -104,6 +105,7 @@ SQLITE_IOERR = 10
 SQLITE_FULL = 13
 SCHEMA_VERSION = 2  # 2: boot and mono_ms columns (clock re-basing)
 _PRIORITY_OF_RANK = {p.rank: p for p in Priority}
+_ALARM = Priority.ALARM
 # SQL: the device of a row, or NULL for a row that is not JSON (json_extract would raise)
 DEVICE_OF_ROW = "CASE WHEN json_valid(payload) THEN json_extract(payload, '$.device_id') END"
 # A stored row is the event's JSON with "id" first (stored_form): checked once in SQL (json_valid,
@@ -297,13 +299,54 @@ def _rank_of(item: _Item) -> int:
     return item[0]
 
 
-_ROW_KNOWS = {"station_id", "priority"}
-_to_json = Event.__pydantic_serializer__.to_json  # model_dump_json minus its Python wrapper: hot path
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def created_ms(event: Event) -> int:
+    """The event's `ts` in whole milliseconds (the wire's precision), exactly (no float)."""
+    return (event.ts - _EPOCH) // _MS
 
 
 def stored_form(event: Event) -> str:
-    """The event JSON without the fields the row already knows (saves ~60 bytes a row)."""
-    return _to_json(event, exclude=_ROW_KNOWS).decode()
+    """The event JSON without what the row already knows: station_id, priority, and `ts`
+    (created_ms; put back on read, see _Rfc3339Ms). About 90 bytes less a row. orjson: 0.3 µs
+    against 1.9 µs for pydantic's serializer on the ingest path (docs/performance.md)."""
+    return orjson.dumps(
+        {
+            "id": event.id,
+            "device_id": event.device_id,
+            "kind": event.kind,
+            "clock_trusted": event.clock_trusted,
+            "data": event.data,
+        },
+        default=_unserialisable,
+    ).decode()
+
+
+def _unserialisable(value: object) -> str:
+    """A value JSON has no form for (a builder's mistake, check_data names it): its text, so
+    that the event is still stored rather than lost."""
+    return repr(value)
+
+
+class _Rfc3339Ms:
+    """created_ms as the wire's `ts` (2026-11-23T08:30:15.123Z); the text up to the second is
+    remembered, since a backlog's rows come a thousand to the second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, ms: int) -> str:
+        second, millis = divmod(ms, 1000)
+        if second != self._second:
+            try:
+                self._prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}."
+            except (OverflowError, OSError, ValueError):  # (a row whose created_ms was tampered with)
+                self._prefix = "1970-01-01T00:00:00."
+            self._second = second
+        return f"{self._prefix}{millis:03d}Z"
 
 
 class Outbox:
@@ -314,6 +357,7 @@ class Outbox:
         self.boot = boot_key(boot_id or read_boot_id())
         self.path = storage.path
         self._station_prefix = '{"station_id":' + json.dumps(station_id) + ',"priority":"'
+        self._ts_of = _Rfc3339Ms()  # (outbox thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self._db: sqlite_utils.Database | None = None
         self._shm_fd: int | None = None  # the WAL index, held open while SQLite maps it (see _preallocate_wal_index)
@@ -400,7 +444,12 @@ class Outbox:
             raise WriterStopped(f"the outbox writer stopped ({self.writer_failure!r})")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._arrivals += 1
-        if _urgent_state(state) or any(e.priority is Priority.ALARM for e in events):
+        urgent = state is not None and _urgent_state(state)
+        for e in events:  # (not any(): a generator costs more than the test, for one event a call)
+            if e.priority is _ALARM:
+                urgent = True
+                break
+        if urgent:
             self._urgent.append((events, future, state, self._arrivals))
         else:
             self._pending.append((events, future, state, self._arrivals))
@@ -541,6 +590,8 @@ class Outbox:
         later append's value of it is already on disk."""
         state: dict[str, JsonValue | None] = {}
         newest: dict[str, int] = {}
+        if not any(append[2] for append in group):
+            return state, newest
         for _, _, changes, arrival in sorted(group, key=lambda append: append[3]):
             for row, value in (changes or {}).items():
                 if self._state_arrival.get(row, 0) < arrival:
@@ -899,7 +950,7 @@ class Outbox:
         items: list[_Item] = []
         for e in events:
             stored = stored_form(e)
-            items.append((e.priority.rank, int(e.ts.timestamp() * 1000), stored, row_bytes(stored), e))
+            items.append((e.priority.rank, created_ms(e), stored, row_bytes(stored), e))
         items.sort(key=_rank_of)  # stable: arrival order kept within a class
         while True:
             tally = _Tally()
@@ -1194,6 +1245,7 @@ class Outbox:
         ).fetchall()
         out: list[OutboxRow] = []
         bad: list[tuple[int, int, bytes, str]] = []
+        ts_of = self._ts_of
         for seq, created_ms, raw, valid in rows:
             if seq in skip:
                 continue
@@ -1210,7 +1262,12 @@ class Outbox:
             if problem:
                 bad.append((seq, created_ms, raw, problem))
             else:
-                out.append(OutboxRow(seq, priority, created_ms, prefix + stored[1:], stored[len(ID_PREFIX) : ID_END]))
+                head = stored[1 : ID_END + 2]  # '"id":"…",'
+                if stored.startswith('"ts":"', ID_END + 2):  # a row stored before ts was left to created_ms
+                    wire = prefix + stored[1:]
+                else:
+                    wire = f'{prefix}{head}"ts":"{ts_of(created_ms)}",{stored[ID_END + 2 :]}'
+                out.append(OutboxRow(seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END]))
         if bad:
             self._quarantine(priority, bad)
         return out
@@ -1318,9 +1375,10 @@ class Outbox:
     def _rebase_rows(self, offset_ms: int) -> int:
         with self._transaction() as conn:
             changed = conn.execute(
-                "UPDATE outbox SET created_ms = mono_ms + ?1, payload = json_set(payload, "
-                "'$.data.ts_unsynced', json_extract(payload, '$.ts'), "
-                "'$.ts', strftime('%Y-%m-%dT%H:%M:%fZ', (mono_ms + ?1) / 1000.0, 'unixepoch'), "
+                # ts is created_ms (a row stored before that keeps its own ts: removed, it is put back on read)
+                "UPDATE outbox SET created_ms = mono_ms + ?1, payload = json_set(json_remove(payload, '$.ts'), "
+                "'$.data.ts_unsynced', coalesce(json_extract(payload, '$.ts'), "
+                "strftime('%Y-%m-%dT%H:%M:%fZ', created_ms / 1000.0, 'unixepoch')), "
                 "'$.clock_trusted', json('true')) "
                 "WHERE boot = ?2 AND mono_ms IS NOT NULL "
                 "AND CASE WHEN json_valid(payload) THEN json_extract(payload, '$.clock_trusted') END = 0",

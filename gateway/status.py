@@ -89,6 +89,7 @@ class StationPart:
     ble: dict[str, int] | None = None  # only with Bluetooth devices configured
     ble_devices: dict[str, BleDeviceStatus] | None = None
     sms: dict[str, Any] | None = None  # only with an [sms] modem
+    off_contract: dict[str, int] | None = None  # kind -> events whose data missed its schema (a bug)
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ class StationStatus:
         return body
 
 
-_OPTIONAL_PARTS = frozenset({"ble", "ble_devices", "sms"})
+_OPTIONAL_PARTS = frozenset({"ble", "ble_devices", "sms", "off_contract"})
 
 
 # What changes all the time and is not acted on: leaving it out of the comparison is what lets

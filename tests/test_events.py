@@ -21,12 +21,15 @@ from gateway.events import (
     EventKind,
     Priority,
     _UlidFactory,
+    check_data,
     new_event,
 )
+from gateway.outbox import _Rfc3339Ms, created_ms, stored_form
 from gateway.payloads import event_json_schema
 
 MEASUREMENT_TYPES = list(MEASUREMENT_NAMES)
 
+wire_ts = _Rfc3339Ms()
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "event.schema.json"
 
 
@@ -88,6 +91,70 @@ def test_every_kind_has_a_priority_and_alarms_rank_first() -> None:
     }
 
 
+VALID_DATA: list[tuple[EventKind, dict[str, object]]] = [
+    (EventKind.ACTIVITY, {"presence": True, "motion": "moving", "room": "卧室", "change": True}),
+    (EventKind.SOS, {"source": "ble_pendant", "button": "press", "battery": 80, "resident": "r-1"}),
+    (
+        EventKind.FALL,
+        {
+            "qualifier": "new",
+            "severity": "high",
+            "detector": "mmwave",
+            "location": {"lat": 40.1, "lon": 116.3, "source": "gps"},
+        },
+    ),
+    (EventKind.STORAGE_FAULT, {"fault": "bad_row", "seq": 4, "class": "alarm", "reason": "no event id", "bytes": 9}),
+    (
+        EventKind.VITALS,
+        {
+            "measurement": "blood_pressure",
+            "systolic": 128.0,
+            "diastolic": 82,
+            "mean_arterial": None,
+            "unit": "mmHg",
+            "measured_at": "2026-11-23T08:30:00",
+            "pulse_bpm": 71.0,
+            "user": 1,
+            "status": ["irregular_pulse"],
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "data"), VALID_DATA, ids=[kind.value for kind, _ in VALID_DATA])
+def test_a_new_event_is_the_validated_model_and_its_stored_form_what_pydantic_writes(
+    kind: EventKind, data: dict[str, object]
+) -> None:
+    """new_event sets the envelope without pydantic's validation and the outbox writes it with
+    orjson: both must give exactly what the validated model and its serialiser give."""
+    before = dict(check_data.breaches)
+    event = new_event(Clock(), "st-1", "dev-1", kind, data)
+    assert check_data.breaches == before, "the test's data must match the published schema"
+    validated = Event.model_validate(event.model_dump())
+    assert validated == event
+    assert validated.model_fields_set == event.model_fields_set
+    assert Event.model_validate_json(event.to_json()) == event
+    whole = json.loads(event.to_json())
+    stored = json.loads(stored_form(event))
+    assert stored == {k: v for k, v in whole.items() if k not in ("station_id", "priority", "ts")}
+    assert stored_form(event).startswith('{"id":"')  # (the outbox checks a row by its first bytes)
+    assert wire_ts(created_ms(event)) == whole["ts"]
+
+
+def test_data_off_its_schema_is_accepted_all_the_same_named_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    before = check_data.breaches.get("low_battery", 0)
+    for _ in range(3):  # "battery" is an int: strict, so "15" is not taken for 15
+        event = new_event(Clock(), "s", "pendant-7", EventKind.LOW_BATTERY, {"battery": "15", "limit": 20})
+        assert event.data["battery"] == "15"  # kept as given: the event is not lost, nor altered
+    assert check_data.breaches["low_battery"] == before + 3
+    named = [r.getMessage() for r in caplog.records if "published data schema" in r.getMessage()]
+    assert len(named) == 1, named  # once per kind and field, not once per event
+    assert named[0].startswith("event low_battery of device 'pendant-7' does not match")
+    assert " at battery (" in named[0]
+    new_event(Clock(), "s", "pendant-7", EventKind.LOW_BATTERY, {"battery": 15, "limit": 20})
+    assert check_data.breaches["low_battery"] == before + 3  # a valid one is not counted
+
+
 def test_events_are_immutable() -> None:
     event = new_event(Clock(), "s", "d", EventKind.TEST)
     with pytest.raises(ValidationError, match="frozen"):
@@ -110,6 +177,7 @@ def test_millisecond_truncation_is_exact_across_a_day_of_timestamps() -> None:
         assert event.ts == at - timedelta(microseconds=999)
         expected = at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
         assert json.loads(event.to_json())["ts"] == expected
+        assert wire_ts(created_ms(event)) == expected  # the outbox keeps ts as created_ms, put back on read
 
 
 def test_ulid_text_is_the_number_it_stands_for_across_a_carry_of_the_cached_half() -> None:

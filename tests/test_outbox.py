@@ -19,15 +19,15 @@ STATION = "st-1"
 
 
 class FixedClock(Clock):
-    def __init__(self, at: datetime) -> None:
+    def __init__(self, at: datetime, trusted: bool = True) -> None:
         super().__init__()
-        self.at = at
+        self.at, self._trusted = at, trusted
 
     def now(self) -> datetime:
         return self.at
 
     def trusted(self) -> bool:
-        return True
+        return self._trusted
 
 
 def make(kind: EventKind, device: str = "d1", clock: Clock | None = None, **data: object) -> Event:
@@ -87,6 +87,39 @@ async def test_stored_form_is_compact_and_published_form_is_the_whole_event(tmp_
         assert row.event_id == event.id  # read with the row, not parsed again from the payload
 
 
+async def test_a_row_stored_with_its_ts_by_an_earlier_release_is_read_and_rebased_like_a_new_one(
+    tmp_path: Path,
+) -> None:
+    """Rows now leave ts to created_ms (about 31 bytes a row); a backlog written by a release that
+    stored ts in the payload must still be sent with it, and re-based once, the same way."""
+    unsynced = FixedClock(datetime(2026, 1, 1, 8, 0, 0, 250000, tzinfo=UTC), trusted=False)
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        new, old = make(EventKind.TEST, clock=unsynced, n=1), make(EventKind.TEST, clock=unsynced, n=2)
+        await outbox.append(new, old)
+        old_layout = json.loads(old.to_json())
+        del old_layout["station_id"], old_layout["priority"]
+        with sqlite3.connect(tmp_path / "o.db") as conn:
+            conn.execute(
+                "UPDATE outbox SET payload = ? WHERE seq = 2", (json.dumps(old_layout, separators=(",", ":")),)
+            )
+            [(stored_new,), (stored_old,)] = conn.execute("SELECT payload FROM outbox ORDER BY seq").fetchall()
+        assert '"ts"' not in stored_new
+        assert '"ts":"2026-01-01T08:00:00.250Z"' in stored_old
+        assert await lane(outbox, Priority.STATUS) == [new, old]  # the same events, ts and all
+
+        assert await outbox.rebase(86_400_000) == 2  # the clock was a day behind
+        sent = [r.payload for r in await outbox.rows_after(Priority.STATUS, 0, 10)]
+        assert [payload.count('"ts":') for payload in sent] == [1, 1]
+        rows = [json.loads(payload) for payload in sent]
+        for row in rows:
+            assert row["data"]["ts_unsynced"] == "2026-01-01T08:00:00.250Z"
+            assert row["clock_trusted"] is True
+            assert row["ts"] != "2026-01-01T08:00:00.250Z"
+        assert rows[0]["ts"] == rows[1]["ts"]  # (committed together: the same monotonic time, the same true time)
+        with sqlite3.connect(tmp_path / "o.db") as conn:
+            assert all('"ts":' not in p for (p,) in conn.execute("SELECT payload FROM outbox"))  # one layout now
+
+
 async def test_alarms_commit_with_full_sync_telemetry_alone_with_normal(tmp_path: Path) -> None:
     async with Outbox(storage(tmp_path), STATION) as outbox:
 
@@ -126,7 +159,7 @@ async def test_full_outbox_sheds_oldest_telemetry_then_status_never_alarms(tmp_p
         assert shed_total == 600 - len(kept)
         assert set(snap.shed) == {"radar-0", "radar-1"}
 
-        statuses = [make(EventKind.TEST, device="rx", n=n) for n in range(400)]
+        statuses = [make(EventKind.TEST, device="rx", n=n) for n in range(600)]
         for event in statuses:
             await outbox.append(event)
         assert (await outbox.counts())[Priority.TELEMETRY] == 0  # status evicted every telemetry row first
