@@ -87,6 +87,7 @@ SPACE_CHECK_S = 1.0  # how often the writer looks at the disk (a statvfs call, o
 REOPEN_S = 5.0  # how often an outbox that could not be opened (disk full) is tried again
 ROW_OVERHEAD_BYTES = 24  # rowid, record header, the other columns: added to the payload for the byte bound
 MAX_GROUP_EVENTS = 1000  # most events in one group commit (bounds the wait of the next alarm)
+RUN_MIN = 8  # consecutive acknowledged seqs deleted as one range (fewer go in the list)
 MAX_URGENT_GROUP_EVENTS = 64  # most events in one commit of the urgent queue: an alarm waits behind few
 # care-state rows that change with telemetry (a resident's last activity, a device's supervision):
 # on their own they neither jump the queue nor need a full sync (the next full sync covers them;
@@ -291,6 +292,25 @@ def _leading(queue: list[_Append], max_events: int) -> tuple[list[_Append], list
     return queue[:taken], queue[taken:]
 
 
+def _runs(seqs: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
+    """The seqs as ranges of consecutive numbers (each at least RUN_MIN long) and the others:
+    exactly the same set, so a range never takes a row that was not acknowledged."""
+    ordered = sorted(set(seqs))
+    if len(ordered) >= RUN_MIN and ordered[-1] - ordered[0] + 1 == len(ordered):
+        return [(ordered[0], ordered[-1])], []  # (the usual batch of a backlog: one range)
+    runs: list[tuple[int, int]] = []
+    singles: list[int] = []
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            if i - start >= RUN_MIN:
+                runs.append((ordered[start], ordered[i - 1]))
+            else:
+                singles += ordered[start:i]
+            start = i
+    return runs, singles
+
+
 def row_bytes(stored: str) -> int:
     return (len(stored) if stored.isascii() else len(stored.encode())) + ROW_OVERHEAD_BYTES
 
@@ -397,6 +417,8 @@ class Outbox:
         # care-state row -> arrival number of the append whose value of it was committed last: an
         # older append committed later (the urgent queue overtakes) must not write an older value
         self._state_arrival: dict[str, int] = {}
+        self._acks: list[tuple[list[int], StateRows | None, asyncio.Future[None]]] = []  # waiting to be deleted
+        self._ack_writer: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
         self._arrived = {Priority.ALARM: asyncio.Event(), Priority.STATUS: bulk, Priority.TELEMETRY: bulk}
@@ -417,6 +439,9 @@ class Outbox:
         self._urgent, self._pending = [], []
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._ack_writer:  # (acknowledged rows are deleted before the file is closed)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._ack_writer
         if self._writer:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed writer was reported
@@ -462,10 +487,42 @@ class Outbox:
 
     async def ack(self, rows: Iterable[OutboxRow], state: StateRows | None = None) -> None:
         """Delete rows the broker has acknowledged (PUBACK received), and write the care state
-        that says so (alarms now "delivered") in the same transaction."""
+        that says so (alarms now "delivered") in the same transaction.
+
+        Acks that arrive while a delete is being written wait for it and then go together, in
+        one transaction (a draining backlog's PUBACKs come several at a time): fewer commits and
+        hand-offs to the outbox thread, and longer ranges. State rows are merged in arrival order.
+        """
         batch = [row.seq for row in rows]
-        if batch or state:
-            await self._run(lambda: self._delete(batch, state))
+        if not (batch or state):
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._acks.append((batch, state, future))
+        if self._ack_writer is None or self._ack_writer.done():
+            self._ack_writer = asyncio.create_task(self._write_acks(), name="outbox-acks")
+        await future
+
+    async def _write_acks(self) -> None:
+        while self._acks:
+            acks, self._acks = self._acks, []
+            seqs = [seq for batch, _, _ in acks for seq in batch]
+            state: dict[str, JsonValue | None] = {}
+            for _, changes, _ in acks:
+                state.update(changes or {})
+            try:
+                await self._run(functools.partial(self._delete, seqs, state or None))
+            except Exception as exc:
+                for _, _, future in acks:
+                    if not future.done():
+                        future.set_exception(exc)
+            except BaseException:  # (cancelled: the outbox is closing)
+                for _, _, future in acks:
+                    future.cancel()
+                raise
+            else:
+                for _, _, future in acks:
+                    if not future.done():
+                        future.set_result(None)
 
     async def wait_for_new(self, priority: Priority, timeout: float) -> None:
         """Return when rows of the class (alarm; or status/telemetry) were committed, or after timeout."""
@@ -1236,38 +1293,73 @@ class Outbox:
         Rows acknowledged (or found bad) whose delete did not fit on a full disk are skipped."""
         if self._db is None:
             return []
-        prefix = f'{self._station_prefix}{priority.value}",'
         skip = self._acked_unsaved | self._bad_unsaved
-        rows = self.db.execute(
-            "SELECT seq, created_ms, CAST(payload AS BLOB), json_valid(payload) FROM outbox "
-            f"WHERE {_lane(priority)} AND seq > ? ORDER BY seq LIMIT ?",
+        rows: list[tuple[int, int, bytes]] = self.db.execute(
+            f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
+            "ORDER BY seq LIMIT ?",
             (after_seq, limit + len(skip)),
         ).fetchall()
+        if skip:
+            rows = [row for row in rows if row[0] not in skip]
+        del rows[limit:]
+        prefix = f'{self._station_prefix}{priority.value}",'
+        texts = self._events_text(rows)
+        if texts is None:  # (seldom: some row is not an event) each row on its own, the bad ones quarantined
+            return self._select_one_by_one(priority, prefix, rows)
+        return self._wire_rows(priority, prefix, rows, texts)
+
+    def _wire_rows(
+        self, priority: Priority, prefix: str, rows: list[tuple[int, int, bytes]], texts: list[str]
+    ) -> list[OutboxRow]:
+        """The rows as published: station_id, priority and ts put back (see stored_form)."""
+        ts_of = self._ts_of
+        out: list[OutboxRow] = []
+        for (seq, created_ms, _), stored in zip(rows, texts, strict=True):
+            if stored.startswith('"ts":"', ID_END + 2):  # a row stored before ts was left to created_ms
+                wire = prefix + stored[1:]
+            else:
+                wire = f'{prefix}{stored[1 : ID_END + 2]}"ts":"{ts_of(created_ms)}",{stored[ID_END + 2 :]}'
+            out.append(OutboxRow(seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END]))
+        return out
+
+    def _events_text(self, rows: list[tuple[int, int, bytes]]) -> list[str] | None:
+        """The rows as text if every one is an event's JSON object, else None: checked for the
+        whole batch at once (one parse in SQLite's C of the rows joined as an array: a fifth of
+        the time of json_valid row by row). Each row starts with '{"id":"<26>"' and the array has
+        exactly as many elements as rows, so no row can be two values or a part of one."""
+        try:
+            texts = [raw.decode() for _, _, raw in rows]
+        except UnicodeDecodeError:
+            return None
+        for text in texts:
+            if not (text.startswith(ID_PREFIX) and text[ID_END : ID_END + 1] == '"'):
+                return None
+        if not texts:
+            return texts
+        try:
+            [(elements,)] = self.db.execute("SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)).fetchall()
+        except sqlite3.OperationalError:  # malformed JSON
+            return None
+        return texts if elements == len(texts) else None
+
+    def _select_one_by_one(
+        self, priority: Priority, prefix: str, rows: list[tuple[int, int, bytes]]
+    ) -> list[OutboxRow]:
         out: list[OutboxRow] = []
         bad: list[tuple[int, int, bytes, str]] = []
-        ts_of = self._ts_of
-        for seq, created_ms, raw, valid in rows:
-            if seq in skip:
-                continue
-            if len(out) + len(bad) == limit:
-                break
-            problem = None if valid else "not valid JSON"
+        for seq, created_ms, raw in rows:
             try:
                 stored = raw.decode()
             except UnicodeDecodeError as exc:
-                problem = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                bad.append((seq, created_ms, raw, f"not valid UTF-8 ({exc.reason} at byte {exc.start})"))
+                continue
+            [(valid,)] = self.db.execute("SELECT json_valid(?)", (stored,)).fetchall()
+            if not valid:
+                bad.append((seq, created_ms, raw, "not valid JSON"))
+            elif not (stored.startswith(ID_PREFIX) and stored[ID_END : ID_END + 1] == '"'):
+                bad.append((seq, created_ms, raw, "no event id"))
             else:
-                if not problem and not (stored.startswith(ID_PREFIX) and stored[ID_END : ID_END + 1] == '"'):
-                    problem = "no event id"
-            if problem:
-                bad.append((seq, created_ms, raw, problem))
-            else:
-                head = stored[1 : ID_END + 2]  # '"id":"…",'
-                if stored.startswith('"ts":"', ID_END + 2):  # a row stored before ts was left to created_ms
-                    wire = prefix + stored[1:]
-                else:
-                    wire = f'{prefix}{head}"ts":"{ts_of(created_ms)}",{stored[ID_END + 2 :]}'
-                out.append(OutboxRow(seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END]))
+                out.extend(self._wire_rows(priority, prefix, [(seq, created_ms, raw)], [stored]))
         if bad:
             self._quarantine(priority, bad)
         return out
@@ -1324,14 +1416,25 @@ class Outbox:
             try:
                 with self._transaction() as conn:
                     # what goes, counted in C per class (a RETURNING row per deleted row and a Python
-                    # loop over them cost twice the delete itself), then the delete: one transaction
-                    listed = json.dumps(seqs)
-                    gone = conn.execute(
-                        "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox "
-                        "WHERE seq IN (SELECT value FROM json_each(?1)) GROUP BY priority",
-                        (listed,),
-                    ).fetchall()
-                    conn.execute("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))", (listed,))
+                    # loop over them cost twice the delete itself), then the delete: one transaction.
+                    # A batch is mostly consecutive seqs: those go by range (half the cost of a list)
+                    runs, singles = _runs(seqs)
+                    gone = []
+                    for low, high in runs:
+                        gone += conn.execute(
+                            "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox "
+                            "WHERE seq BETWEEN ?1 AND ?2 GROUP BY priority",
+                            (low, high),
+                        ).fetchall()
+                        conn.execute("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2", (low, high))
+                    if singles:
+                        listed = json.dumps(singles)
+                        gone += conn.execute(
+                            "SELECT priority, count(*), sum(length(CAST(payload AS BLOB))) FROM outbox "
+                            "WHERE seq IN (SELECT value FROM json_each(?1)) GROUP BY priority",
+                            (listed,),
+                        ).fetchall()
+                        conn.execute("DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?1))", (listed,))
                     if state:
                         _write_state(conn, state)
                 break

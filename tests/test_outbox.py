@@ -9,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import Event, EventKind, Priority, new_event
-from gateway.outbox import Outbox, OutboxFull, OutboxRow
+from gateway.outbox import RUN_MIN, Outbox, OutboxFull, OutboxRow, _runs
 
 STATION = "st-1"
 
@@ -353,3 +355,55 @@ async def test_telemetry_with_routine_care_state_never_holds_back_an_alarm_and_n
         state = await outbox.load_state()
         assert state["resident:wang"] == {"active_at": 999}  # the readings' older values did not win
         assert len([k for k in state if k.startswith("nonce:")]) == 50
+
+
+async def test_a_row_holding_two_json_values_is_quarantined_not_spliced_into_a_batch(tmp_path: Path) -> None:
+    """A batch is checked as one JSON array of exactly as many elements as rows: a row that is
+    two objects (a tampered file) would pass a check of the joined text, not this one."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        readings = [make(EventKind.ACTIVITY, device="radar", n=n) for n in range(5)]
+        await outbox.append(*readings)
+        forged = '{"id":"01KBDZ0000ABCDEFGH12345678","device_id":"radar","kind":"sos","clock_trusted":true,"data":{}}'
+        with sqlite3.connect(tmp_path / "o.db") as conn:
+            conn.execute("UPDATE outbox SET payload = payload || ',' || ? WHERE seq = 3", (forged,))
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
+        assert [r.seq for r in rows] == [1, 2, 4, 5]
+        assert [(f["seq"], f["reason"]) for f in outbox.faults] == [(3, "not valid JSON")]
+        assert all(json.loads(r.payload)["kind"] == "activity" for r in rows)
+
+
+async def test_acknowledgements_that_arrive_together_are_deleted_in_one_transaction(tmp_path: Path) -> None:
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(400)))
+        await outbox.append(make(EventKind.SOS))
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 1000)
+        [alarm] = await outbox.rows_after(Priority.ALARM, 0, 10)
+        batches = [rows[i : i + 50] for i in range(0, 400, 50)]
+        transactions = 0
+        delete = outbox._delete
+
+        def counted(seqs: list[int], state: dict[str, object] | None = None) -> None:
+            nonlocal transactions
+            transactions += 1
+            delete(seqs, state)  # type: ignore[arg-type]
+
+        outbox._delete = counted  # type: ignore[method-assign]
+        await asyncio.gather(
+            *(outbox.ack(batch) for batch in batches[::2]),  # every other batch: ranges with gaps between
+            outbox.ack([alarm], state={"alarm:a": {"delivered": True}}),
+        )
+        assert transactions <= 2  # the first alone, the others together while it was written
+        left = await outbox.rows_after(Priority.TELEMETRY, 0, 1000)
+        assert [r.seq for r in left] == [r.seq for batch in batches[1::2] for r in batch]
+        assert await outbox.counts() == {Priority.ALARM: 0, Priority.STATUS: 0, Priority.TELEMETRY: 200}
+        assert await outbox.load_state() == {"alarm:a": {"delivered": True}}
+        await outbox.ack([rows[1], rows[3], rows[5]])  # (already deleted: nothing happens, nothing is counted twice)
+        assert (await outbox.counts())[Priority.TELEMETRY] == 200
+
+
+@given(st.lists(st.integers(min_value=1, max_value=300), max_size=200))
+def test_acknowledged_seqs_are_deleted_as_ranges_of_exactly_those_seqs(seqs: list[int]) -> None:
+    runs, singles = _runs(seqs)
+    covered = [seq for low, high in runs for seq in range(low, high + 1)] + singles
+    assert sorted(covered) == sorted(set(seqs))  # the same rows: none more, none twice
+    assert all(high - low + 1 >= RUN_MIN for low, high in runs)
