@@ -1332,7 +1332,7 @@ class Outbox:
         except UnicodeDecodeError:
             return None
         for text in texts:
-            if not (text.startswith(ID_PREFIX) and text[ID_END : ID_END + 1] == '"'):
+            if not (text.startswith(ID_PREFIX) and text.startswith('",', ID_END)):
                 return None
         if not texts:
             return texts
@@ -1356,7 +1356,7 @@ class Outbox:
             [(valid,)] = self.db.execute("SELECT json_valid(?)", (stored,)).fetchall()
             if not valid:
                 bad.append((seq, created_ms, raw, "not valid JSON"))
-            elif not (stored.startswith(ID_PREFIX) and stored[ID_END : ID_END + 1] == '"'):
+            elif not (stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)):
                 bad.append((seq, created_ms, raw, "no event id"))
             else:
                 out.extend(self._wire_rows(priority, prefix, [(seq, created_ms, raw)], [stored]))

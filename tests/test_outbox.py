@@ -407,3 +407,19 @@ def test_acknowledged_seqs_are_deleted_as_ranges_of_exactly_those_seqs(seqs: lis
     covered = [seq for low, high in runs for seq in range(low, high + 1)] + singles
     assert sorted(covered) == sorted(set(seqs))  # the same rows: none more, none twice
     assert all(high - low + 1 >= RUN_MIN for low, high in runs)
+
+
+async def test_the_published_ts_sqlite_puts_back_is_the_events_to_the_millisecond(tmp_path: Path) -> None:
+    """ts is kept as created_ms and formatted again by SQLite on read: every millisecond digit,
+    across a day and the turn of a year, must come back as the event's own ts."""
+    start = datetime(2026, 12, 31, 12, tzinfo=UTC)
+    step = 86_400_000 // 4_001  # a prime count of steps: every millisecond digit is hit
+    events = [
+        make(EventKind.ACTIVITY, clock=FixedClock(start + timedelta(milliseconds=k * step, microseconds=999)), k=k)
+        for k in range(4_001)
+    ]
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*events)
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 10_000)
+    assert [json.loads(r.payload)["ts"] for r in rows] == [json.loads(e.to_json())["ts"] for e in events]
+    assert [r.event_id for r in rows] == [e.id for e in events]
