@@ -1294,7 +1294,7 @@ class Outbox:
         if self._db is None:
             return []
         skip = self._acked_unsaved | self._bad_unsaved
-        rows: list[tuple[int, int, bytes]] = self.db.execute(
+        rows: list[tuple[int, int, bytes]] = self.db.conn.execute(  # (the sqlite3 connection: no wrapper per batch)
             f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (after_seq, limit + len(skip)),
@@ -1337,7 +1337,9 @@ class Outbox:
         if not texts:
             return texts
         try:
-            [(elements,)] = self.db.execute("SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)).fetchall()
+            [(elements,)] = self.db.conn.execute(
+                "SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)
+            ).fetchall()
         except sqlite3.OperationalError:  # malformed JSON
             return None
         return texts if elements == len(texts) else None
