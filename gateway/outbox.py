@@ -292,6 +292,11 @@ def _leading(queue: list[_Append], max_events: int) -> tuple[list[_Append], list
     return queue[:taken], queue[taken:]
 
 
+def _starts_as_event(stored: str) -> bool:
+    """'{"id":"<26>",': a stored row's first bytes, checked before it is published."""
+    return stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)
+
+
 def _runs(seqs: list[int]) -> tuple[list[tuple[int, int]], list[int]]:
     """The seqs as ranges of consecutive numbers (each at least RUN_MIN long) and the others:
     exactly the same set, so a range never takes a row that was not acknowledged."""
@@ -1332,7 +1337,7 @@ class Outbox:
         except UnicodeDecodeError:
             return None
         for text in texts:
-            if not (text.startswith(ID_PREFIX) and text.startswith('",', ID_END)):
+            if not _starts_as_event(text):
                 return None
         if not texts:
             return texts
@@ -1358,7 +1363,7 @@ class Outbox:
             [(valid,)] = self.db.execute("SELECT json_valid(?)", (stored,)).fetchall()
             if not valid:
                 bad.append((seq, created_ms, raw, "not valid JSON"))
-            elif not (stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)):
+            elif not _starts_as_event(stored):
                 bad.append((seq, created_ms, raw, "no event id"))
             else:
                 out.extend(self._wire_rows(priority, prefix, [(seq, created_ms, raw)], [stored]))

@@ -308,7 +308,7 @@ class Uplink:
         self._status_due = asyncio.Event()
         self._status_full_due = True  # the next status message is the full one
         # (when, events, bytes sent, bytes of plain JSON) per acknowledged batch
-        self._acked: collections.deque[tuple[float, int, int, int]] = collections.deque()
+        self._acked: collections.deque[tuple[float, int, int]] = collections.deque()  # (when, events, bytes sent)
         # Events per batch, adapted to the link: halved when a connection dies with a batch in
         # flight (its PUBACK, or the keepalive's PINGRESP, could not get through behind it),
         # grown back slowly while batches are acknowledged. Ends the livelock of a batch that
@@ -861,7 +861,7 @@ class Uplink:
         if self.batch_events < self.link.batch_max_events:
             self.batch_events = min(self.link.batch_max_events, self.batch_events + max(1, self.batch_events // 8))
         now = time.monotonic()
-        self._acked.append((now, len(rows), len(payload), _json_length(rows)))
+        self._acked.append((now, len(rows), len(payload) + len(topic) + MQTT_OVERHEAD_BYTES))  # as the budget counts
         while self._acked and self._acked[0][0] < now - DRAIN_RATE_WINDOW_S:
             self._acked.popleft()
 
@@ -911,12 +911,12 @@ class Uplink:
             return None
         return (sum(batch[1] for batch in self._acked) - self._acked[0][1]) / span  # (the first began the span)
 
-    def wire_ratio(self) -> float:
-        """Bytes sent per byte of plain JSON in the recent batches (typical if none)."""
-        plain = sum(batch[3] for batch in self._acked)
-        if plain:
-            return sum(batch[2] for batch in self._acked) / plain
-        return TYPICAL_ZLIB_RATIO if self.link.compress else 1.0
+    def wire_bytes_per_event(self) -> float | None:
+        """Bytes on the link per event in the recent batches, as the byte budget counts them
+        (None before the first batch). Not a ratio to the stored bytes: a row stores less than
+        it sends (stored_form), so that ratio would misjudge a budget-bound drain."""
+        events = sum(batch[1] for batch in self._acked)
+        return sum(batch[2] for batch in self._acked) / events if events else None
 
     def tls_report(self) -> dict[str, dict[str, Any]]:
         """When the CA and the station's certificate expire, for the status message."""
@@ -940,8 +940,12 @@ class Uplink:
             drain_s = 0.0
         elif (rate := self.drain_rate_events_per_s()) is not None:
             drain_s = round(bulk_rows / rate, 1)  # what the link has been doing: measured, not modelled
-        elif self.link.byte_budget_per_s:  # not measured yet: the budget, at the compression seen so far
-            drain_s = round(bulk_bytes * self.wire_ratio() / self.link.byte_budget_per_s, 1)
+        elif self.link.byte_budget_per_s:  # not measured yet: the budget, at the bytes per event seen so far
+            per_event = self.wire_bytes_per_event()
+            sent = (
+                bulk_rows * per_event if per_event else bulk_bytes * (TYPICAL_ZLIB_RATIO if self.link.compress else 1.0)
+            )
+            drain_s = round(sent / self.link.byte_budget_per_s, 1)
         return BacklogStatus(
             backlog={p.value: n for p, n in snap.rows.items()},
             backlog_bytes=sum(snap.bytes.values()),
