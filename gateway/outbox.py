@@ -18,7 +18,11 @@
   A full disk at start-up is waited out, never taken for corruption (docs/storage.md).
 - A corrupt file found at start-up is moved aside (never deleted) and what can be read from
   it is salvaged into a new one; a damaged WAL is kept and replayed by hand.
-- sqlite3 connections belong to one thread, so every call runs on one dedicated thread.
+- sqlite3 connections belong to one thread, so every write runs on one dedicated thread (the
+  outbox thread). The uplink's reads run on a second thread with a read-only connection of
+  their own (WAL readers never wait for the writer): a batch's rows are built while the last
+  one's delete is written, and SQLite releases the GIL for both. A read that finds a row to
+  quarantine, or a file opened read-only or being reopened, is done on the outbox thread.
 """
 
 from __future__ import annotations
@@ -357,21 +361,28 @@ def _unserialisable(value: object) -> str:
 
 class _Rfc3339Ms:
     """created_ms as the wire's `ts` (2026-11-23T08:30:15.123Z); the text up to the second is
-    remembered, since a backlog's rows come a thousand to the second."""
+    remembered (`second_ms`, `second_text`), since a backlog's rows come a thousand to the
+    second: a row then costs a subtraction and a lookup in MILLIS (see Outbox._wire_rows)."""
+
+    MILLIS = tuple(f"{ms:03d}Z" for ms in range(1000))
 
     def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
+        self.second_ms = -(1 << 62)  # the start of the remembered second, in ms
+        self.second_text = ""
+
+    def seek(self, ms: int) -> None:
+        """Remember the second that holds ms."""
+        second = ms // 1000
+        try:
+            self.second_text = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}."
+        except (OverflowError, OSError, ValueError):  # (a row whose created_ms was tampered with)
+            self.second_text = "1970-01-01T00:00:00."
+        self.second_ms = second * 1000
 
     def __call__(self, ms: int) -> str:
-        second, millis = divmod(ms, 1000)
-        if second != self._second:
-            try:
-                self._prefix = f"{datetime.fromtimestamp(second, UTC):%Y-%m-%dT%H:%M:%S}."
-            except (OverflowError, OSError, ValueError):  # (a row whose created_ms was tampered with)
-                self._prefix = "1970-01-01T00:00:00."
-            self._second = second
-        return f"{self._prefix}{millis:03d}Z"
+        if not 0 <= ms - self.second_ms < 1000:
+            self.seek(ms)
+        return self.second_text + self.MILLIS[ms - self.second_ms]
 
 
 class Outbox:
@@ -384,6 +395,11 @@ class Outbox:
         self._station_prefix = '{"station_id":' + json.dumps(station_id) + ',"priority":"'
         self._ts_of = _Rfc3339Ms()  # (outbox thread only)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        # the uplink's reads (see module doc); the reader thread's own connection and clock text
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-read")
+        self._read_conn: sqlite3.Connection | None = None
+        self._read_beside: sqlite_utils.Database | None = None  # the writer's database it was opened with
+        self._read_ts_of = _Rfc3339Ms()
         self._db: sqlite_utils.Database | None = None
         self._shm_fd: int | None = None  # the WAL index, held open while SQLite maps it (see _preallocate_wal_index)
         self._tally = _Tally()  # touched on the outbox thread only
@@ -454,6 +470,8 @@ class Outbox:
         for _, future, _, _ in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
+        await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
+        self._reader.shutdown(wait=True)
         await self._run(self._close)
         self._executor.shutdown(wait=True)
 
@@ -488,7 +506,11 @@ class Outbox:
 
     async def rows_after(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` of the class's oldest rows with seq > after_seq (the uplink's cursor)."""
-        return await self._run(lambda: self._select(priority, after_seq, limit))
+        loop = asyncio.get_running_loop()
+        rows = await loop.run_in_executor(self._reader, self._read, priority, after_seq, limit)
+        if rows is None:  # (seldom) on the outbox thread, which can quarantine
+            rows = await self._run(lambda: self._select(priority, after_seq, limit))
+        return rows
 
     async def ack(self, rows: Iterable[OutboxRow], state: StateRows | None = None) -> None:
         """Delete rows the broker has acknowledged (PUBACK received), and write the care state
@@ -1293,13 +1315,43 @@ class Outbox:
                 if len(gone) < DISK_FULL_SHED_ROWS:
                     break
 
-    def _select(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
-        """The rows to send; a row that cannot be (not UTF-8, not JSON, no id) is quarantined.
-        Rows acknowledged (or found bad) whose delete did not fit on a full disk are skipped."""
-        if self._db is None:
-            return []
+    def _read(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow] | None:
+        """_select on the reader thread, or None: the outbox thread must do it (a row to
+        quarantine, a file open read-only or not at all, the file reopened meanwhile)."""
+        beside = self._db
+        if beside is None or self.read_only:
+            return None
+        try:
+            if self._read_beside is not beside:  # (first read, or the outbox thread opened the file again)
+                self._close_reader()
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+                self._read_conn, self._read_beside = conn, beside
+            assert self._read_conn is not None
+            rows = self._fetch(self._read_conn, priority, after_seq, limit)
+            texts = self._events_text(self._read_conn, rows)
+        except sqlite3.Error as exc:  # the outbox thread reads it again, and reports what it finds
+            log.debug("outbox %s: the reader's read failed (%s); read on the outbox thread", self.path, exc)
+            self._close_reader()
+            return None
+        if texts is None or self._db is not beside:
+            return None
+        return self._wire_rows(priority, self._prefix(priority), rows, texts, self._read_ts_of)
+
+    def _close_reader(self) -> None:
+        """(reader thread)"""
+        if self._read_conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._read_conn.close()
+        self._read_conn = self._read_beside = None
+
+    def _fetch(
+        self, conn: sqlite3.Connection, priority: Priority, after_seq: int, limit: int
+    ) -> list[tuple[int, int, bytes]]:
+        """The class's next rows after the cursor, without those acknowledged (or found bad)
+        whose delete did not fit on a full disk. (The union of the two sets is taken in one C
+        call: safe from the reader thread while the outbox thread adds to them.)"""
         skip = self._acked_unsaved | self._bad_unsaved
-        rows: list[tuple[int, int, bytes]] = self.db.conn.execute(  # (the sqlite3 connection: no wrapper per batch)
+        rows: list[tuple[int, int, bytes]] = conn.execute(
             f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (after_seq, limit + len(skip)),
@@ -1307,27 +1359,47 @@ class Outbox:
         if skip:
             rows = [row for row in rows if row[0] not in skip]
         del rows[limit:]
-        prefix = f'{self._station_prefix}{priority.value}",'
-        texts = self._events_text(rows)
+        return rows
+
+    def _prefix(self, priority: Priority) -> str:
+        return f'{self._station_prefix}{priority.value}",'
+
+    def _select(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
+        """The rows to send; a row that cannot be (not UTF-8, not JSON, no id) is quarantined.
+        Rows acknowledged (or found bad) whose delete did not fit on a full disk are skipped."""
+        if self._db is None:
+            return []
+        rows = self._fetch(self.db.conn, priority, after_seq, limit)
+        prefix = self._prefix(priority)
+        texts = self._events_text(self.db.conn, rows)
         if texts is None:  # (seldom: some row is not an event) each row on its own, the bad ones quarantined
             return self._select_one_by_one(priority, prefix, rows)
-        return self._wire_rows(priority, prefix, rows, texts)
+        return self._wire_rows(priority, prefix, rows, texts, self._ts_of)
 
+    @staticmethod
     def _wire_rows(
-        self, priority: Priority, prefix: str, rows: list[tuple[int, int, bytes]], texts: list[str]
+        priority: Priority, prefix: str, rows: list[tuple[int, int, bytes]], texts: list[str], ts_of: _Rfc3339Ms
     ) -> list[OutboxRow]:
-        """The rows as published: station_id, priority and ts put back (see stored_form)."""
-        ts_of = self._ts_of
+        """The rows as published: station_id, priority and ts put back (see stored_form). ts_of
+        is the calling thread's own."""
+        millis, new_row = _Rfc3339Ms.MILLIS, tuple.__new__  # (a row is a hot path)
+        second_ms, second = ts_of.second_ms, ts_of.second_text
         out: list[OutboxRow] = []
         for (seq, created_ms, _), stored in zip(rows, texts, strict=True):
             if stored.startswith('"ts":"', ID_END + 2):  # a row stored before ts was left to created_ms
                 wire = prefix + stored[1:]
             else:
-                wire = f'{prefix}{stored[1 : ID_END + 2]}"ts":"{ts_of(created_ms)}",{stored[ID_END + 2 :]}'
-            out.append(OutboxRow(seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END]))
+                if not 0 <= created_ms - second_ms < 1000:
+                    ts_of.seek(created_ms)
+                    second_ms, second = ts_of.second_ms, ts_of.second_text
+                ts = millis[created_ms - second_ms]
+                wire = f'{prefix}{stored[1 : ID_END + 2]}"ts":"{second}{ts}",{stored[ID_END + 2 :]}'
+            # (tuple.__new__: what OutboxRow(...) does, without its Python-level __new__)
+            out.append(new_row(OutboxRow, (seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END])))
         return out
 
-    def _events_text(self, rows: list[tuple[int, int, bytes]]) -> list[str] | None:
+    @staticmethod
+    def _events_text(conn: sqlite3.Connection, rows: list[tuple[int, int, bytes]]) -> list[str] | None:
         """The rows as text if every one is an event's JSON object, else None: checked for the
         whole batch at once (one parse in SQLite's C of the rows joined as an array: a fifth of
         the time of json_valid row by row). Each row starts with '{"id":"<26>"' and the array has
@@ -1342,9 +1414,7 @@ class Outbox:
         if not texts:
             return texts
         try:
-            [(elements,)] = self.db.conn.execute(
-                "SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)
-            ).fetchall()
+            [(elements,)] = conn.execute("SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)).fetchall()
         except sqlite3.OperationalError:  # malformed JSON
             return None
         return texts if elements == len(texts) else None
@@ -1366,7 +1436,7 @@ class Outbox:
             elif not _starts_as_event(stored):
                 bad.append((seq, created_ms, raw, "no event id"))
             else:
-                out.extend(self._wire_rows(priority, prefix, [(seq, created_ms, raw)], [stored]))
+                out.extend(self._wire_rows(priority, prefix, [(seq, created_ms, raw)], [stored], self._ts_of))
         if bad:
             self._quarantine(priority, bad)
         return out
