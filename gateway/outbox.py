@@ -28,6 +28,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import functools
@@ -400,6 +401,9 @@ class Outbox:
         self._read_conn: sqlite3.Connection | None = None
         self._read_beside: sqlite_utils.Database | None = None  # the writer's database it was opened with
         self._read_ts_of = _Rfc3339Ms()
+        # the read a draining backlog asks for next, started as the last one returned (see rows_after)
+        self._read_ahead: tuple[tuple[Priority, int, int], concurrent.futures.Future[list[OutboxRow] | None]] | None
+        self._read_ahead = None
         self._db: sqlite_utils.Database | None = None
         self._shm_fd: int | None = None  # the WAL index, held open while SQLite maps it (see _preallocate_wal_index)
         self._tally = _Tally()  # touched on the outbox thread only
@@ -506,11 +510,27 @@ class Outbox:
 
     async def rows_after(self, priority: Priority, after_seq: int, limit: int) -> list[OutboxRow]:
         """Up to `limit` of the class's oldest rows with seq > after_seq (the uplink's cursor)."""
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(self._reader, self._read, priority, after_seq, limit)
+        ahead, self._read_ahead = self._read_ahead, None
+        if ahead is not None and ahead[0] == (priority, after_seq, limit):
+            rows = await asyncio.wrap_future(ahead[1])
+        else:
+            rows = await asyncio.get_running_loop().run_in_executor(
+                self._reader, self._read, priority, after_seq, limit
+            )
         if rows is None:  # (seldom) on the outbox thread, which can quarantine
-            rows = await self._run(lambda: self._select(priority, after_seq, limit))
+            return await self._run(lambda: self._select(priority, after_seq, limit))
+        if len(rows) == limit and priority is not _ALARM:
+            # a backlog: the next batch is read while this one is published. Rows are only ever
+            # added after the last seq, so it holds what a read then would (rows shed meanwhile
+            # are sent all the same, harmlessly); a caller asking for another cursor reads anew
+            following = (priority, rows[-1].seq, limit)
+            self._read_ahead = (following, self._reader.submit(self._read, *following))
         return rows
+
+    def holds(self, priority: Priority) -> bool:
+        """Whether the class has rows (the tally, kept in step with the table by every commit
+        and delete before it returns): the uplink asks before reading an empty class."""
+        return self._tally.rows[priority] > 0
 
     async def ack(self, rows: Iterable[OutboxRow], state: StateRows | None = None) -> None:
         """Delete rows the broker has acknowledged (PUBACK received), and write the care state

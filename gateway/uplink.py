@@ -824,6 +824,8 @@ class Uplink:
         link = self.link
         self._alive()
         for priority in (Priority.STATUS, Priority.TELEMETRY):
+            if not self._outbox.holds(priority):  # (a backlog of telemetry: one read a batch, not two)
+                continue
             rows = await self._outbox.rows_after(priority, cursors[priority], self.batch_events)
             if not rows:
                 continue
