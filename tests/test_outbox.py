@@ -372,6 +372,66 @@ async def test_a_row_holding_two_json_values_is_quarantined_not_spliced_into_a_b
         assert all(json.loads(r.payload)["kind"] == "activity" for r in rows)
 
 
+async def test_a_row_holding_the_batch_separator_is_quarantined_and_its_neighbours_sent(tmp_path: Path) -> None:
+    """The reader joins a batch's payloads with \\x01, which no JSON text holds unescaped: a
+    row holding one (a tampered file; here a whole event after it) never splits into two
+    events; it is read again row by row and quarantined."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, device="radar", n=n) for n in range(5)))
+        forged = '{"id":"01KBDZ0000ABCDEFGH12345678","device_id":"radar","kind":"sos","clock_trusted":true,"data":{}}'
+        with sqlite3.connect(tmp_path / "o.db") as conn:
+            conn.execute("UPDATE outbox SET payload = payload || char(1) || ? WHERE seq = 2", (forged,))
+            conn.execute(
+                "UPDATE outbox SET payload = replace(payload, '\"radar\"', '\"ra' || char(1) || 'dar\"') WHERE seq = 4"
+            )
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
+        assert [r.seq for r in rows] == [1, 3, 5]
+        assert [(f["seq"], f["reason"]) for f in outbox.faults] == [(2, "not valid JSON"), (4, "not valid JSON")]
+        assert all(json.loads(r.payload)["device_id"] == "radar" for r in rows)
+
+
+async def test_the_uplink_reads_while_the_outbox_thread_is_busy_writing(tmp_path: Path) -> None:
+    """Reads have their own thread and connection (WAL readers never wait for the writer): a
+    batch is read while a long delete or commit holds the outbox thread."""
+    import threading
+
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(20)))
+        busy, release = threading.Event(), threading.Event()
+
+        def hold_the_outbox_thread() -> None:
+            busy.set()
+            release.wait(10)
+
+        loop = asyncio.get_running_loop()
+        held = loop.run_in_executor(outbox._executor, hold_the_outbox_thread)
+        await loop.run_in_executor(None, busy.wait, 5)
+        try:
+            rows = await asyncio.wait_for(outbox.rows_after(Priority.TELEMETRY, 0, 10), 5)
+            assert [r.seq for r in rows] == list(range(1, 11))
+        finally:
+            release.set()
+            await held
+
+
+async def test_a_batch_read_ahead_is_what_a_read_then_would_return(tmp_path: Path) -> None:
+    """A full batch starts the read of the next one; rows committed meanwhile come after it,
+    rows acknowledged meanwhile are before it, and a read from another cursor is read anew."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(250)))
+        first = await outbox.rows_after(Priority.TELEMETRY, 0, 100)
+        assert outbox._read_ahead is not None and outbox._read_ahead[0] == (Priority.TELEMETRY, 100, 100)
+        await outbox.ack(first)
+        await outbox.append(make(EventKind.SOS), *(make(EventKind.ACTIVITY, n=n) for n in range(250, 260)))
+        second = await outbox.rows_after(Priority.TELEMETRY, first[-1].seq, 100)
+        assert [r.seq for r in second] == list(range(101, 201))
+        third = await outbox.rows_after(Priority.TELEMETRY, 150, 100)  # not the cursor read ahead for
+        assert [r.seq for r in third] == [*range(151, 251), *range(252, 262)][:100]
+        fresh = await outbox._run(lambda: outbox._select(Priority.TELEMETRY, 150, 100))
+        assert third == fresh  # the reader's rows are the outbox thread's, byte for byte
+        assert [r.seq for r in await outbox.rows_after(Priority.TELEMETRY, third[-1].seq, 100)] == [*range(252, 262)]
+
+
 async def test_acknowledgements_that_arrive_together_are_deleted_in_one_transaction(tmp_path: Path) -> None:
     async with Outbox(storage(tmp_path), STATION) as outbox:
         await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(400)))
