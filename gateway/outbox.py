@@ -119,6 +119,7 @@ DEVICE_OF_ROW = "CASE WHEN json_valid(payload) THEN json_extract(payload, '$.dev
 # in C) and by its first bytes; its bytes are decoded as UTF-8 in Python
 ID_PREFIX = '{"id":"'
 ID_END = len(ID_PREFIX) + 26  # where the id's closing quote is
+_ID_AT, _TS_AT = len(ID_PREFIX), ID_END + 2  # where the id starts; where ts goes in the published form
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -1428,22 +1429,27 @@ class Outbox:
         millis, new_row = _Rfc3339Ms.MILLIS, tuple.__new__
         second_ms, second = ts_of.second_ms, ts_of.second_text
         out: list[OutboxRow] = []
+        append = out.append
+        joined = ",".join(texts)
+        # rows stored by an earlier release hold their ts (looked for row by row only then)
+        old_layout = '"ts":"' in joined
         for seq, created_ms, stored in zip(seqs, times, texts, strict=True):
             if not (stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)):
                 return None
-            if stored.startswith('"ts":"', ID_END + 2):  # a row stored before ts was left to created_ms
+            if old_layout and stored.startswith('"ts":"', ID_END + 2):
                 wire = prefix + stored[1:]
             else:
-                if not 0 <= created_ms - second_ms < 1000:
+                ms = created_ms - second_ms
+                if not 0 <= ms < 1000:
                     ts_of.seek(created_ms)
                     second_ms, second = ts_of.second_ms, ts_of.second_text
-                ts = millis[created_ms - second_ms]
-                wire = f'{prefix}{stored[1 : ID_END + 2]}"ts":"{second}{ts}",{stored[ID_END + 2 :]}'
+                    ms = created_ms - second_ms
+                wire = f'{prefix}{stored[1:_TS_AT]}"ts":"{second}{millis[ms]}",{stored[_TS_AT:]}'
             # (tuple.__new__: what OutboxRow(...) does, without its Python-level __new__)
-            out.append(new_row(OutboxRow, (seq, priority, created_ms, wire, stored[len(ID_PREFIX) : ID_END])))
+            append(new_row(OutboxRow, (seq, priority, created_ms, wire, stored[_ID_AT:ID_END])))
         if out:
             try:
-                [(elements,)] = conn.execute("SELECT json_array_length(?)", ("[" + ",".join(texts) + "]",)).fetchall()
+                [(elements,)] = conn.execute("SELECT json_array_length(?)", (f"[{joined}]",)).fetchall()
             except sqlite3.OperationalError:  # malformed JSON
                 return None
             if elements != len(texts):
