@@ -445,6 +445,10 @@ class Outbox:
         # older append committed later (the urgent queue overtakes) must not write an older value
         self._state_arrival: dict[str, int] = {}
         self._acks: list[tuple[list[int], StateRows | None, asyncio.Future[None]]] = []  # waiting to be deleted
+        # rows acknowledged whose delete is not committed yet: never read again meanwhile (the
+        # uplink starting over after a reconnect must not send them twice); the highest of them
+        self._deleting: set[int] = set()
+        self._deleting_max = 0
         self._ack_writer: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
@@ -545,6 +549,9 @@ class Outbox:
         batch = [row.seq for row in rows]
         if not (batch or state):
             return
+        if batch:
+            self._deleting.update(batch)
+            self._deleting_max = max(self._deleting_max, max(batch))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks.append((batch, state, future))
         if self._ack_writer is None or self._ack_writer.done():
@@ -559,7 +566,12 @@ class Outbox:
             for _, changes, _ in acks:
                 state.update(changes or {})
             try:
-                await self._run(functools.partial(self._delete, seqs, state or None))
+                try:
+                    await self._run(functools.partial(self._delete, seqs, state or None))
+                finally:  # deleted (or kept as acked_unsaved on a full disk); failed: sent again, harmless
+                    self._deleting.difference_update(seqs)
+                    if not self._deleting:
+                        self._deleting_max = 0
             except Exception as exc:
                 for _, _, future in acks:
                     if not future.done():
@@ -1351,6 +1363,8 @@ class Outbox:
             assert self._read_conn is not None
             if self._acked_unsaved or self._bad_unsaved:  # (a full disk) rows to skip: the outbox thread's read
                 return None
+            # (the uplink started over) rows whose delete is being written are not read again
+            deleting = set(self._deleting) if self._deleting_max > after_seq else set()
             # the batch as three columns of one row, built in SQLite's C with the GIL released
             # (a row each costs a GIL hand-over and three objects): the seqs and times as JSON
             # arrays, the payloads joined by \x01, which no JSON text holds unescaped
@@ -1358,7 +1372,7 @@ class Outbox:
                 "SELECT json_group_array(seq), json_group_array(created_ms), group_concat(payload, char(1)) FROM "
                 f"(SELECT seq, created_ms, payload FROM outbox WHERE {_lane(priority)} AND seq > ? "
                 "ORDER BY seq LIMIT ?)",
-                (after_seq, limit),
+                (after_seq, limit + len(deleting)),
             ).fetchall()
             if joined is None:
                 return []
@@ -1366,6 +1380,8 @@ class Outbox:
             if not (len(texts) == len(seq_list) and all(map(operator.lt, seq_list, seq_list[1:]))):
                 return None  # (a payload holding \x01; rows not in seq order) row by row on the outbox thread
             out = self._wire_rows(self._read_conn, priority, seq_list, time_list, texts, self._read_ts_of)
+            if deleting and out is not None:
+                out = [row for row in out if row.seq not in deleting][:limit]
         except sqlite3.Error as exc:  # the outbox thread reads it again, and reports what it finds
             log.debug("outbox %s: the reader's read failed (%s); read on the outbox thread", self.path, exc)
             self._close_reader()
@@ -1383,8 +1399,10 @@ class Outbox:
         self, conn: sqlite3.Connection, priority: Priority, after_seq: int, limit: int
     ) -> list[tuple[int, int, bytes]]:
         """The class's next rows after the cursor, without those acknowledged (or found bad)
-        whose delete did not fit on a full disk."""
+        whose delete did not fit on a full disk, and those whose delete is being written."""
         skip = self._acked_unsaved | self._bad_unsaved
+        if self._deleting_max > after_seq:
+            skip |= {seq for seq in set(self._deleting) if seq > after_seq}
         rows: list[tuple[int, int, bytes]] = conn.execute(
             f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
             "ORDER BY seq LIMIT ?",

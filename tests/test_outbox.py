@@ -414,13 +414,48 @@ async def test_the_uplink_reads_while_the_outbox_thread_is_busy_writing(tmp_path
             await held
 
 
+async def test_rows_whose_delete_is_being_written_are_not_read_again(tmp_path: Path) -> None:
+    """The uplink publishes on while acknowledged rows wait for their delete (a slow commit);
+    if it starts over meanwhile (a reconnect reads from the oldest row), those rows are not
+    sent a second time."""
+    import threading
+
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(20)))
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
+        busy, release = threading.Event(), threading.Event()
+
+        def hold_the_outbox_thread() -> None:
+            busy.set()
+            release.wait(10)
+
+        loop = asyncio.get_running_loop()
+        held = loop.run_in_executor(outbox._executor, hold_the_outbox_thread)
+        await loop.run_in_executor(None, busy.wait, 5)
+        acked = asyncio.create_task(outbox.ack(rows[:6]))
+        await asyncio.sleep(0.05)
+        try:
+            assert not acked.done()  # (its delete waits for the outbox thread)
+            again = await outbox.rows_after(Priority.TELEMETRY, 0, 10)  # the reader thread's read
+            assert [r.seq for r in again] == list(range(7, 17))
+        finally:
+            release.set()
+            await held
+        again = await outbox._run(lambda: outbox._select(Priority.TELEMETRY, 0, 10))  # the outbox thread's
+        await acked
+        assert [r.seq for r in again][:4] == list(range(7, 11))
+        assert [r.seq for r in await outbox.rows_after(Priority.TELEMETRY, 0, 10)] == list(range(7, 17))
+        assert outbox._deleting == set()
+
+
 async def test_a_batch_read_ahead_is_what_a_read_then_would_return(tmp_path: Path) -> None:
     """A full batch starts the read of the next one; rows committed meanwhile come after it,
     rows acknowledged meanwhile are before it, and a read from another cursor is read anew."""
     async with Outbox(storage(tmp_path), STATION) as outbox:
         await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(250)))
         first = await outbox.rows_after(Priority.TELEMETRY, 0, 100)
-        assert outbox._read_ahead is not None and outbox._read_ahead[0] == (Priority.TELEMETRY, 100, 100)
+        assert outbox._read_ahead is not None
+        assert outbox._read_ahead[0] == (Priority.TELEMETRY, 100, 100)
         await outbox.ack(first)
         await outbox.append(make(EventKind.SOS), *(make(EventKind.ACTIVITY, n=n) for n in range(250, 260)))
         second = await outbox.rows_after(Priority.TELEMETRY, first[-1].seq, 100)
