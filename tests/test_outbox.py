@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import threading
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -390,60 +393,51 @@ async def test_a_row_holding_the_batch_separator_is_quarantined_and_its_neighbou
         assert all(json.loads(r.payload)["device_id"] == "radar" for r in rows)
 
 
+@contextlib.asynccontextmanager
+async def outbox_thread_held(outbox: Outbox) -> AsyncIterator[None]:
+    """The outbox thread busy (as in a long delete or commit) until the block ends."""
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(10)
+
+    loop = asyncio.get_running_loop()
+    held = loop.run_in_executor(outbox._executor, hold)
+    await loop.run_in_executor(None, busy.wait, 5)
+    try:
+        yield
+    finally:
+        release.set()
+        await held
+
+
 async def test_the_uplink_reads_while_the_outbox_thread_is_busy_writing(tmp_path: Path) -> None:
     """Reads have their own thread and connection (WAL readers never wait for the writer): a
     batch is read while a long delete or commit holds the outbox thread."""
-    import threading
-
     async with Outbox(storage(tmp_path), STATION) as outbox:
         await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(20)))
-        busy, release = threading.Event(), threading.Event()
-
-        def hold_the_outbox_thread() -> None:
-            busy.set()
-            release.wait(10)
-
-        loop = asyncio.get_running_loop()
-        held = loop.run_in_executor(outbox._executor, hold_the_outbox_thread)
-        await loop.run_in_executor(None, busy.wait, 5)
-        try:
+        async with outbox_thread_held(outbox):
             rows = await asyncio.wait_for(outbox.rows_after(Priority.TELEMETRY, 0, 10), 5)
-            assert [r.seq for r in rows] == list(range(1, 11))
-        finally:
-            release.set()
-            await held
+        assert [r.seq for r in rows] == list(range(1, 11))
 
 
 async def test_rows_whose_delete_is_being_written_are_not_read_again(tmp_path: Path) -> None:
     """The uplink publishes on while acknowledged rows wait for their delete (a slow commit);
     if it starts over meanwhile (a reconnect reads from the oldest row), those rows are not
-    sent a second time."""
-    import threading
-
+    sent a second time, by either thread's read."""
     async with Outbox(storage(tmp_path), STATION) as outbox:
         await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(20)))
         rows = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
-        busy, release = threading.Event(), threading.Event()
-
-        def hold_the_outbox_thread() -> None:
-            busy.set()
-            release.wait(10)
-
-        loop = asyncio.get_running_loop()
-        held = loop.run_in_executor(outbox._executor, hold_the_outbox_thread)
-        await loop.run_in_executor(None, busy.wait, 5)
-        acked = asyncio.create_task(outbox.ack(rows[:6]))
-        await asyncio.sleep(0.05)
-        try:
+        async with outbox_thread_held(outbox):
+            acked = asyncio.create_task(outbox.ack(rows[:6]))
+            await asyncio.sleep(0.05)
             assert not acked.done()  # (its delete waits for the outbox thread)
             again = await outbox.rows_after(Priority.TELEMETRY, 0, 10)  # the reader thread's read
             assert [r.seq for r in again] == list(range(7, 17))
-        finally:
-            release.set()
-            await held
-        again = await outbox._run(lambda: outbox._select(Priority.TELEMETRY, 0, 10))  # the outbox thread's
+            # the outbox thread's own read (called here while that thread is held: never at once)
+            assert [r.seq for r in outbox._select(Priority.TELEMETRY, 0, 10)] == list(range(7, 17))
         await acked
-        assert [r.seq for r in again][:4] == list(range(7, 11))
         assert [r.seq for r in await outbox.rows_after(Priority.TELEMETRY, 0, 10)] == list(range(7, 17))
         assert outbox._deleting == set()
 
