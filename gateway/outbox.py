@@ -445,10 +445,11 @@ class Outbox:
         # older append committed later (the urgent queue overtakes) must not write an older value
         self._state_arrival: dict[str, int] = {}
         self._acks: list[tuple[list[int], StateRows | None, asyncio.Future[None]]] = []  # waiting to be deleted
-        # rows acknowledged whose delete is not committed yet: never read again meanwhile (the
-        # uplink starting over after a reconnect must not send them twice); the highest of them
-        self._deleting: set[int] = set()
-        self._deleting_max = 0
+        # rows acknowledged whose delete is not committed yet, per class: never read again
+        # meanwhile (the uplink starting over after a reconnect must not send them twice); the
+        # highest of each class (a read after it has nothing to leave out: a draining backlog)
+        self._deleting: dict[Priority, set[int]] = {p: set() for p in Priority}
+        self._deleting_max: dict[Priority, int] = dict.fromkeys(Priority, 0)
         self._ack_writer: asyncio.Task[None] | None = None
         self._wakeup = asyncio.Event()
         bulk = asyncio.Event()
@@ -546,12 +547,15 @@ class Outbox:
         one transaction (a draining backlog's PUBACKs come several at a time): fewer commits and
         hand-offs to the outbox thread, and longer ranges. State rows are merged in arrival order.
         """
+        rows = rows if isinstance(rows, list) else list(rows)
         batch = [row.seq for row in rows]
         if not (batch or state):
             return
-        if batch:
-            self._deleting.update(batch)
-            self._deleting_max = max(self._deleting_max, max(batch))
+        classes: set[Priority] = set(map(operator.itemgetter(1), rows))
+        for priority in classes:  # (one, for a batch of the uplink's)
+            seqs = batch if len(classes) == 1 else [row.seq for row in rows if row.priority is priority]
+            self._deleting[priority].update(seqs)
+            self._deleting_max[priority] = max(self._deleting_max[priority], max(seqs))
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._acks.append((batch, state, future))
         if self._ack_writer is None or self._ack_writer.done():
@@ -569,9 +573,10 @@ class Outbox:
                 try:
                     await self._run(functools.partial(self._delete, seqs, state or None))
                 finally:  # deleted (or kept as acked_unsaved on a full disk); failed: sent again, harmless
-                    self._deleting.difference_update(seqs)
-                    if not self._deleting:
-                        self._deleting_max = 0
+                    for priority, pending in self._deleting.items():
+                        pending.difference_update(seqs)
+                        if not pending:
+                            self._deleting_max[priority] = 0
             except Exception as exc:
                 for _, _, future in acks:
                     if not future.done():
@@ -1364,7 +1369,7 @@ class Outbox:
             if self._acked_unsaved or self._bad_unsaved:  # (a full disk) rows to skip: the outbox thread's read
                 return None
             # (the uplink started over) rows whose delete is being written are not read again
-            deleting = set(self._deleting) if self._deleting_max > after_seq else set()
+            deleting = self._deleting_after(priority, after_seq)
             # the batch as three columns of one row, built in SQLite's C with the GIL released
             # (a row each costs a GIL hand-over and three objects): the seqs and times as JSON
             # arrays, the payloads joined by \x01, which no JSON text holds unescaped
@@ -1388,6 +1393,14 @@ class Outbox:
             return None
         return out if self._db is beside else None
 
+    def _deleting_after(self, priority: Priority, after_seq: int) -> set[int]:
+        """The class's rows after the cursor whose delete is being written (empty at once for
+        a draining backlog, whose acknowledged rows are all before its cursor). The set is
+        copied in one C call: safe on the reader thread while the event loop adds to it."""
+        if self._deleting_max[priority] <= after_seq:
+            return set()
+        return {seq for seq in set(self._deleting[priority]) if seq > after_seq}
+
     def _close_reader(self) -> None:
         """(reader thread)"""
         if self._read_conn is not None:
@@ -1401,8 +1414,7 @@ class Outbox:
         """The class's next rows after the cursor, without those acknowledged (or found bad)
         whose delete did not fit on a full disk, and those whose delete is being written."""
         skip = self._acked_unsaved | self._bad_unsaved
-        if self._deleting_max > after_seq:
-            skip |= {seq for seq in set(self._deleting) if seq > after_seq}
+        skip |= self._deleting_after(priority, after_seq)
         rows: list[tuple[int, int, bytes]] = conn.execute(
             f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
             "ORDER BY seq LIMIT ?",

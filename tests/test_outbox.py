@@ -439,7 +439,25 @@ async def test_rows_whose_delete_is_being_written_are_not_read_again(tmp_path: P
             assert [r.seq for r in outbox._select(Priority.TELEMETRY, 0, 10)] == list(range(7, 17))
         await acked
         assert [r.seq for r in await outbox.rows_after(Priority.TELEMETRY, 0, 10)] == list(range(7, 17))
-        assert outbox._deleting == set()
+        assert not any(outbox._deleting.values())
+
+
+async def test_an_alarm_being_deleted_leaves_the_telemetry_reads_of_a_backlog_alone(tmp_path: Path) -> None:
+    """Rows being deleted are kept per class: an alarm acknowledged during a drain (its seq
+    above the whole backlog's) does not make every telemetry read look for rows to leave out."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(20)))
+        await outbox.append(make(EventKind.SOS))
+        telemetry = await outbox.rows_after(Priority.TELEMETRY, 0, 10)
+        [alarm] = await outbox.rows_after(Priority.ALARM, 0, 10)
+        async with outbox_thread_held(outbox):
+            acks = asyncio.gather(outbox.ack(telemetry), outbox.ack([alarm]))
+            await asyncio.sleep(0.05)
+            assert outbox._deleting_after(Priority.TELEMETRY, telemetry[-1].seq) == set()
+            assert outbox._deleting_after(Priority.ALARM, 0) == {alarm.seq}
+            assert outbox._deleting_after(Priority.TELEMETRY, 0) == {r.seq for r in telemetry}
+        await acks
+        assert not any(outbox._deleting.values())
 
 
 async def test_a_batch_read_ahead_is_what_a_read_then_would_return(tmp_path: Path) -> None:
