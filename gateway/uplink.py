@@ -5,7 +5,8 @@ Two lanes share one connection:
   paho's in-flight window reserved for it, so an alarm never queues behind a backlog;
 - the bulk lane sends status, then telemetry, as `{"events": [...]}` batches shaped by the
   station's link profile (batch size, linger, zlib compression, a byte budget per second),
-  with a bounded number of batches awaiting their PUBACK.
+  with a bounded number of batches awaiting their PUBACK, and as many again acknowledged
+  whose delete is still being written (a slow commit does not stop the link).
 
 Rules learnt the hard way (shared/stack-notes.md §1, docs/mqtt.md):
 - a fresh client per connection: a reused client re-sends paho's own queue, and the outbox
@@ -116,6 +117,7 @@ COMMAND_QUEUE = 64  # downlink messages waiting to be handled; more are dropped 
 COMMAND_TIMEOUT_S = 10.0  # one command may take this long, then it is answered with an error
 CLEAN_SESSION_AFTER = 2  # after this many short sessions in a row, one connection starts a clean session
 TAKEOVER_HINT_AFTER = 3  # this many short sessions in a row get the "same client id?" hint in the journal
+UNSETTLED_PER_SLOT = 2  # batches acknowledged but not yet deleted, per batch the link may have in flight
 REASON_NO_SUBSCRIBERS = 0x10  # MQTT 5 PUBACK: accepted, but nobody subscribes to the topic
 REASON_SESSION_TAKEN_OVER = 0x8E
 UNSUPPORTED_PROTOCOL = (1, 0x84)  # CONNACK: 3.1.1 "unacceptable protocol version", 5 "unsupported"
@@ -804,20 +806,28 @@ class Uplink:
     async def _bulk_pass(self, client: BrokerClient, refusals: Backoff) -> None:
         cursors = {Priority.STATUS: 0, Priority.TELEMETRY: 0}
         full_window = self.link.batches_in_flight
-        window = asyncio.Semaphore(max(1, full_window * self.batch_events // self.link.batch_max_events))
+        slots = max(1, full_window * self.batch_events // self.link.batch_max_events)
+        window = asyncio.Semaphore(slots)  # batches awaiting their PUBACK
+        # and batches acknowledged whose rows are still being deleted: a slow commit (a checkpoint's
+        # fsync) does not stop the link, and what waits for the disk stays bounded
+        unsettled = asyncio.Semaphore(UNSETTLED_PER_SLOT * slots)
         async with asyncio.TaskGroup() as in_flight:
             while True:
+                await unsettled.acquire()
                 await window.acquire()
                 batch = await self._next_batch(cursors)
                 if batch is None:
                     window.release()
+                    unsettled.release()
                     continue
                 priority, rows, payload = batch
                 cursors[priority] = rows[-1].seq
                 topic = self.topics.events(priority)
                 if self._budget:
                     await self._budget.spend(len(payload) + len(topic) + MQTT_OVERHEAD_BYTES)
-                in_flight.create_task(self._publish_batch(client, topic, priority, rows, payload, window, refusals))
+                in_flight.create_task(
+                    self._publish_batch(client, topic, priority, rows, payload, (window, unsettled), refusals)
+                )
 
     async def _next_batch(self, cursors: dict[Priority, int]) -> tuple[Priority, list[OutboxRow], bytes] | None:
         """The next batch to send, or None after waiting a little (nothing, or lingering)."""
@@ -845,18 +855,22 @@ class Uplink:
         priority: Priority,
         rows: list[OutboxRow],
         payload: bytes,
-        window: asyncio.Semaphore,
+        slots: tuple[asyncio.Semaphore, asyncio.Semaphore],
         refusals: Backoff,
     ) -> None:
-        self._bulk_in_flight += 1
+        window, unsettled = slots
         try:
-            verdict = await client.deliver(topic, payload)
+            self._bulk_in_flight += 1
+            try:
+                verdict = await client.deliver(topic, payload)
+            finally:
+                window.release()
+                self._bulk_in_flight -= 1
             if not verdict.accepted:
                 raise PublishRefused(verdict, topic, len(rows))
             await self._outbox.ack(rows)
         finally:
-            window.release()
-            self._bulk_in_flight -= 1
+            unsettled.release()
         self._note_verdict(verdict, topic, len(rows))
         refusals.reset()
         self.published[priority] += len(rows)

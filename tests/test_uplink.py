@@ -289,3 +289,74 @@ def test_a_narrowband_batch_is_sized_after_compression() -> None:
     assert json.loads(zlib.decompress(payload))["events"] == [json.loads(r.payload) for r in sent]
     plain, _ = fit_batch(rows, False, wire_max)
     assert len(plain) <= 4
+
+
+async def test_a_slow_delete_does_not_stop_the_link_and_what_waits_for_it_stays_bounded(tmp_path: Path) -> None:
+    """A batch's slot is free at its PUBACK, its rows deleted behind it: with the outbox thread
+    held (a commit stuck in a checkpoint's fsync) the link still carries twice its window of
+    batches, and no more; once the disk answers, the backlog drains, each event once."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    import aiomqtt
+
+    from gateway.uplink import UNSETTLED_PER_SLOT
+    from simulators.broker import Mosquitto
+
+    batch, rows = 50, 30_000  # (enough that the backlog is not through before the outbox thread is held)
+    with Mosquitto(tmp_path / "broker") as broker:
+        raw = {**RAW, "uplink": {"host": broker.host, "port": broker.port, "batch_max_events": batch}}
+        config = parse_config({**raw, "storage": {"path": str(tmp_path / "o.db")}})
+        seen: list[str] = []
+        subscribed = asyncio.Event()
+
+        async def platform() -> None:
+            async with aiomqtt.Client(broker.host, broker.port, identifier="platform") as client:
+                await client.subscribe("care/v1/st/events/telemetry", qos=1)
+                subscribed.set()
+                async for message in client.messages:
+                    seen.extend(e["id"] for e in json.loads(bytes(message.payload))["events"])  # type: ignore[arg-type]
+
+        async with Outbox(config.storage, "st") as outbox:
+            clock = Clock()
+            await outbox.append(
+                *(app.new_event(clock, "st", "radar", EventKind.ACTIVITY, {"presence": True}) for _ in range(rows))
+            )
+            listening = asyncio.create_task(platform())
+            await asyncio.wait_for(subscribed.wait(), 10)
+            uplink = Uplink(config, outbox)
+            running = asyncio.create_task(uplink.run())
+            for _ in range(200):
+                if seen:
+                    break
+                await asyncio.sleep(0.05)
+            busy, release = threading.Event(), threading.Event()
+            loop = asyncio.get_running_loop()
+            held = loop.run_in_executor(outbox._executor, lambda: (busy.set(), release.wait(20)))
+            await loop.run_in_executor(None, busy.wait, 5)
+            try:
+                before = -1
+                while len(seen) != before:  # until nothing more comes while the deletes wait
+                    before = len(seen)
+                    await asyncio.sleep(0.5)
+                with contextlib.closing(sqlite3.connect(tmp_path / "o.db")) as db:
+                    [(left,)] = db.execute("SELECT count(*) FROM outbox").fetchall()
+                published_not_deleted = len(seen) - (rows - left)
+                window = uplink.link.batches_in_flight
+                assert window * batch < published_not_deleted <= UNSETTLED_PER_SLOT * window * batch, (
+                    published_not_deleted
+                )
+            finally:
+                release.set()
+                await held
+            for _ in range(400):
+                if len(seen) >= rows:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(seen) == len(set(seen)) == rows
+            running.cancel()
+            listening.cancel()
+            for task in (running, listening):
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
