@@ -85,6 +85,7 @@ log = logging.getLogger("care_gateway.outbox")
 T = TypeVar("T")
 BUSY_TIMEOUT_S = 5.0  # another process (care-gateway status) may hold a read lock briefly
 JOURNAL_SIZE_LIMIT_BYTES = 1024 * 1024  # truncate the -wal file to this after checkpoints
+MAX_ACK_ROWS = 2000  # acknowledged rows deleted in one transaction (bounds an alarm's wait behind them)
 WAL_AUTOCHECKPOINT_PAGES = 256  # checkpoint at 1 MiB of WAL (4 KiB pages): bounds what a full disk must absorb
 SHM_PREALLOCATE_BYTES = 128 * 1024  # the WAL index's real blocks (its mmap must never touch a hole: SIGBUS)
 MIN_FREE_TO_OPEN_BYTES = 64 * 1024  # below this SQLite's first mapping of the WAL index may hit a hole: not opened
@@ -564,7 +565,13 @@ class Outbox:
 
     async def _write_acks(self) -> None:
         while self._acks:
-            acks, self._acks = self._acks, []
+            # at most MAX_ACK_ROWS a transaction: an alarm's commit, queued on the outbox thread
+            # meanwhile, goes before the next part of a draining backlog's deletes
+            taken = rows = 0
+            while taken < len(self._acks) and (taken == 0 or rows + len(self._acks[taken][0]) <= MAX_ACK_ROWS):
+                rows += len(self._acks[taken][0])
+                taken += 1
+            acks, self._acks = self._acks[:taken], self._acks[taken:]
             seqs = [seq for batch, _, _ in acks for seq in batch]
             state: dict[str, JsonValue | None] = {}
             for _, changes, _ in acks:

@@ -460,6 +460,42 @@ async def test_an_alarm_being_deleted_leaves_the_telemetry_reads_of_a_backlog_al
         assert not any(outbox._deleting.values())
 
 
+async def test_an_alarm_commit_waits_behind_one_part_of_a_backlogs_deletes_not_all(tmp_path: Path) -> None:
+    """Acknowledgements that pile up while the outbox thread is busy are deleted MAX_ACK_ROWS at
+    a time, each part handed to the outbox thread after the last: an alarm's commit is never
+    queued behind more than one part of a backlog's deletes."""
+    from gateway.outbox import MAX_ACK_ROWS
+
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(3 * MAX_ACK_ROWS)))
+        rows = await outbox.rows_after(Priority.TELEMETRY, 0, 3 * MAX_ACK_ROWS)
+        order: list[str] = []
+        delete, commit = outbox._delete, outbox._commit
+
+        def deleting(seqs: list[int], state: dict[str, object] | None = None) -> None:
+            order.append(f"delete {len(seqs)}")
+            delete(seqs, state)  # type: ignore[arg-type]
+
+        def committing(events: list[Event], state: dict[str, object] | None = None) -> None:
+            order.append("commit " + ",".join(e.kind.value for e in events))
+            commit(events, state)  # type: ignore[arg-type]
+
+        outbox._delete = deleting  # type: ignore[method-assign]
+        outbox._commit = committing  # type: ignore[method-assign]
+        async with outbox_thread_held(outbox):
+            first = asyncio.create_task(outbox.ack(rows[:500]))  # (its delete waits: the others pile up)
+            await asyncio.sleep(0.05)
+            acks = [asyncio.create_task(outbox.ack(rows[i : i + 500])) for i in range(500, len(rows), 500)]
+            await asyncio.sleep(0.05)
+            alarm = asyncio.create_task(outbox.append(make(EventKind.SOS)))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(first, *acks, alarm)
+        assert order[:2] == ["delete 500", "commit sos"], order  # ahead of what piled up behind the first
+        parts = [int(step.split()[1]) for step in order[2:]]
+        assert parts == [MAX_ACK_ROWS, MAX_ACK_ROWS, len(rows) - 500 - 2 * MAX_ACK_ROWS], order
+        assert await outbox.counts() == {Priority.ALARM: 1, Priority.STATUS: 0, Priority.TELEMETRY: 0}
+
+
 async def test_a_batch_read_ahead_is_what_a_read_then_would_return(tmp_path: Path) -> None:
     """A full batch starts the read of the next one; rows committed meanwhile come after it,
     rows acknowledged meanwhile are before it, and a read from another cursor is read anew."""
