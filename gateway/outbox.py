@@ -118,6 +118,9 @@ _ALARM = Priority.ALARM
 DEVICE_OF_ROW = "CASE WHEN json_valid(payload) THEN json_extract(payload, '$.device_id') END"
 # A stored row is the event's JSON with "id" first (stored_form): checked once in SQL (json_valid,
 # in C) and by its first bytes; its bytes are decoded as UTF-8 in Python
+# SQL: a row's created_ms as an integer whatever the file holds (a tampered text or real would
+# otherwise stop every read of the queue: the row is sent with the time it gives, 1970 for text)
+CREATED_MS = "CAST(created_ms AS INTEGER)"
 ID_PREFIX = '{"id":"'
 ID_END = len(ID_PREFIX) + 26  # where the id's closing quote is
 _ID_AT, _TS_AT = len(ID_PREFIX), ID_END + 2  # where the id starts; where ts goes in the published form
@@ -404,6 +407,7 @@ class Outbox:
         self._read_conn: sqlite3.Connection | None = None
         self._read_beside: sqlite_utils.Database | None = None  # the writer's database it was opened with
         self._read_ts_of = _Rfc3339Ms()
+        self.reader_failures = 0  # reads the reader thread handed to the outbox thread after an SQLite error
         # the read a draining backlog asks for next, started as the last one returned (see rows_after)
         self._read_ahead: tuple[tuple[Priority, int, int], concurrent.futures.Future[list[OutboxRow] | None]] | None
         self._read_ahead = None
@@ -1382,7 +1386,7 @@ class Outbox:
             # arrays, the payloads joined by \x01, which no JSON text holds unescaped
             [(seqs, times, joined)] = self._read_conn.execute(
                 "SELECT json_group_array(seq), json_group_array(created_ms), group_concat(payload, char(1)) FROM "
-                f"(SELECT seq, created_ms, payload FROM outbox WHERE {_lane(priority)} AND seq > ? "
+                f"(SELECT seq, {CREATED_MS} AS created_ms, payload FROM outbox WHERE {_lane(priority)} AND seq > ? "
                 "ORDER BY seq LIMIT ?)",
                 (after_seq, limit + len(deleting)),
             ).fetchall()
@@ -1395,7 +1399,13 @@ class Outbox:
             if deleting and out is not None:
                 out = [row for row in out if row.seq not in deleting][:limit]
         except sqlite3.Error as exc:  # the outbox thread reads it again, and reports what it finds
-            log.debug("outbox %s: the reader's read failed (%s); read on the outbox thread", self.path, exc)
+            self.reader_failures += 1
+            (log.warning if self.reader_failures == 1 else log.debug)(
+                "outbox %s: a read on the reader's own connection failed (%s); this batch is read on the outbox "
+                "thread (slower, nothing is lost)",
+                self.path,
+                exc,
+            )
             self._close_reader()
             return None
         return out if self._db is beside else None
@@ -1423,7 +1433,7 @@ class Outbox:
         skip = self._acked_unsaved | self._bad_unsaved
         skip |= self._deleting_after(priority, after_seq)
         rows: list[tuple[int, int, bytes]] = conn.execute(
-            f"SELECT seq, created_ms, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
+            f"SELECT seq, {CREATED_MS}, CAST(payload AS BLOB) FROM outbox WHERE {_lane(priority)} AND seq > ? "
             "ORDER BY seq LIMIT ?",
             (after_seq, limit + len(skip)),
         ).fetchall()

@@ -412,6 +412,26 @@ async def outbox_thread_held(outbox: Outbox) -> AsyncIterator[None]:
         await held
 
 
+async def test_a_row_whose_time_is_not_an_integer_is_sent_and_stops_nothing(tmp_path: Path) -> None:
+    """created_ms is the row's time; a tampered file holding text or a real there must not
+    stop the queue: the row goes out with the time it gives (1970 for text), the rest too."""
+    async with Outbox(storage(tmp_path), STATION) as outbox:
+        await outbox.append(*(make(EventKind.ACTIVITY, n=n) for n in range(3)))
+        with sqlite3.connect(tmp_path / "o.db") as conn:
+            conn.execute("UPDATE outbox SET created_ms = 'garbage' WHERE seq = 1")
+            conn.execute("UPDATE outbox SET created_ms = 1796217787128.9 WHERE seq = 2")
+        for read in (
+            lambda: outbox.rows_after(Priority.TELEMETRY, 0, 10),
+            lambda: outbox._run(lambda: outbox._select(Priority.TELEMETRY, 0, 10)),
+        ):
+            rows = await read()
+            assert [r.seq for r in rows] == [1, 2, 3]
+            assert [json.loads(r.payload)["ts"] for r in rows[:2]] == [
+                "1970-01-01T00:00:00.000Z",
+                "2026-12-02T13:23:07.128Z",
+            ]
+
+
 async def test_the_uplink_reads_while_the_outbox_thread_is_busy_writing(tmp_path: Path) -> None:
     """Reads have their own thread and connection (WAL readers never wait for the writer): a
     batch is read while a long delete or commit holds the outbox thread."""
@@ -513,6 +533,7 @@ async def test_a_batch_read_ahead_is_what_a_read_then_would_return(tmp_path: Pat
         fresh = await outbox._run(lambda: outbox._select(Priority.TELEMETRY, 150, 100))
         assert third == fresh  # the reader's rows are the outbox thread's, byte for byte
         assert [r.seq for r in await outbox.rows_after(Priority.TELEMETRY, third[-1].seq, 100)] == [*range(252, 262)]
+        assert outbox.reader_failures == 0  # (every read above was the reader thread's own)
 
 
 async def test_acknowledgements_that_arrive_together_are_deleted_in_one_transaction(tmp_path: Path) -> None:
