@@ -1481,7 +1481,7 @@ class Outbox:
         # rows stored by an earlier release hold their ts (looked for row by row only then)
         old_layout = '"ts":"' in joined
         for seq, created_ms, stored in zip(seqs, times, texts, strict=True):
-            if not (stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)):
+            if not (stored.startswith(ID_PREFIX) and stored.startswith('",', ID_END)):  # (_starts_as_event, inlined)
                 return None
             if old_layout and stored.startswith('"ts":"', ID_END + 2):
                 wire = prefix + stored[1:]
