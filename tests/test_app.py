@@ -113,7 +113,7 @@ async def test_sighup_refuses_a_bad_file_and_applies_a_good_one(tmp_path: Path, 
         mark = len(gw.lines)
         gw.proc.send_signal(signal.SIGHUP)
         assert await gw.wait_for_line("the new configuration is refused, the running one stays", after=mark)
-        assert any("uplink.keepalive_s: Input should be greater than or equal to 2" in line for line in gw.lines[mark:])
+        assert any("uplink.keepalive_s: must be at least 2" in line for line in gw.lines[mark:])
         assert (await station.receiver.send(surgard_report(code=101, zone=7))).acked  # still running as before
         assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,9 +36,9 @@ def problems(tmp_path: Path, text: str) -> list[str]:
     path.write_text(text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    prefix = f"{path}: "
-    assert all(line.startswith(prefix) for line in info.value.problems)
-    return [line.removeprefix(prefix) for line in info.value.problems]
+    where = re.compile(rf"^{re.escape(str(path))}(:\d+:\d+)?: ")  # file, then line and column where known
+    assert all(where.match(line) for line in info.value.problems), info.value.problems
+    return [where.sub("", line) for line in info.value.problems]
 
 
 def test_examples_exist_and_load() -> None:
@@ -59,9 +60,10 @@ def test_issue_shape_loads_with_defaults(tmp_path: Path) -> None:
 def test_wrong_values_name_key_path_and_what_is_allowed(tmp_path: Path) -> None:
     text = GOOD.replace("baudrate = 9600", 'baudrate = 9601\nparity = "X"').replace("port = 1883", "port = 70000")
     assert problems(tmp_path, text) == [
-        "uplink.port: Input should be less than or equal to 65535 (got 70000) (allowed: broker TCP port, 1-65535)",
-        "devices[0].baudrate: 9601 is not allowed (allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200)",
-        "devices[0].parity: 'X' is not allowed (allowed: 'N', 'E' or 'O')",
+        "uplink.port: must be at most 65535 (got 70000) (allowed: broker TCP port, 1-65535)",
+        'devices[0] (id = "button-rx-1").baudrate: 9601 is not allowed '
+        "(allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)",
+        'devices[0] (id = "button-rx-1").parity: "X" is not allowed (allowed: "N", "E", "O")',
     ]
 
 
@@ -71,7 +73,7 @@ def test_unknown_and_missing_keys(tmp_path: Path) -> None:
     )
     assert problems(tmp_path, text) == [
         "station.name: required key is missing (human-readable name, 1-200 characters)",
-        "station.nmae: unknown key (allowed keys here: id, name, trust_clock, location)",
+        "station.nmae: unknown key (allowed keys here: id, name, trust_clock, location, language)",
         "storage.path: required key is missing (path of the outbox database file; its folder must be writable)",
     ]
 
@@ -79,20 +81,20 @@ def test_unknown_and_missing_keys(tmp_path: Path) -> None:
 def test_bad_ids_kinds_and_duplicates(tmp_path: Path) -> None:
     text = GOOD.replace('id = "nm-xilin-0012"', 'id = "NM/0012"').replace('topic_prefix = "care/v1"', "")
     [station_id] = problems(tmp_path, text)
-    assert station_id.startswith("station.id: 'NM/0012' is not allowed (allowed: station id used in MQTT topics")
+    assert station_id.startswith('station.id: "NM/0012" is not allowed (allowed: station id used in MQTT topics')
     assert problems(tmp_path, GOOD.replace('kind = "contact_id_receiver"', 'kind = "contactid"')) == [
-        "devices[0].kind: 'contactid' is not allowed (allowed: 'contact_id_receiver', 'mmwave_radar', 'gps', "
-        "'ble_pendant', 'ble_wristband', 'ble_health', 'caregiver_badge')"
+        'devices[0] (id = "button-rx-1").kind: "contactid" is not allowed (allowed: "contact_id_receiver", '
+        '"mmwave_radar", "gps", "ble_pendant", "ble_wristband", "ble_health", "caregiver_badge")'
     ]
     twice = GOOD + GOOD[GOOD.index("[[devices]]") :].replace("ttyUSB0", "ttyUSB1")
     assert problems(tmp_path, twice) == [
-        "devices: devices[0] and devices[1] have the same id 'button-rx-1'; each device needs its own id"
+        'devices: devices[0] and devices[1] have the same id "button-rx-1"; each device needs its own id'
     ]
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert problems(tmp_path, GOOD.replace("port = 1883", "port 1883")) == [
-        "line 7, column 6: TOML syntax error: Expected '=' after a key in a key/value pair"
+        "TOML syntax error: expected '=' after the key (key = value)"
     ]
 
 
@@ -114,8 +116,8 @@ def test_check_config_cli_exit_codes_and_no_traceback(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert "Traceback" not in run.stderr + run.stdout
     assert run.stderr.splitlines() == [
-        f"{bad}: devices[0].baudrate: 9601 is not allowed "
-        "(allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600 or 115200)"
+        f'{bad}:14:1: devices[0] (id = "button-rx-1").baudrate: 9601 is not allowed '
+        "(allowed: 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)"
     ]
     assert [line.split(":")[0] for line in run.stdout.splitlines()] == [str(p) for p in EXAMPLES]
     ok = subprocess.run([sys.executable, "-m", "gateway", "check-config", *map(str, EXAMPLES)], check=False)
@@ -133,7 +135,7 @@ def test_run_with_bad_config_exits_78_without_traceback(tmp_path: Path) -> None:
     )
     assert run.returncode == 78
     assert "Traceback" not in run.stderr
-    assert "uplink.port: Input should be greater than or equal to 1 (got 0)" in run.stderr
+    assert f"{bad}:7:1: uplink.port: must be at least 1 (got 0)" in run.stderr
 
 
 RESIDENTS = """
@@ -161,14 +163,13 @@ def test_residents_contacts_and_care_are_checked_with_key_paths(tmp_path: Path) 
     text += '[[devices]]\nid = "band"\nkind = "ble_wristband"\naddress = "AA:BB:CC:DD:EE:FF"\nresident = "zhao"\n'
     found = problems(tmp_path, text + RESIDENTS)
     assert found == [
-        "residents[0].vitals.spo2_min: Input should be less than or equal to 100 (got 120) (allowed: SpO2 percent "
+        'residents[0] (id = "wang").vitals.spo2_min: must be at most 100 (got 120) (allowed: SpO2 percent '
         "below which to alarm)",
-        "residents[0].contacts[0].phone: '12345' is not allowed (allowed: an international number such as "
-        "+8613800138000, or an 11-digit mainland mobile number)",
-        "residents[0].contacts[1].role: 'priest' is not allowed (allowed: 'family', 'village_doctor', 'on_duty', "
-        "'neighbour' or 'volunteer')",
-        "care.timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as 'Asia/Shanghai' "
-        "(got 'Mars/Olympus')",
+        'residents[0] (id = "wang").contacts[0] (name = "王小明").phone: "12345" is not allowed (allowed: an '
+        "international number such as +8613800138000, or an 11-digit mainland mobile number)",
+        'residents[0] (id = "wang").contacts[1] (name = "李医生").role: "priest" is not allowed (allowed: "family", '
+        '"village_doctor", "on_duty", "neighbour", "volunteer")',
+        "care.timezone: unknown time zone \"Mars/Olympus\"; use an IANA name such as 'Asia/Shanghai'",
     ]
     fixed = (
         RESIDENTS.replace('"12345"', '"13800138000"')
@@ -177,12 +178,13 @@ def test_residents_contacts_and_care_are_checked_with_key_paths(tmp_path: Path) 
         .replace("Mars/Olympus", "Asia/Shanghai")
     )
     assert problems(tmp_path, text + fixed) == [
-        "residents[0].quiet_hours[1]: '13:30-15:00' overlaps quiet_hours[0] '12:00-14:00' (allowed: periods that "
-        "do not overlap)",
-        "residents[0].quiet_hours[3]: '05:00-05:30' overlaps quiet_hours[2] '22:00-06:00' (allowed: periods that "
-        "do not overlap)",
-        "devices[0].residents.4: 'li' is not a resident (allowed: resident ids from [[residents]]: wang)",
-        "devices[1].resident: 'zhao' is not a resident (allowed: resident ids from [[residents]]: wang)",
+        'residents[0] (id = "wang").quiet_hours[1]: "13:30-15:00" overlaps quiet_hours[0] "12:00-14:00" (allowed: '
+        "periods that do not overlap)",
+        'residents[0] (id = "wang").quiet_hours[3]: "05:00-05:30" overlaps quiet_hours[2] "22:00-06:00" (allowed: '
+        "periods that do not overlap)",
+        'devices[0] (id = "button-rx-1").residents.4: "li" is not a resident (allowed: resident ids from '
+        "[[residents]]: wang)",
+        'devices[1] (id = "band").resident: "zhao" is not a resident (allowed: resident ids from [[residents]]: wang)',
     ]
     path = tmp_path / "ok.toml"
     path.write_text(
@@ -235,3 +237,31 @@ def test_check_config_warns_of_a_resident_the_care_rules_cannot_watch(tmp_path: 
         "or a wristband or pendant with reports_motion = true): inactivity is not watched for them; give them one "
         '(resident = "zhao-shulan")'
     ]
+
+
+def test_errors_point_at_the_line_and_name_full_width_punctuation(tmp_path: Path) -> None:
+    """What a Chinese keyboard types (“ ” ＝) is named with its column and the ASCII to type;
+    a wrong value names its line, the device's id, and every allowed value."""
+    path = tmp_path / "station.toml"
+    path.write_text(GOOD.replace('name = "Baiyinxile gacha care station"', "name = “白音锡勒”"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[1:] == [
+        f"{path}:4:8: '“' is full-width punctuation (a Chinese keyboard): type the ASCII '\"' instead",
+        f"{path}:4:13: '”' is full-width punctuation (a Chinese keyboard): type the ASCII '\"' instead",
+    ]
+    assert info.value.problems[0].startswith(f"{path}:4:8: TOML syntax error: ")
+    path.write_text(GOOD.replace("port = 1883", "port ＝ 1883"))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}:7:6: '＝' is full-width punctuation (a Chinese keyboard): type the ASCII '=' instead" in (
+        info.value.problems
+    )
+    zone = GOOD.replace("baudrate = 9600", 'baudrate = 9600\nresidents = { "x3" = "wang" }')
+    [wrong_key] = problems(tmp_path, zone)
+    assert wrong_key.startswith('devices[0] (id = "button-rx-1").residents.x3: the key "x3" is not allowed (allowed: ')
+    assert "keys are 1-3 digit numbers" in wrong_key
+    path.write_text(zone)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems[0].startswith(f"{path}:15:15: ")  # the key inside the inline table

@@ -75,7 +75,7 @@ async def test_a_bad_station_file_is_reported_line_by_line(tmp_path: Path) -> No
     code, out = await doctor(config)
     assert code == 1
     assert "FAIL config: " in out
-    assert "station.id: 'Bad Id' is not allowed" in out
+    assert 'station.toml:2:1: station.id: "Bad Id" is not allowed' in out
 
 
 async def test_doctor_finds_an_acl_that_denies_the_events_even_for_a_3_1_1_station(tmp_path: Path) -> None:

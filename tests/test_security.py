@@ -200,7 +200,7 @@ def test_control_and_direction_characters_never_reach_a_reader() -> None:
         parse_config(raw)
     raw["station"]["name"] = "草原站"
     raw["residents"] = [{"id": "wang", "name": "王\n秀英"}]
-    with pytest.raises(ConfigError, match=r"residents\[0\]\.name: .*U\+000A"):
+    with pytest.raises(ConfigError, match=r'residents\[0\] \(id = "wang"\)\.name: .*U\+000A'):
         parse_config(raw)
     # what a radio names itself is neutralised before it is printed
     assert printable("pendant\x1b[2J\nconfigured as sos-1") == "pendant\ufffd[2J\ufffdconfigured as sos-1"

@@ -90,7 +90,7 @@ def test_plaintext_to_another_host_is_refused_unless_allowed(tmp_path: Path) -> 
     with pytest.raises(ConfigError) as info:
         load_config(station_file(tmp_path, "mqtt.care.example.cn"))
     assert info.value.problems == [
-        f"{tmp_path / 'station.toml'}: uplink: plaintext MQTT to mqtt.care.example.cn is refused (allowed: an "
+        f"{tmp_path / 'station.toml'}:5:1: uplink: plaintext MQTT to mqtt.care.example.cn is refused (allowed: an "
         "[uplink.tls] section with ca_file, usually port 8883; or allow_plaintext = true where the link itself "
         "is private)"
     ]

@@ -91,7 +91,7 @@ def test_failover_brokers_are_parsed_and_each_one_is_held_to_the_plaintext_rule(
     with pytest.raises(ConfigError) as refused:
         parse_config({**RAW, "uplink": {"host": "127.0.0.1", "failover": ["broker-2.example.cn"]}})
     assert "plaintext MQTT to broker-2.example.cn is refused" in str(refused.value)
-    with pytest.raises(ConfigError, match=r"failover\[0\]: port '99999' is not 1-65535"):
+    with pytest.raises(ConfigError, match=r'uplink\.failover: failover\[0\]: port "99999" is not 1-65535'):
         parse_config({**RAW, "uplink": {"host": "127.0.0.1", "failover": ["b:99999"]}})
     with pytest.raises(ConfigError, match=r"uplink.protocol"):
         parse_config({**RAW, "uplink": {"host": "127.0.0.1", "protocol": "4"}})
