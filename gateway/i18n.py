@@ -23,7 +23,6 @@ __all__ = [
     "LOCALE_DIR",
     "N_",
     "_",
-    "current_language",
     "language_from_environment",
     "normalise",
     "use_language",
@@ -35,7 +34,6 @@ LANGUAGES = ("en", "zh_CN")  # English is the source text; zh_CN the complete tr
 _ENVIRONMENT = ("LANGUAGE", "LC_ALL", "LC_MESSAGES", "LANG")
 
 _catalog: gettext.NullTranslations = gettext.NullTranslations()
-_language = "en"
 
 
 def _(message: str) -> str:
@@ -78,18 +76,14 @@ def language_from_environment(environ: Mapping[str, str] | None = None) -> str |
 
 def use_language(station_language: str | None = None) -> str:
     """Set the language (see module doc) and return it."""
-    global _catalog, _language
+    global _catalog
     language = station_language or language_from_environment() or "en"
-    if language == "en":
-        _catalog, _language = gettext.NullTranslations(), "en"
-    else:
-        _catalog = gettext.translation(DOMAIN, LOCALE_DIR, languages=[language], fallback=True)
-        _language = language
-    return _language
-
-
-def current_language() -> str:
-    return _language
+    _catalog = (
+        gettext.NullTranslations()
+        if language == "en"
+        else gettext.translation(DOMAIN, LOCALE_DIR, languages=[language], fallback=True)
+    )
+    return language
 
 
 use_language()  # (the environment's, until a station file says otherwise)

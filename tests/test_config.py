@@ -265,3 +265,19 @@ def test_errors_point_at_the_line_and_name_full_width_punctuation(tmp_path: Path
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems[0].startswith(f"{path}:15:15: ")  # the key inside the inline table
+
+
+def test_the_language_comes_from_the_station_file_else_the_environment() -> None:
+    from gateway.i18n import language_from_environment, normalise, use_language
+
+    assert [normalise(n) for n in ("zh_CN.UTF-8", "zh-cn", "zh_TW", "en_GB.UTF-8", "C.UTF-8", "POSIX", "", "de")] == [
+        "zh_CN", "zh_CN", "zh_CN", "en", None, None, None, None,
+    ]  # fmt: skip
+    assert language_from_environment({"LANG": "zh_CN.UTF-8"}) == "zh_CN"
+    assert language_from_environment({"LC_ALL": "C", "LANG": "zh_CN.UTF-8"}) is None  # the first set decides
+    assert language_from_environment({"LANGUAGE": "fr:zh_CN", "LANG": "en_US.UTF-8"}) == "zh_CN"
+    assert language_from_environment({"LANG": "\x1b[31m"}) is None
+    try:
+        assert use_language("zh_CN") == "zh_CN"
+    finally:
+        use_language()
