@@ -13,9 +13,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from gateway import __version__
 from gateway.config import BleSection, ConfigError, StationConfig, load_config, printable, status_files
+from gateway.i18n import _
+from gateway.status import process_started
 
 if TYPE_CHECKING:
     from gateway.ble_link import Radio
@@ -46,6 +49,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from gateway.care import coverage_warnings
+    from gateway.station_files import file_problems
+
     worst = 0
     for path in args.files:
         try:
@@ -55,11 +61,24 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             worst = 1
             continue
-        from gateway.care import coverage_warnings
-
-        print(f"{path}: ok (station {config.station.id}, {len(config.devices)} devices)")
+        unopenable = [] if args.skip_files else file_problems(path, config)
+        for line in unopenable:
+            print(line, file=sys.stderr)
+        if unopenable:
+            worst = 1
+        else:
+            checked = (
+                _("not checked: the files and ports it names")
+                if args.skip_files
+                else _("the files and ports it names can be opened")
+            )
+            print(
+                _("{file}: ok (station {station}, {devices} devices; {checked})").format(
+                    file=path, station=config.station.id, devices=len(config.devices), checked=checked
+                )
+            )
         for warning in coverage_warnings(config):  # valid, but a care rule cannot do its job
-            print(f"{path}: warning: {warning}")
+            print(_("{file}: warning: {warning}").format(file=path, warning=warning))
     return worst
 
 
@@ -97,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         for line in exc.problems:
-            logging.error("configuration: %s", line)
+            logging.error(_("configuration: %s"), line)
         return EXIT_CONFIG
     try:
         asyncio.run(run_station(config, Path(args.config), radio_for))
@@ -105,11 +124,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         logging.critical("%s", exc)
         return EXIT_UNAVAILABLE
     except StationFailed as exc:
-        logging.critical("%s; exiting for systemd to start the service afresh", exc)
+        logging.critical(_("%s; exiting for systemd to start the service afresh"), exc)
         return EXIT_SOFTWARE
     return 0
 
 
+UTC_ZONE = ZoneInfo("UTC")
 STATUS_FRESH_S = 5.0  # the daemon rewrites status.json every second; older means it is not running
 
 
@@ -134,65 +154,104 @@ def _live_status(path: Path) -> dict[str, Any] | None:
         body: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not _alive(body.get("pid"), body.get("pid_started")):
+        return None  # (checked first: a killed daemon's file is still fresh for a few seconds)
     if time.time() - float(body.get("written_at", 0)) >= STATUS_FRESH_S:
         return None
-    return body if _alive(body.get("pid")) else None
+    return body
 
 
-def _alive(pid: object) -> bool:
+def _alive(pid: object, started: object) -> bool:
+    """Whether the process that wrote the status file still runs: the same pid started at the
+    same time (a pid reused since is another process), read from /proc whoever asks."""
     if not isinstance(pid, int) or pid <= 0:
         return True  # (a file without a pid: only its age tells)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    now = process_started(pid)
+    if now is None:
         return False
-    except PermissionError:
-        return True  # the service user's process, asked by another user
-    return True
+    return not isinstance(started, int) or started == now
 
 
 def _ago(iso: str | None) -> str:
     if not iso:
-        return "never"
+        return _("never")
     seconds = time.time() - datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
-    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+    if seconds < 120:
+        return _("{seconds} s ago").format(seconds=f"{seconds:.0f}")
+    return _("{minutes} min ago").format(minutes=f"{seconds / 60:.0f}")
 
 
-def render_status(live: dict[str, Any] | None, waiting: dict[str, Any]) -> str:
-    """The daemon's state as a technician reads it."""
+def local_time(iso: object, zone: ZoneInfo) -> str:
+    """'2026-11-23T21:48:13Z' -> '2026-11-24 05:48:13' in the station's time zone, as the status
+    page and the SMS write it (anything else is shown as it came)."""
+    if not isinstance(iso, str):
+        return _("never") if iso is None else printable(str(iso))
+    try:
+        when = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(zone)
+    except ValueError:
+        return printable(iso)
+    return f"{when:%Y-%m-%d %H:%M:%S}"
+
+
+def _counts(counts: dict[str, Any]) -> str:
+    names = {"alarm": _("alarm"), "status": _("status"), "telemetry": _("telemetry")}
+    return ", ".join(f"{n} {names.get(name, name)}" for name, n in counts.items())
+
+
+def render_status(live: dict[str, Any] | None, waiting: dict[str, Any], zone: ZoneInfo = UTC_ZONE) -> str:
+    """The daemon's state as a technician reads it; times in the station's time zone."""
     lines = []
     if live is None:
-        lines.append("the daemon is not running (no fresh status.json)")
-        counts = waiting.get("waiting", {})
-        lines.append("outbox: " + ", ".join(f"{n} {name}" for name, n in counts.items()) + " waiting")
+        lines.append(_("the daemon is not running (no fresh status.json)"))
+        lines.append(_("outbox: {counts} waiting").format(counts=_counts(waiting.get("waiting", {}))))
         return "\n".join(lines)
-    clock = "synchronised" if live.get("clock_trusted") else "NOT synchronised"
+    clock = _("synchronised") if live.get("clock_trusted") else _("NOT synchronised")
     lines.append(
-        f"station {live['station_id']} ({live['name']}): care-gateway {live['version']}, "
-        f"up {live['uptime_s']} s, clock {clock}"
+        _("station {station} ({name}): care-gateway {version}, up {uptime} s, clock {clock}").format(
+            station=live["station_id"], name=live["name"], version=live["version"], uptime=live["uptime_s"], clock=clock
+        )
     )
     link = live.get("link", {})
-    lines.append(f"link: {link.get('state')} since {link.get('since')} ({link.get('connects_since_start')} connects)")
+    lines.append(
+        _("link: {state} since {since} ({zone}; {connects} connects)").format(
+            state=link.get("state"),
+            since=local_time(link.get("since"), zone),
+            zone=zone.key,
+            connects=link.get("connects_since_start"),
+        )
+    )
     for change in link.get("history", [])[-3:]:
-        lines.append(f"    {change['at']} {change['state']}: {change['reason']}")
+        lines.append(f"    {local_time(change['at'], zone)} {change['state']}: {change['reason']}")
     backlog = live.get("backlog", {})
     drain = live.get("estimated_drain_s")
-    lines.append(
-        "backlog: "
-        + ", ".join(f"{n} {name}" for name, n in backlog.items())
-        + (f"; oldest {live['oldest_unsent_s']:.0f} s" if live.get("oldest_unsent_s") else "")
-        + (f"; drains in about {drain:.0f} s" if drain else "")
-    )
+    line = _("backlog: {counts}").format(counts=_counts(backlog))
+    if live.get("oldest_unsent_s"):
+        line += _("; oldest {seconds} s").format(seconds=f"{live['oldest_unsent_s']:.0f}")
+    if drain:
+        line += _("; drains in about {seconds} s").format(seconds=f"{drain:.0f}")
+    lines.append(line)
     for device_id, device in {**live.get("devices", {}), **live.get("ble_devices", {})}.items():
-        state = device.get("state", "")
-        battery = f", battery {device['battery']} %" if device.get("battery") is not None else ""
+        battery = device.get("battery")
         lines.append(
-            f"device {device_id} ({device['kind']}) {state} last seen {_ago(device.get('last_seen'))}{battery}"
+            _("device {device} ({kind}) {state} last seen {ago}").format(
+                device=device_id, kind=device["kind"], state=device.get("state", ""), ago=_ago(device.get("last_seen"))
+            )
+            + (_(", battery {percent} %").format(percent=battery) if battery is not None else "")
         )
     for alarm in live.get("alarms_open", []):
-        who = f" of {alarm['resident']}" if alarm.get("resident") else ""
+        text = (
+            _("OPEN ALARM {kind} of {resident} from {device}: {state} ({alarm})")
+            if alarm.get("resident")
+            else _("OPEN ALARM {kind} from {device}: {state} ({alarm})")
+        )
         lines.append(
-            f"OPEN ALARM {alarm['kind']}{who} from {alarm['device_id']}: {alarm['state']} ({alarm['alarm_id']})"
+            text.format(
+                kind=alarm["kind"],
+                resident=alarm.get("resident"),
+                device=alarm["device_id"],
+                state=alarm["state"],
+                alarm=alarm["alarm_id"],
+            )
         )
     return "\n".join(lines)
 
@@ -209,7 +268,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(body, ensure_ascii=False))
         return 0
     if not args.watch:
-        print(render_status(_live_status(status_file), _outbox_waiting(config.storage.path)))
+        zone = ZoneInfo(config.care.timezone)
+        print(render_status(_live_status(status_file), _outbox_waiting(config.storage.path), zone))
         return 0
     return _watch(status_file, args.timeout)
 
@@ -221,21 +281,25 @@ def _watch(status_file: Path, timeout: float) -> int:
     while time.monotonic() < deadline:
         live = _live_status(status_file)
         if live is None:
-            print("the daemon is not running", flush=True)
+            print(_("the daemon is not running"), flush=True)
             return 1
         total = sum(live.get("backlog", {}).values())
         now = time.monotonic()
         if total == 0:
-            print("backlog drained: nothing waits", flush=True)
+            print(_("backlog drained: nothing waits"), flush=True)
             return 0
         rate = (previous[1] - total) / (now - previous[0]) if previous and now > previous[0] else 0.0
-        left = f", about {total / rate:.0f} s left" if rate > 0 else ""
+        left = _(", about {seconds} s left").format(seconds=f"{total / rate:.0f}") if rate > 0 else ""
         print(
-            f"backlog {total} events, link {live.get('link', {}).get('state')}, {rate:.0f} events/s{left}", flush=True
+            _("backlog {total} events, link {state}, {rate} events/s").format(
+                total=total, state=live.get("link", {}).get("state"), rate=f"{rate:.0f}"
+            )
+            + left,
+            flush=True,
         )
         previous = (now, total)
         time.sleep(1.0)
-    print("still draining; stopped watching", flush=True)
+    print(_("still draining; stopped watching"), flush=True)
     return 0
 
 
@@ -259,15 +323,31 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         print(json.dumps([{**vars(d), "decoded": sorted(d.decoded)} for d in found], indent=2))
         return 0
     for d in found:
-        where = f"configured as {d.configured_as}" if d.configured_as else "not in the station file"
+        where = (
+            _("configured as {device}").format(device=d.configured_as)
+            if d.configured_as
+            else _("not in the station file")
+        )
         name = printable(d.name or "-")  # (any radio nearby chooses its name: no escapes, no fake lines)
-        print(f"{d.address}  {d.rssi:>4} dBm  {d.adverts:>4} adverts  {name:<16} {printable(where)}")
+        print(
+            _("{address}  {rssi} dBm  {adverts} adverts  {name} {where}").format(
+                address=d.address,
+                rssi=f"{d.rssi:>4}",
+                adverts=f"{d.adverts:>4}",
+                name=f"{name:<16}",
+                where=printable(where),
+            )
+        )
         for item in sorted(d.decoded):
             print(f"    {item}")
     missing = {d.id for d in known} - {d.configured_as for d in found}
-    print(f"{len(found)} device(s) heard in {args.seconds:.0f} s on {config.ble.adapter}")
+    print(
+        _("{count} device(s) heard in {seconds} s on {adapter}").format(
+            count=len(found), seconds=f"{args.seconds:.0f}", adapter=config.ble.adapter
+        )
+    )
     if missing:
-        print(f"configured but not heard: {', '.join(sorted(missing))}")
+        print(_("configured but not heard: {devices}").format(devices=", ".join(sorted(missing))))
     return 0
 
 
@@ -296,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
 
     check = sub.add_parser("check-config", help="validate station files offline; non-zero exit on any problem")
     check.add_argument("files", nargs="+", type=Path)
+    check.add_argument(
+        "--skip-files",
+        action="store_true",
+        help="do not check the files and ports the station names (a station file checked on a laptop)",
+    )
     check.set_defaults(func=_cmd_check_config)
 
     status = sub.add_parser("status", help="the running daemon's state: link, backlog, devices, open alarms")

@@ -55,7 +55,7 @@ from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, check_d
 from gateway.outbox import Outbox, OutboxFull, WriterStopped
 from gateway.rules import EventDraft, StationLocation, rules_for
 from gateway.serial_link import SerialLink, codec_for
-from gateway.status import StationPart
+from gateway.status import StationPart, own_start
 from gateway.status_page import StatusPage
 from gateway.uplink import Uplink
 
@@ -151,6 +151,8 @@ class Station:
         self.care = CareBook(config, self.make_event)
         self.escalator: Escalator | None = None
         self.status_page: StatusPage | None = None
+        self._started_ticks = own_start()
+        self._stopping = False
 
     @property
     def outbox(self) -> Outbox:
@@ -329,6 +331,13 @@ class Station:
     def _not_open(alarm_id: str) -> CommandRefused:
         return CommandRefused(f"alarm {alarm_id} is not open on this station (unknown, or resolved long ago)")
 
+    def stopping(self) -> None:
+        """The daemon stops: its status file goes at once, before the parts wind down, so that
+        `care-gateway status` says so from the first instant (not once the file has gone stale)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            status_file_to_write(self.config, os.environ.get("RUNTIME_DIRECTORY")).unlink(missing_ok=True)
+
     def reloading(self) -> None:
         """This station stops for a reload: its uplink leaves without the offline goodbye."""
         if self._uplink is not None:
@@ -428,11 +437,14 @@ class Station:
 
     async def write_status_file(self) -> None:
         """The status as JSON beside the outbox, for `care-gateway status` (atomic replace)."""
-        if self._uplink is None:
+        if self._uplink is None or self._stopping:
             return
         body = await self.full_status()
+        if self._stopping:  # (asked to stop while the status was gathered)
+            return
         body["written_at"] = time.time()
         body["pid"] = os.getpid()
+        body["pid_started"] = self._started_ticks
         target = status_file_to_write(self.config, os.environ.get("RUNTIME_DIRECTORY"))
         temporary = target.with_suffix(".tmp")
         temporary.write_text(json.dumps(body, ensure_ascii=False))
@@ -619,6 +631,7 @@ async def run_station(
                 return
             if stop.is_set():
                 sd_notify("STOPPING=1")
+                station.stopping()
                 await _cancel(running)
                 log.info("station %s stopped", config.station.id)
                 return

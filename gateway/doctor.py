@@ -16,11 +16,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from gateway.clock import Clock
-from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, load_config
+from gateway.config import BLE_KINDS, SERIAL_KINDS, ConfigError, StationConfig, key_path, load_config
+from gateway.i18n import _
 from gateway.modem_link import Modem, ModemError
 from gateway.outbox import OutboxUnavailable, peek
+from gateway.station_files import Opened, access_problem, files_opened, service_user
 from gateway.uplink import TLS_EXPIRY_WARNING_DAYS, certificate_not_after, probe_broker
 
 __all__ = [
@@ -45,7 +48,8 @@ class Finding:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{self.level:<4} {self.subject}: {self.message}" + (f"\n     -> {self.fix}" if self.fix else "")
+        level = {"OK": _("OK"), "WARN": _("WARN"), "FAIL": _("FAIL")}[self.level]
+        return f"{level:<4} {self.subject}: {self.message}" + (f"\n     -> {self.fix}" if self.fix else "")
 
 
 def ok(subject: str, message: str) -> Finding:
@@ -65,14 +69,36 @@ async def examine(path: Path) -> list[Finding]:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        return [fail("config", problem, f"edit {path}; 'care-gateway check-config {path}'") for problem in exc.problems]
-    findings = [ok("config", f"{path} is valid: station {config.station.id}, {len(config.devices)} devices")]
+        fix = _("edit {file}; then: care-gateway check-config {file}").format(file=path)
+        return [fail(_("config"), problem, fix) for problem in exc.problems]
+    findings = [
+        ok(
+            _("config"),
+            _("{file} is valid: station {station}, {devices} devices").format(
+                file=path, station=config.station.id, devices=len(config.devices)
+            ),
+        )
+    ]
     findings += list(_storage(config))
-    findings += [_serial_port(f"device {d.id}", d.port) for d in config.devices if isinstance(d, SERIAL_KINDS)]
+    findings += [
+        _serial_port(_("device {device}").format(device=d.id), d.port)
+        for d in config.devices
+        if isinstance(d, SERIAL_KINDS)
+    ]
     findings += list(_bluetooth(config))
     findings += list(_clock(config))
-    findings += list(_certificates(config))
-    findings += await _brokers(config)
+    certificates = list(_certificates(config))
+    findings += certificates
+    if any(f.level == "FAIL" for f in certificates):
+        findings.append(
+            fail(
+                _("broker"),
+                _("not tried: the station cannot connect without the [uplink] files above"),
+                _("fix the files marked FAIL above first; the network is not the problem yet"),
+            )
+        )
+    else:
+        findings += await _brokers(config)
     if config.sms is not None:
         findings += await _modem(config)
     return findings
@@ -82,51 +108,72 @@ def _storage(config: StationConfig) -> Iterator[Finding]:
     db = config.storage.path
     folder = db.parent
     if not folder.is_dir():
-        yield fail("storage", f"{folder} does not exist", f"create it: mkdir -p {folder} (the unit's StateDirectory)")
+        yield fail(
+            _("storage"),
+            _("{folder} does not exist").format(folder=folder),
+            _("create it: mkdir -p {folder} (the unit's StateDirectory)").format(folder=folder),
+        )
         return
     if not os.access(folder, os.W_OK):
-        yield fail("storage", f"{folder} is not writable by this user", "run as the service user, or chown the folder")
+        yield fail(
+            _("storage"),
+            _("{folder} is not writable by this user").format(folder=folder),
+            _("run as the service user, or chown the folder"),
+        )
     usage = shutil.disk_usage(folder)
     free_mb = usage.free // (1024 * 1024)
     if usage.free < config.storage.max_bytes or usage.free < usage.total * MIN_FREE_FRACTION:
         yield warn(
-            "storage",
-            f"{free_mb} MiB free on {folder}, less than the outbox may use ({config.storage.max_bytes // 2**20} MiB)",
-            "free space (journalctl --vacuum-size=50M, old logs) or lower [storage] max_bytes",
+            _("storage"),
+            _("{free} MiB free on {folder}, less than the outbox may use ({limit} MiB)").format(
+                free=free_mb, folder=folder, limit=config.storage.max_bytes // 2**20
+            ),
+            _("free space (journalctl --vacuum-size=50M, old logs) or lower [storage] max_bytes"),
         )
     else:
-        yield ok("storage", f"{free_mb} MiB free on {folder}")
+        yield ok(_("storage"), _("{free} MiB free on {folder}").format(free=free_mb, folder=folder))
     if db.exists():
         try:
             view = peek(db, check=True)
         except OutboxUnavailable as exc:
-            yield fail("outbox", str(exc), "the daemon moves a corrupt file aside at start")
+            yield fail(_("outbox"), str(exc), _("the daemon moves a corrupt file aside at start"))
             return
         verdict, waiting = view.verdict, sum(view.waiting.values())
         if verdict == "ok":
-            yield ok("outbox", f"{db}: intact, {waiting} events waiting")
+            yield ok(_("outbox"), _("{file}: intact, {waiting} events waiting").format(file=db, waiting=waiting))
         else:
-            yield fail("outbox", f"{db}: {verdict}", "restart the service: it moves the file aside and salvages it")
+            yield fail(
+                _("outbox"),
+                f"{db}: {verdict}",
+                _("restart the service: it moves the file aside and salvages it"),
+            )
 
 
 def _serial_port(subject: str, port: str) -> Finding:
     path = Path(port)
     if not path.exists():
-        by_id = (
-            sorted(p.name for p in Path("/dev/serial/by-id").glob("*")) if Path("/dev/serial/by-id").is_dir() else []
+        by_id = sorted(p.name for p in BY_ID.glob("*")) if BY_ID.is_dir() else []
+        seen = (
+            _("plugged in now: {ports}").format(ports=", ".join(by_id))
+            if by_id
+            else _("no USB serial device is plugged in")
         )
-        seen = f"; plugged in now: {', '.join(by_id)}" if by_id else "; no USB serial device is plugged in"
-        return fail(subject, f"{port} does not exist{seen}", "check the cable, then copy its /dev/serial/by-id name")
-    target = path.resolve()
-    if not stat.S_ISCHR(target.stat().st_mode):
-        return fail(subject, f"{port} -> {target} is not a serial device", "point the port at a /dev/tty* device")
-    if not os.access(target, os.R_OK | os.W_OK):
         return fail(
             subject,
-            f"{port} -> {target}: this user may not open it",
-            "add the service user to the dialout group: usermod -aG dialout care-gateway",
+            _("{port} does not exist; {seen}").format(port=port, seen=seen),
+            _("check the cable, then copy its /dev/serial/by-id name"),
         )
-    return ok(subject, f"{port} -> {target}, readable and writable")
+    target = path.resolve()
+    if not stat.S_ISCHR(target.stat().st_mode):
+        return fail(
+            subject,
+            _("{port} -> {target} is not a serial device").format(port=port, target=target),
+            _("point the port at a /dev/tty* device"),
+        )
+    problem = access_problem(Opened((), path, write=True), service_user())
+    if problem is not None:
+        return fail(subject, problem, _("see above: the service user must be able to open the port"))
+    return ok(subject, _("{port} -> {target}, readable and writable").format(port=port, target=target))
 
 
 def _bluetooth(config: StationConfig) -> Iterator[Finding]:
@@ -136,64 +183,100 @@ def _bluetooth(config: StationConfig) -> Iterator[Finding]:
     socket_path = config.ble.simulated_socket
     if socket_path is not None:
         if Path(socket_path).exists():
-            yield ok("bluetooth", f"simulated radio at {socket_path}")
+            yield ok(_("bluetooth"), _("simulated radio at {socket}").format(socket=socket_path))
         else:
-            yield fail("bluetooth", f"no simulated radio at {socket_path}", "start: python -m simulators wearables")
+            yield fail(
+                _("bluetooth"),
+                _("no simulated radio at {socket}").format(socket=socket_path),
+                _("start: python -m simulators wearables"),
+            )
         return
     adapter = Path("/sys/class/bluetooth") / config.ble.adapter
     if adapter.exists():
-        yield ok("bluetooth", f"adapter {config.ble.adapter} present for {len(devices)} devices")
+        yield ok(
+            _("bluetooth"),
+            _("adapter {adapter} present for {devices} devices").format(
+                adapter=config.ble.adapter, devices=len(devices)
+            ),
+        )
     else:
         yield fail(
-            "bluetooth",
-            f"adapter {config.ble.adapter} not found",
-            "check 'bluetoothctl list' and 'rfkill list'; a USB dongle may need replugging",
+            _("bluetooth"),
+            _("adapter {adapter} not found").format(adapter=config.ble.adapter),
+            _("check 'bluetoothctl list' and 'rfkill list'; a USB dongle may need replugging"),
         )
 
 
 def _clock(config: StationConfig) -> Iterator[Finding]:
     clock = Clock(config.station.trust_clock)
+    zone = ZoneInfo(config.care.timezone)
+    now = f"{datetime.now(zone):%Y-%m-%d %H:%M} ({zone.key})"
     if clock.trusted():
-        yield ok("clock", f"synchronised ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)")
+        yield ok(_("clock"), _("synchronised ({now})").format(now=now))
     else:
         yield warn(
-            "clock",
-            f"not synchronised; it says {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; events are flagged clock_trusted=false",
-            "check NTP: timedatectl status; systemctl status systemd-timesyncd",
+            _("clock"),
+            _("not synchronised; it says {now}; events are flagged clock_trusted=false").format(now=now),
+            _("check NTP: timedatectl status; systemctl status systemd-timesyncd"),
         )
 
 
 def _certificates(config: StationConfig) -> Iterator[Finding]:
-    tls = config.uplink.tls
-    if tls is None:
-        return
-    for name, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
-        if path is None:
+    """The [uplink] files (secrets, CA, certificate, key): there, readable by the service user,
+    certificates valid. A missing or unreadable one is named as such, not as a network fault."""
+    user = service_user()
+    for opened in files_opened(config):
+        if opened.loc[0] != "uplink":
             continue
-        if not path.exists():
-            yield fail(f"tls {name}", f"{path} is missing", "copy it from the platform operator")
+        subject = key_path(opened.loc)
+        path = opened.path
+        problem = access_problem(opened, user)
+        if problem is not None:
+            yield fail(
+                subject,
+                problem,
+                _("the station cannot log in to the broker without it; ask the platform operator for the file"),
+            )
             continue
-        if name == "key_file":
+        if opened.loc[-1] == "secrets_file":
+            yield ok(subject, _("{path} readable by {user}").format(path=path, user=user.name))
+            continue
+        if opened.loc[-1] == "key_file":
             if path.stat().st_mode & 0o077:
-                yield warn(f"tls {name}", f"{path} can be read by other users", f"chmod 600 {path}")
+                yield warn(subject, _("{path} can be read by other users").format(path=path), f"chmod 600 {path}")
+            else:
+                yield ok(subject, _("{path} readable by {user}").format(path=path, user=user.name))
             continue
         not_after = certificate_not_after(path)
         if not_after is None:
-            yield fail(f"tls {name}", f"{path} is not a PEM certificate", "ask the platform operator for a new one")
+            yield fail(
+                subject,
+                _("{path} is not a PEM certificate").format(path=path),
+                _("ask the platform operator for a new one"),
+            )
             continue
         days = (not_after - datetime.now(UTC)).days
         if days < 0:
-            yield fail(f"tls {name}", f"{path} expired on {not_after:%Y-%m-%d}", "install a renewed certificate")
+            yield fail(
+                subject,
+                _("{path} expired on {day}").format(path=path, day=f"{not_after:%Y-%m-%d}"),
+                _("install a renewed certificate"),
+            )
         elif days < TLS_EXPIRY_WARNING_DAYS:
-            yield warn(f"tls {name}", f"{path} expires in {days} days ({not_after:%Y-%m-%d})", "renew it now")
+            yield warn(
+                subject,
+                _("{path} expires in {days} days ({day})").format(path=path, days=days, day=f"{not_after:%Y-%m-%d}"),
+                _("renew it now"),
+            )
         else:
-            yield ok(f"tls {name}", f"{path} valid until {not_after:%Y-%m-%d}")
+            yield ok(subject, _("{path} valid until {day}").format(path=path, day=f"{not_after:%Y-%m-%d}"))
 
 
 async def _brokers(config: StationConfig) -> list[Finding]:
     """Each broker address: reachable, TLS and login, allowed to publish events and to subscribe
     to commands (tested with MQTT 5, the only version that says when a publish is refused)."""
     up = config.uplink
+    broker = _("broker")
     findings = []
     for host, port in up.brokers:
         where = f"{host}:{port}"
@@ -201,71 +284,105 @@ async def _brokers(config: StationConfig) -> list[Finding]:
             socket.getaddrinfo(host, port)
         except OSError as exc:
             findings.append(
-                fail("broker", f"{host} cannot be resolved ({exc})", "check DNS and the uplink (ping, modem)")
+                fail(
+                    broker,
+                    _("{host} cannot be resolved ({reason})").format(host=host, reason=exc),
+                    _("check DNS and the uplink (ping, modem)"),
+                )
             )
             continue
         probe = await probe_broker(config, host, port, BROKER_TIMEOUT_S)
         if not probe.connected:
-            fix = _broker_fix(probe.error) if probe.error else "check the broker's MQTT versions"
-            findings.append(fail("broker", probe.message, fix))
+            fix = _broker_fix(probe.error) if probe.error else _("check the broker's MQTT versions")
+            findings.append(fail(broker, probe.message, fix))
             continue
-        findings.append(ok("broker", probe.message + (" over TLS" if up.tls else "")))
+        findings.append(ok(broker, probe.message + (_(" over TLS") if up.tls else "")))
         if probe.protocol != "5":
             findings.append(
                 warn(
-                    "broker",
-                    f"{where} does not speak MQTT 5: a publish its ACL denies would still be acknowledged, "
-                    "and the station cannot tell",
-                    "ask the platform operator for MQTT 5, or for the station's ACL to be checked by hand; "
-                    'set [uplink] protocol = "3.1.1"',
+                    broker,
+                    _(
+                        "{broker} does not speak MQTT 5: a publish its ACL denies would still be acknowledged, "
+                        "and the station cannot tell"
+                    ).format(broker=where),
+                    _(
+                        "ask the platform operator for MQTT 5, or for the station's ACL to be checked by hand; "
+                        'set [uplink] protocol = "3.1.1"'
+                    ),
                 )
             )
         elif probe.publish is not None and not probe.publish.accepted:
             findings.append(
                 fail(
-                    "broker",
-                    f"{where} refuses this station's events ({probe.publish.label})",
-                    f"the broker's ACL must let client {config.client_id!r} publish to "
-                    f"{up.topic_prefix}/{config.station.id}/events/#: ask the platform operator",
+                    broker,
+                    _("{broker} refuses this station's events ({reason})").format(
+                        broker=where, reason=probe.publish.label
+                    ),
+                    _("the broker's ACL must let client {client} publish to {topic}: ask the platform operator").format(
+                        client=repr(config.client_id), topic=f"{up.topic_prefix}/{config.station.id}/events/#"
+                    ),
                 )
             )
         else:
-            findings.append(ok("broker", f"{where} lets this station publish its events"))
+            findings.append(ok(broker, _("{broker} lets this station publish its events").format(broker=where)))
         if probe.subscription and probe.subscription.startswith("refused"):
             findings.append(
                 fail(
-                    "broker",
-                    f"{where} {probe.subscription} for the command topic",
-                    f"the broker's ACL must let client {config.client_id!r} subscribe to "
-                    f"{up.topic_prefix}/{config.station.id}/cmd/+: ask the platform operator",
+                    broker,
+                    _("{broker} {answer} for the command topic").format(broker=where, answer=probe.subscription),
+                    _(
+                        "the broker's ACL must let client {client} subscribe to {topic}: ask the platform operator"
+                    ).format(client=repr(config.client_id), topic=f"{up.topic_prefix}/{config.station.id}/cmd/+"),
                 )
             )
     return findings
 
 
 def _broker_fix(exc: BaseException) -> str:
+    """What to do about a failed connection, from what failed (the first matching cause)."""
     text = str(exc)
+    if isinstance(exc, FileNotFoundError | PermissionError) or "No such file" in text:
+        return _("a file the connection needs cannot be opened ({reason}): see the [uplink.tls] checks").format(
+            reason=text
+        )
     if "CERTIFICATE_VERIFY_FAILED" in text:
-        return "the broker's certificate does not match [uplink.tls] ca_file or the host name"
+        return _("the broker's certificate does not match [uplink.tls] ca_file or the host name")
+    if "certificate required" in text.lower() or "CERTIFICATE_REQUIRED" in text or "bad certificate" in text.lower():
+        return _("the broker wants this station's client certificate: set [uplink.tls] cert_file and key_file")
+    if "unknown ca" in text.lower() or "certificate unknown" in text.lower():
+        return _("the broker does not accept this station's certificate: ask the platform operator to register it")
+    if "KEY_VALUES_MISMATCH" in text or "key values mismatch" in text.lower():
+        return _("[uplink.tls] key_file is not the key of cert_file")
     if "Not authorized" in text or "user name or password" in text:
-        return "the broker refused the user name or password ([uplink] secrets_file)"
+        return _("the broker refused the user name or password ([uplink] secrets_file)")
+    if isinstance(exc, ConnectionRefusedError) or "Connection refused" in text:
+        return _("the host answers but nothing listens on the port: check [uplink] port, and that the broker runs")
     if isinstance(exc, TimeoutError) or "timed out" in text:
-        return "no answer: check the uplink (cellular signal, router), the port and the broker's firewall"
-    return "check the uplink, the host and port in [uplink], and that the broker runs"
+        return _("no answer: check the uplink (cellular signal, router), the port and the broker's firewall")
+    return _("check the uplink, the host and port in [uplink], and that the broker runs")
 
 
 async def _modem(config: StationConfig) -> list[Finding]:
     assert config.sms is not None
-    port = _serial_port("sms modem", config.sms.port)
+    subject = _("sms modem")
+    port = _serial_port(subject, config.sms.port)
     if port.level != "OK":
         return [port]
     try:
         async with Modem(config.sms) as modem:
             state = await modem.bring_up()
     except ModemError as exc:
-        return [port, fail("sms modem", str(exc), "check the SIM card, the antenna and the network coverage")]
-    signal = f"{state.signal_dbm} dBm" if state.signal_dbm is not None else "unknown"
-    return [port, ok("sms modem", f"SIM ready, {state.registration} network, signal {signal}")]
+        return [port, fail(subject, str(exc), _("check the SIM card, the antenna and the network coverage"))]
+    signal = f"{state.signal_dbm} dBm" if state.signal_dbm is not None else _("unknown")
+    return [
+        port,
+        ok(
+            subject,
+            _("SIM ready, {registration} network, signal {signal}").format(
+                registration=state.registration, signal=signal
+            ),
+        ),
+    ]
 
 
 def run(path: Path) -> int:
@@ -274,5 +391,8 @@ def run(path: Path) -> int:
         print(finding.line(), flush=True)
     failed = sum(f.level == "FAIL" for f in findings)
     warned = sum(f.level == "WARN" for f in findings)
-    print(f"{failed} problem(s) to fix, {warned} warning(s)" if failed or warned else "everything checked is fine")
+    if failed or warned:
+        print(_("{failed} problem(s) to fix, {warned} warning(s)").format(failed=failed, warned=warned))
+    else:
+        print(_("everything checked is fine"))
     return 1 if failed else 0

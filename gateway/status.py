@@ -11,7 +11,9 @@ gateway/config.py (`status_files`, `status_file_to_write`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 __all__ = [
@@ -26,9 +28,34 @@ __all__ = [
     "StationStatus",
     "heartbeat",
     "operator_view",
+    "own_start",
+    "process_started",
 ]
 
 DeviceState = Literal["starting", "online", "offline"]
+
+
+def process_started(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat), or None if it is
+    gone or a zombie. The status file carries the daemon's, so that `care-gateway status`,
+    whoever runs it, tells a killed daemon (or a pid since reused) at once, where a signal 0
+    to another user's process could only say "not permitted"."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # (the name in parentheses may hold spaces)
+    if len(fields) < 20 or fields[0] in ("Z", "X"):
+        return None
+    try:
+        return int(fields[19])
+    except ValueError:
+        return None
+
+
+def own_start() -> int | None:
+    """This process's start (see process_started)."""
+    return process_started(os.getpid())
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ from gateway.commands import COMMANDS, CommandRefused, CommandTable
 from gateway.config import LinkSettings, StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
 from gateway.events import Priority
+from gateway.i18n import _
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 from gateway.status import BacklogStatus, LinkStatus, StationPart, StationStatus, heartbeat, operator_view
 
@@ -1041,15 +1042,18 @@ async def probe_broker(config: StationConfig, host: str, port: int, timeout_s: f
         except MqttConnectError as exc:
             if protocol is aiomqtt.ProtocolVersion.V5 and _reason_code(exc.rc)[0] in UNSUPPORTED_PROTOCOL:
                 continue
-            return BrokerProbe(where, False, f"cannot connect to {where}: {exc!r}", exc)
+            return BrokerProbe(
+                where, False, _("cannot connect to {broker}: {reason}").format(broker=where, reason=repr(exc)), exc
+            )
         except (*NETWORK_ERRORS, ssl.SSLError) as exc:
-            return BrokerProbe(where, False, f"cannot connect to {where}: {exc!r}", exc)
+            return BrokerProbe(
+                where, False, _("cannot connect to {broker}: {reason}").format(broker=where, reason=repr(exc)), exc
+            )
         subscription = f"granted QoS {code}" if code < 0x80 else f"refused: 0x{code:02X} {reason}"
         name = "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
-        return BrokerProbe(
-            where, True, f"{where} accepted an MQTT {name} connection", None, verdict, subscription, name
-        )
-    return BrokerProbe(where, False, f"{where} refused both MQTT 5 and 3.1.1")
+        accepted = _("{broker} accepted an MQTT {version} connection").format(broker=where, version=name)
+        return BrokerProbe(where, True, accepted, None, verdict, subscription, name)
+    return BrokerProbe(where, False, _("{broker} refused both MQTT 5 and 3.1.1").format(broker=where))
 
 
 def batch_limit(link: LinkSettings, topic: str) -> int:

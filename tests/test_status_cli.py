@@ -85,3 +85,61 @@ def test_the_status_file_is_where_the_reader_looks(tmp_path: Path) -> None:
     under_systemd = status_file_to_write(config, str(RUNTIME_DIR))
     assert under_systemd == RUNTIME_DIR / "status.json"
     assert {under_systemd, tmp_path / "status.json"} == set(status_files(config))  # what care-gateway status reads
+
+
+def test_a_killed_daemon_is_seen_at_once_whoever_asks() -> None:
+    """The status file's pid and start time against /proc: a killed daemon not yet reaped (a
+    zombie), or a pid taken since by another process, is not running, however fresh the file."""
+    import os
+    import subprocess
+
+    from gateway.__main__ import _alive
+    from gateway.status import own_start, process_started
+
+    me = own_start()
+    assert me is not None
+    assert _alive(os.getpid(), me)
+    assert not _alive(os.getpid(), me + 1)  # the same pid, started at another time: reused
+    child = subprocess.Popen(["sleep", "60"])
+    assert process_started(child.pid) is not None
+    child.kill()
+    assert wait_for_zombie(child.pid)
+    assert not _alive(child.pid, None)  # killed, not yet reaped
+    child.wait()
+    assert not _alive(child.pid, None)
+
+
+def wait_for_zombie(pid: int) -> bool:
+    import time
+
+    for _ in range(200):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_status_shows_the_station_time_zone() -> None:
+    from zoneinfo import ZoneInfo
+
+    from gateway.__main__ import render_status
+
+    live = {
+        "station_id": "st",
+        "name": "s",
+        "version": "0",
+        "uptime_s": 5,
+        "clock_trusted": True,
+        "link": {
+            "state": "up",
+            "since": "2026-12-02T01:00:00Z",
+            "connects_since_start": 1,
+            "history": [{"at": "2026-12-01T23:59:30Z", "state": "down", "reason": "keepalive timeout"}],
+        },
+        "backlog": {"alarm": 0, "status": 0, "telemetry": 3},
+    }
+    text = render_status(live, {}, ZoneInfo("Asia/Shanghai"))
+    assert "link: up since 2026-12-02 09:00:00 (Asia/Shanghai; 1 connects)" in text
+    assert "    2026-12-02 07:59:30 down: keepalive timeout" in text
+    assert "backlog: 0 alarm, 0 status, 3 telemetry" in text
