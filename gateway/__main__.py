@@ -121,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_station(config, Path(args.config), radio_for))
     except OutboxUnavailable as exc:
-        logging.critical("%s", exc)
+        logging.critical(_("%s"), exc)
         return EXIT_UNAVAILABLE
     except StationFailed as exc:
         logging.critical(_("%s; exiting for systemd to start the service afresh"), exc)

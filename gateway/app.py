@@ -52,6 +52,7 @@ from gateway.config import (
 from gateway.errors import GatewayError
 from gateway.escalation import Escalator
 from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, check_data, new_event
+from gateway.i18n import _
 from gateway.outbox import Outbox, OutboxFull, WriterStopped
 from gateway.rules import EventDraft, StationLocation, rules_for
 from gateway.serial_link import SerialLink, codec_for
@@ -106,7 +107,7 @@ async def keep_running(name: str, work: Callable[[], Awaitable[None]]) -> None:
         except (StationFailed, WriterStopped):
             raise
         except Exception:
-            log.exception("%s failed unexpectedly; restarting it in %.0f s", name, TASK_RESTART_DELAY_S)
+            log.exception(_("%s failed unexpectedly; restarting it in %.0f s"), name, TASK_RESTART_DELAY_S)
             await asyncio.sleep(TASK_RESTART_DELAY_S)
 
 
@@ -193,7 +194,7 @@ class Station:
         if now - self._unstored_logged_at >= UNSTORED_LOG_INTERVAL_S:
             kinds = ", ".join(sorted({e.kind.value for e in events})) or "care state"
             log.error(
-                "the station's own %s could not be stored (%d time(s) since the last report): %s",
+                _("the station's own %s could not be stored (%d time(s) since the last report): %s"),
                 kinds,
                 self._unstored,
                 exc,
@@ -203,7 +204,9 @@ class Station:
     def _log_alarm(self, event: Event) -> None:
         if event.priority is Priority.ALARM:
             details = ", ".join(f"{k} {v}" for k, v in event.data.items() if k not in ("protocol", "code_name"))
-            log.warning("ALARM accepted: %s from %s (%s; id %s)", event.kind.value, event.device_id, details, event.id)
+            log.warning(
+                _("ALARM accepted: %s from %s (%s; id %s)"), event.kind.value, event.device_id, details, event.id
+            )
 
     def make_event(self, device_id: str, kind: EventKind, data: dict[str, Any] | None = None) -> Event:
         """An event of this station; every alarm carries where the station is. Names stay on
@@ -223,7 +226,9 @@ class Station:
         try:
             events = self.care.triage(device_id, drafts, self.clock.steady())
         except Exception:  # a bug in a care rule must not cost the report itself
-            log.exception("care rules failed on %d event(s) from %s; storing them as they came", len(drafts), device_id)
+            log.exception(
+                _("care rules failed on %d event(s) from %s; storing them as they came"), len(drafts), device_id
+            )
             self.care.rollback(checkpoint)  # whatever the failed rule half-did is not kept
             events = [self.make_event(device_id, draft.kind, draft.data) for draft in drafts]
         try:
@@ -236,9 +241,9 @@ class Station:
         """Rows of the care state that did not read as their type (left out: an alarm among
         them is no longer followed up here, so the platform is told)."""
         for line in unread[:UNREAD_CARE_ROWS_LOGGED]:
-            log.error("care state in the outbox: %s", line)
+            log.error(_("care state in the outbox: %s"), line)
         if len(unread) > UNREAD_CARE_ROWS_LOGGED:
-            log.error("care state in the outbox: %d more row(s) left out", len(unread) - UNREAD_CARE_ROWS_LOGGED)
+            log.error(_("care state in the outbox: %d more row(s) left out"), len(unread) - UNREAD_CARE_ROWS_LOGGED)
         fault = {"fault": "care_state_unreadable", "rows": len(unread), "detail": unread[:UNREAD_CARE_ROWS_LOGGED]}
         await self.accept(self.make_event("gateway", EventKind.STORAGE_FAULT, fault))
 
@@ -304,7 +309,7 @@ class Station:
             raise CommandRefused(f"the platform's time is refused: {exc}") from None
         self.care.state.note_platform_time(self.clock.boot_id)  # survives a restart of the daemon
         await self.record([])
-        log.warning("clock set from the platform's time: %+.1f s from the system clock", offset)
+        log.warning(_("clock set from the platform's time: %+.1f s from the system clock"), offset)
         return {"offset_s": round(offset, 3), "clock": "trusted (platform time)"}
 
     async def on_ack(self, command: AckCommand) -> dict[str, Any]:
@@ -351,7 +356,7 @@ class Station:
                 try:
                     await self.write_status_file()
                 except OSError as exc:
-                    log.warning("cannot write the status file for 'care-gateway status': %s", exc)
+                    log.warning(_("cannot write the status file for 'care-gateway status': %s"), exc)
                     await asyncio.sleep(60)
                 await asyncio.sleep(STATUS_FILE_INTERVAL_S)
         finally:
@@ -377,15 +382,20 @@ class Station:
                 self.clock.shift_steady(correction)
                 self._run_started_steady += correction
                 log.warning(
-                    "clock synchronised (%+.1f s from the time this run started with); %d waiting events of this boot "
-                    "re-based to the true time",
+                    _(
+                        "clock synchronised (%+.1f s from the time this run started with); %d waiting events "
+                        "of this boot "
+                        "re-based to the true time"
+                    ),
                     correction,
                     rebased,
                 )
                 data = {"change": "synchronised", "boot_id": self.clock.boot_id, "correction_s": round(correction, 3)}
                 await self.accept(self.make_event("gateway", EventKind.CLOCK, {**data, "rebased_events": rebased}))
             elif abs(jump) >= CLOCK_JUMP_S:
-                log.warning("the wall clock jumped %+.1f s (clock %s)", jump, "trusted" if now_trusted else "untrusted")
+                log.warning(
+                    _("the wall clock jumped %+.1f s (clock %s)"), jump, "trusted" if now_trusted else "untrusted"
+                )
                 data = {"change": "jump", "jump_s": round(jump, 3), "clock_trusted": now_trusted}
                 await self.accept(self.make_event("gateway", EventKind.CLOCK, {**data, "boot_id": self.clock.boot_id}))
             offset, trusted = now_offset, now_trusted
@@ -457,14 +467,14 @@ class Station:
             unread = self.care.load(await outbox.load_state())
             backlog = await outbox.counts()
             log.info(
-                "station %s starting (care-gateway %s); outbox %s holds %d events waiting",
+                _("station %s starting (care-gateway %s); outbox %s holds %d events waiting"),
                 cfg.station.id,
                 __version__,
                 cfg.storage.path,
                 sum(backlog.values()),
             )
             for warning in coverage_warnings(cfg):
-                log.warning("station file: %s", warning)
+                log.warning(_("station file: %s"), warning)
             started = {"version": __version__, "boot_id": self.clock.boot_id, "run_id": self.clock.run_id}
             kind = EventKind.CONFIG_RELOADED if self.reloaded else EventKind.GATEWAY_STARTED
             try:
@@ -573,8 +583,10 @@ class Station:
                 elif not starving:
                     starving = True
                     log.error(
-                        "%s has made no progress for %.0f s; no longer feeding the systemd watchdog, "
-                        "which will restart the service",
+                        _(
+                            "%s has made no progress for %.0f s; no longer feeding the systemd watchdog, "
+                            "which will restart the service"
+                        ),
                         stuck[0][0],
                         stuck[0][1],
                     )
@@ -588,7 +600,7 @@ class Station:
                     oldest = (await self.outbox.snapshot()).oldest_created_ms
                     age = time.time() - oldest / 1000 if oldest else 0.0
                     log.info(
-                        "backlog: %d events waiting (%s), oldest %.0f s old; uplink %s",
+                        _("backlog: %d events waiting (%s), oldest %.0f s old; uplink %s"),
                         total,
                         ", ".join(f"{n} {p.value}" for p, n in counts.items() if n),
                         age,
@@ -623,7 +635,7 @@ async def run_station(
         running = asyncio.create_task(station.run(), name="station")
         while True:
             signals = [asyncio.create_task(stop.wait()), asyncio.create_task(reload.wait())]
-            done, _ = await asyncio.wait([running, *signals], return_when=asyncio.FIRST_COMPLETED)
+            done, _pending = await asyncio.wait([running, *signals], return_when=asyncio.FIRST_COMPLETED)
             for waiter in signals:
                 waiter.cancel()
             if running in done:
@@ -633,14 +645,14 @@ async def run_station(
                 sd_notify("STOPPING=1")
                 station.stopping()
                 await _cancel(running)
-                log.info("station %s stopped", config.station.id)
+                log.info(_("station %s stopped"), config.station.id)
                 return
             reload.clear()
             new = _reread(config_path)
             if new is not None:
                 break
         sd_notify("RELOADING=1")
-        log.info("configuration %s reloaded: restarting the station with it", config_path)
+        log.info(_("configuration %s reloaded: restarting the station with it"), config_path)
         station.reloading()  # no "offline" status: the station is back within a second
         await _cancel(running)
         config, reloaded = new, True
@@ -662,8 +674,8 @@ def _reread(path: Path | None) -> StationConfig | None:
         return load_config(path)
     except ConfigError as exc:
         for line in exc.problems:
-            log.error("configuration: %s", line)
-        log.error("SIGHUP: %s has errors; the new configuration is refused, the running one stays", path)
+            log.error(_("configuration: %s"), line)
+        log.error(_("SIGHUP: %s has errors; the new configuration is refused, the running one stays"), path)
         return None
 
 

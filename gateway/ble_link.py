@@ -39,6 +39,7 @@ from gateway.care_state import CareState
 from gateway.clock import utc_text
 from gateway.config import BleDevice, BleSection, HealthBleDevice, PendantDevice, WristbandDevice
 from gateway.events import EventKind
+from gateway.i18n import _
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft, Seen, ibeacon_matches
 from gateway.status import BleDeviceStatus
@@ -271,15 +272,17 @@ class BleLink:
             try:
                 async with self._scanner():
                     if failures:
-                        log.info("BLE scanner running again on %s", self.ble.adapter)
+                        log.info(_("BLE scanner running again on %s"), self.ble.adapter)
                     failures = 0
                     await self._until_silent()
             except (*BLE_ERRORS, FileNotFoundError) as exc:
                 if self._mode == "passive" and PASSIVE_UNAVAILABLE in str(exc):
                     self._mode = "active"  # alarms first: scan actively rather than hear nothing
                     log.error(
-                        'BLE: scanning_mode = "passive" needs bluetoothd started with --experimental '
-                        "(docs/devices.md); scanning actively on %s instead",
+                        _(
+                            'BLE: scanning_mode = "passive" needs bluetoothd started with --experimental '
+                            "(docs/devices.md); scanning actively on %s instead"
+                        ),
                         self.ble.adapter,
                     )
                     await self._emit("gateway", [EventDraft(EventKind.BLE_RADIO, {"action": "scan_fallback_active"})])
@@ -287,8 +290,10 @@ class BleLink:
                 failures += 1
                 if failures == 1:
                     log.error(
-                        "BLE scanner on %s failed: %r; check that bluetoothd runs and the adapter is up "
-                        "(bluetoothctl show); retrying",
+                        _(
+                            "BLE scanner on %s failed: %r; check that bluetoothd runs and the adapter is up "
+                            "(bluetoothctl show); retrying"
+                        ),
                         self.ble.adapter,
                         exc,
                     )
@@ -299,7 +304,7 @@ class BleLink:
                 await self._reset_adapter(silent)
             else:
                 log.warning(
-                    "BLE: no advertisement for %.0f s although devices are expected; restarting the scan", silent
+                    _("BLE: no advertisement for %.0f s although devices are expected; restarting the scan"), silent
                 )
                 await self._emit(
                     "gateway",
@@ -318,7 +323,7 @@ class BleLink:
 
     async def _reset_adapter(self, silent: float) -> None:
         log.warning(
-            "BLE: no advertisement for %.0f s even after restarting the scan; resetting adapter %s",
+            _("BLE: no advertisement for %.0f s even after restarting the scan; resetting adapter %s"),
             silent,
             self.ble.adapter,
         )
@@ -331,13 +336,13 @@ class BleLink:
                     proc = await asyncio.create_subprocess_exec(
                         "bluetoothctl", "power", step, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
                     )
-                    output, _ = await asyncio.wait_for(proc.communicate(), ADAPTER_RESET_TIMEOUT_S)
+                    output, _stderr = await asyncio.wait_for(proc.communicate(), ADAPTER_RESET_TIMEOUT_S)
                     detail = output.decode(errors="replace").strip()[-200:]
                     ok = ok and proc.returncode == 0
         except (*BLE_ERRORS, FileNotFoundError) as exc:
             ok, detail = False, repr(exc)
         if not ok:
-            log.error("BLE adapter reset failed: %s; check the adapter (rfkill list, dmesg)", detail)
+            log.error(_("BLE adapter reset failed: %s; check the adapter (rfkill list, dmesg)"), detail)
         self.last_advert = time.monotonic()  # give the reset adapter a full period
         await self._emit(
             "gateway",
@@ -401,7 +406,7 @@ class BleLink:
             except (OSError, EOFError, ConnectionError, ValueError) as exc:
                 failures += 1
                 if failures == 1:
-                    log.warning("BLE: cannot ask bluetoothd to forget unknown devices (%r); retrying", exc)
+                    log.warning(_("BLE: cannot ask bluetoothd to forget unknown devices (%r); retrying"), exc)
                 bus = None
                 await asyncio.sleep(min(30.0, 2.0**failures))
                 self._forget_wanted.set()
@@ -502,7 +507,9 @@ class BleLink:
             self._reject(device_id, f"replayed: encryption counter {counter} is not above {last}")
             return False
         if restarted:
-            log.warning("BLE device %s: its encryption counter started again (%d after %d)", device_id, counter, last)
+            log.warning(
+                _("BLE device %s: its encryption counter started again (%d after %d)"), device_id, counter, last
+            )
         self._state.note_ble_counter(device_id, counter)  # (written with the events it brings)
         return True
 
@@ -515,7 +522,7 @@ class BleLink:
         if now - self._last_reject_log.get(which, -REJECT_LOG_INTERVAL_S) >= REJECT_LOG_INTERVAL_S:
             self._last_reject_log[which] = now
             log.warning(
-                "BLE device %s: advertisement rejected: %s (%d rejected in all)",
+                _("BLE device %s: advertisement rejected: %s (%d rejected in all)"),
                 device_id,
                 reason,
                 self.stats["rejected"],
@@ -533,7 +540,7 @@ class BleLink:
                 try:
                     await self._emit(device.id, self.rules[device.id].on_tick(now))
                 except OutboxFull as exc:  # the scanner stays up; the journal says what was not kept
-                    log.error("device %s: a time-driven event was not stored: %s", device.id, exc)
+                    log.error(_("device %s: a time-driven event was not stored: %s"), device.id, exc)
 
     # --- GATT sessions with health devices -----------------------------------------------------
 
@@ -552,7 +559,7 @@ class BleLink:
             await self._measure(configured, device)
         except BLE_ERRORS as exc:
             log.warning(
-                "BLE device %s: GATT session failed: %r; will try at its next advertisement", configured.id, exc
+                _("BLE device %s: GATT session failed: %r; will try at its next advertisement"), configured.id, exc
             )
         finally:
             self._cooldown_until[configured.id] = time.monotonic() + configured.cooldown_s
@@ -593,7 +600,7 @@ class BleLink:
         gone.clear()
         values: list[tuple[str, bytes]] = []
         try:
-            log.info("BLE device %s: connected for a %s measurement", configured.id, configured.profile)
+            log.info(_("BLE device %s: connected for a %s measurement"), configured.id, configured.profile)
             with contextlib.suppress(*BLE_ERRORS):
                 values.append((BATTERY_LEVEL, bytes(await client.read_gatt_char(BATTERY_LEVEL))))
             measurement = PROFILE_CHARACTERISTICS[configured.profile]
@@ -609,7 +616,7 @@ class BleLink:
         finally:
             await self._hang_up(client)
         got = sum(1 for uuid, _ in values if uuid != BATTERY_LEVEL)
-        log.info("BLE device %s: session ended (%s) with %d measurement value(s)", configured.id, ended_by, got)
+        log.info(_("BLE device %s: session ended (%s) with %d measurement value(s)"), configured.id, ended_by, got)
         drafts: list[EventDraft] = []
         rules = self.rules[configured.id]
         for uuid, value in values:

@@ -24,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from gateway.config import key_path
 from gateway.errors import GatewayError
 from gateway.events import ULID_PATTERN
+from gateway.i18n import _
 
 __all__ = [
     "COMMANDS",
@@ -204,7 +205,7 @@ class CommandTable:
             self._logged[which] = (last, left_out + 1)
             return False
         if left_out:
-            log.warning("downlink: %d more command line(s) like the next were left out of the journal", left_out)
+            log.warning(_("downlink: %d more command line(s) like the next were left out of the journal"), left_out)
         if len(self._logged) > 64:
             self._logged.clear()
         self._logged[which] = (now, 0)
@@ -234,16 +235,16 @@ class CommandTable:
             result = await self._handlers[name](command)
             reply.update(ok=True, result=result)
             if self._may_log(f"ok:{name}"):
-                log.info("downlink command %s (id %s) carried out: %s", name, ascii(reply["id"]), ascii(result))
+                log.info(_("downlink command %s (id %s) carried out: %s"), name, ascii(reply["id"]), ascii(result))
         except CommandRefused as exc:
             reply["error"] = str(exc)
             if self._may_log(f"refused:{name[:40]}"):
                 log.warning(
-                    "downlink command %s (id %s) refused: %s", ascii(name[:40]), ascii(reply["id"]), ascii(str(exc))
+                    _("downlink command %s (id %s) refused: %s"), ascii(name[:40]), ascii(reply["id"]), ascii(str(exc))
                 )
         except Exception as exc:  # a bug in a handler must not take the uplink down
             reply["error"] = f"internal error: {type(exc).__name__}"
-            log.exception("downlink command %r (id %r) failed", name[:40], reply["id"])
+            log.exception(_("downlink command %r (id %r) failed"), name[:40], reply["id"])
         return reply
 
 

@@ -338,7 +338,8 @@ class StorageSection(_Section):
         None,
         ge=0,
         description=N_(
-            "part of max_bytes kept for alarms only, in bytes, less than half of max_bytes; default 5 % of max_bytes"
+            "part of max_bytes kept for alarms only, in bytes, less than half of max_bytes; "
+            "default 5 percent of max_bytes"
         ),
     )
     disk_reserve_bytes: int = Field(
@@ -1251,7 +1252,7 @@ def _toml(value: object) -> str:
 
 
 def _choices(values: Sequence[object]) -> str:
-    return _(", ").join(_toml(v) for v in values)
+    return ", ".join(_toml(v) for v in values)
 
 
 def key_path(loc: Sequence[int | str]) -> str:

@@ -31,6 +31,7 @@ from gateway.alarms import Alarm, AlarmBook, button_number
 from gateway.clock import Clock
 from gateway.config import Contact, ResidentSection, StationConfig
 from gateway.events import Event, EventKind
+from gateway.i18n import _
 from gateway.modem_link import Modem, ModemError
 
 __all__ = [
@@ -134,7 +135,7 @@ class Escalator:
                 state = await modem.bring_up()
             self.modem_state = "ready"
             log.info(
-                "SMS modem on %s ready: SIM ready, %s network, signal %s dBm",
+                _("SMS modem on %s ready: SIM ready, %s network, signal %s dBm"),
                 self.section.port,
                 state.registration,
                 state.signal_dbm,
@@ -142,7 +143,9 @@ class Escalator:
         except ModemError as exc:
             self.modem_state = f"not ready: {exc}"
             log.warning(
-                "SMS modem on %s not ready: %s; alarms cannot be escalated by SMS until it is", self.section.port, exc
+                _("SMS modem on %s not ready: %s; alarms cannot be escalated by SMS until it is"),
+                self.section.port,
+                exc,
             )
 
     async def _escalate(self, alarm: Alarm) -> None:
@@ -155,9 +158,9 @@ class Escalator:
         text = sms_text(alarm, self.config, resident, self.config.care.timezone, why)
         recipients = self.alarms.recipients(alarm, self.section.on_duty)
         if not recipients:
-            log.warning("alarm %s: no contact or on-duty number to send an SMS to; add them to the config", alarm.id)
+            log.warning(_("alarm %s: no contact or on-duty number to send an SMS to; add them to the config"), alarm.id)
             return
-        log.warning("alarm %s (%s) escalated by SMS to %d number(s)", alarm.id, alarm.kind, len(recipients))
+        log.warning(_("alarm %s (%s) escalated by SMS to %d number(s)"), alarm.id, alarm.kind, len(recipients))
         self._reference = (self._reference + 1) % 256
         for contact in recipients:
             current = self.alarms.find(alarm.id)
@@ -168,7 +171,7 @@ class Escalator:
             if not self.alarms.sms_allowed(contact.international, now, self.section.per_recipient_per_hour):
                 self.stats["held_back"] += 1
                 log.warning(
-                    "SMS to %s held back: %d per hour already sent",
+                    _("SMS to %s held back: %d per hour already sent"),
                     masked(contact.international),
                     self.section.per_recipient_per_hour,
                 )
@@ -183,7 +186,7 @@ class Escalator:
 
         def log_retry(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
-            log.warning("SMS to %s failed (%s); network cause, retrying", masked(contact.international), exc)
+            log.warning(_("SMS to %s failed (%s); network cause, retrying"), masked(contact.international), exc)
 
         try:
             async for attempt in AsyncRetrying(
@@ -201,7 +204,7 @@ class Escalator:
         except ModemError as exc:
             self.stats["failed"] += 1
             log.error(
-                "SMS for alarm %s to %s failed after %d attempt(s): %s",
+                _("SMS for alarm %s to %s failed after %d attempt(s): %s"),
                 alarm.id,
                 masked(contact.international),
                 attempts,
@@ -212,7 +215,11 @@ class Escalator:
         self.stats["sent"] += 1
         self.alarms.sms_sent(contact.international, self.clock.steady())
         log.warning(
-            "SMS for alarm %s sent to %s (%s, %s)", alarm.id, contact.name, contact.role, masked(contact.international)
+            _("SMS for alarm %s sent to %s (%s, %s)"),
+            alarm.id,
+            contact.name,
+            contact.role,
+            masked(contact.international),
         )
         await self._record(alarm, contact, "sent", attempts=attempts, refs=refs, parts=len(refs))
 

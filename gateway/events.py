@@ -20,6 +20,7 @@ from pydantic_core import SchemaValidator
 from typing_extensions import TypeAliasType
 
 from gateway.clock import Clock
+from gateway.i18n import _
 
 log = logging.getLogger(__name__)
 
@@ -257,8 +258,10 @@ class _DataCheck:
             if (kind.value, where) not in self._named:
                 self._named.add((kind.value, where))
                 log.error(
-                    "event %s of device %r does not match its published data schema at %s (%s); it is sent "
-                    "all the same, and counted in the status (off_contract): please report this as a bug",
+                    _(
+                        "event %s of device %r does not match its published data schema at %s (%s); it is sent "
+                        "all the same, and counted in the status (off_contract): please report this as a bug"
+                    ),
                     kind.value,
                     device_id,
                     where,

@@ -23,6 +23,7 @@ __all__ = [
     "LOCALE_DIR",
     "N_",
     "_",
+    "language",
     "language_from_environment",
     "normalise",
     "use_language",
@@ -39,6 +40,11 @@ _catalog: gettext.NullTranslations = gettext.NullTranslations()
 def _(message: str) -> str:
     """The message in the station's language."""
     return _catalog.gettext(message)
+
+
+def language() -> str:
+    """The language in use ("en" or "zh_CN"), as the chosen catalog says."""
+    return normalise(_catalog.info().get("language", "")) or "en"
 
 
 def N_(message: str) -> str:  # (gettext's own name for it)

@@ -59,6 +59,7 @@ from gateway.clock import read_boot_id
 from gateway.config import StorageSection
 from gateway.errors import GatewayError
 from gateway.events import Event, Priority
+from gateway.i18n import _
 
 __all__ = [
     "RETENTION_SWEEP_S",
@@ -226,7 +227,7 @@ class DiskReserve:
                 os.close(fd)
             os.replace(part, self.path)
         except OSError as exc:
-            log.warning("the disk reserve %s could not be made (%s); trying again later", self.path, exc)
+            log.warning(_("the disk reserve %s could not be made (%s); trying again later"), self.path, exc)
             part.unlink(missing_ok=True)
             return False
         self.held = True
@@ -471,7 +472,7 @@ class Outbox:
     def _writer_ended(self, writer: asyncio.Task[None]) -> None:
         """Every append still waiting gets its answer: the writer is gone."""
         why = "the outbox closed" if writer.cancelled() else f"the outbox writer stopped ({writer.exception()!r})"
-        for _, future, _, _ in self._urgent + self._pending:
+        for _events, future, _changes, _arrival in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(WriterStopped(f"{why} before the event was committed"))
         self._urgent, self._pending = [], []
@@ -484,7 +485,7 @@ class Outbox:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # a failed writer was reported
                 await self._writer
-        for _, future, _, _ in self._urgent + self._pending:
+        for _events, future, _changes, _arrival in self._urgent + self._pending:
             if not future.done():
                 future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
         await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
@@ -579,7 +580,7 @@ class Outbox:
             acks, self._acks = self._acks[:taken], self._acks[taken:]
             seqs = [seq for batch, _, _ in acks for seq in batch]
             state: dict[str, JsonValue | None] = {}
-            for _, changes, _ in acks:
+            for _seqs, changes, _future in acks:
                 state.update(changes or {})
             try:
                 try:
@@ -590,15 +591,15 @@ class Outbox:
                         if not pending:
                             self._deleting_max[priority] = 0
             except Exception as exc:
-                for _, _, future in acks:
+                for _seqs, _changes, future in acks:
                     if not future.done():
                         future.set_exception(exc)
             except BaseException:  # (cancelled: the outbox is closing)
-                for _, _, future in acks:
+                for _seqs, _changes, future in acks:
                     future.cancel()
                 raise
             else:
-                for _, _, future in acks:
+                for _seqs, _changes, future in acks:
                     if not future.done():
                         future.set_result(None)
 
@@ -662,7 +663,7 @@ class Outbox:
             try:
                 await self._write_forever()
             except Exception:
-                log.exception("outbox writer failed unexpectedly; it starts again in %.0f s", WRITER_RESTART_S)
+                log.exception(_("outbox writer failed unexpectedly; it starts again in %.0f s"), WRITER_RESTART_S)
                 await asyncio.sleep(WRITER_RESTART_S)
 
     async def _write_forever(self) -> None:
@@ -682,7 +683,7 @@ class Outbox:
                     await self._run(functools.partial(self._commit, events, state))
                 except BaseException as exc:  # the group's appends get the error (closing: WriterStopped)
                     failure = exc if isinstance(exc, Exception) else WriterStopped("the outbox closed mid-commit")
-                    for _, future, _, _ in group:
+                    for _events, future, _changes, _arrival in group:
                         if not future.done():
                             future.set_exception(failure)
                     if not isinstance(exc, Exception):
@@ -691,7 +692,7 @@ class Outbox:
                 finally:
                     self._committing = False
                 self._state_arrival.update(newest)
-                for _, future, _, _ in group:
+                for _events, future, _changes, _arrival in group:
                     if not future.done():
                         future.set_result(None)
                 for priority in {e.priority for e in events}:
@@ -702,7 +703,7 @@ class Outbox:
                 try:
                     await self._run(self._look_after_disk)
                 except (sqlite3.Error, OSError) as exc:
-                    log.error("outbox %s: looking after the full disk failed (%s); trying again", self.path, exc)
+                    log.error(_("outbox %s: looking after the full disk failed (%s); trying again"), self.path, exc)
             if self.storage.max_age_days and time.monotonic() - self._last_sweep > RETENTION_SWEEP_S:
                 self._last_sweep = time.monotonic()
                 try:
@@ -712,8 +713,10 @@ class Outbox:
                         self.disk_full_errors += 1
                     self.sweep_errors += 1
                     log.error(
-                        "outbox %s: removing events older than %d days failed (%s); new events are still "
-                        "accepted, the sweep runs again in %.0f s",
+                        _(
+                            "outbox %s: removing events older than %d days failed (%s); new events are still "
+                            "accepted, the sweep runs again in %.0f s"
+                        ),
                         self.path,
                         self.storage.max_age_days,
                         exc,
@@ -727,7 +730,7 @@ class Outbox:
         newest: dict[str, int] = {}
         if not any(append[2] for append in group):
             return state, newest
-        for _, _, changes, arrival in sorted(group, key=lambda append: append[3]):
+        for _events, _future, changes, arrival in sorted(group, key=lambda append: append[3]):
             for row, value in (changes or {}).items():
                 if self._state_arrival.get(row, 0) < arrival:
                     state[row], newest[row] = value, arrival
@@ -778,8 +781,10 @@ class Outbox:
             first = self.not_open is None
             if first:
                 log.error(
-                    "outbox %s cannot be opened: %s (%d bytes free on %s); no event is accepted until there is "
-                    "room: free space there (journalctl --vacuum-size, old logs); trying again every %.0f s",
+                    _(
+                        "outbox %s cannot be opened: %s (%d bytes free on %s); no event is accepted until there is "
+                        "room: free space there (journalctl --vacuum-size, old logs); trying again every %.0f s"
+                    ),
                     self.path,
                     exc,
                     self._free_bytes(),
@@ -790,7 +795,7 @@ class Outbox:
             self._open_read_only(announce=first)
             return
         if self.not_open is not None:
-            log.warning("outbox %s opened: the disk has room again", self.path)
+            log.warning(_("outbox %s opened: the disk has room again"), self.path)
             self.faults.append({"fault": "disk_full_at_start", "detail": self.not_open})
         self.not_open = None
 
@@ -816,7 +821,10 @@ class Outbox:
         if not announce:
             return
         log.warning(
-            "outbox %s opened read-only: its %d waiting events are sent, no new event is accepted until there is room",
+            _(
+                "outbox %s opened read-only: its %d waiting events are sent, no new event is accepted until "
+                "there is room"
+            ),
             self.path,
             sum(self._tally.rows.values()),
         )
@@ -959,8 +967,10 @@ class Outbox:
             replayed.unlink(missing_ok=True)
             raise
         log.error(
-            "outbox %s: its write-ahead log is damaged at frame %d; SQLite would drop the %d committed "
-            "transaction(s) after it; the log is kept as %s and its frames are replayed by hand to recover them",
+            _(
+                "outbox %s: its write-ahead log is damaged at frame %d; SQLite would drop the %d committed "
+                "transaction(s) after it; the log is kept as %s and its frames are replayed by hand to recover them"
+            ),
             self.path,
             damage.bad_frame,
             damage.lost_commits,
@@ -984,11 +994,11 @@ class Outbox:
         try:
             recovered, rejected = self._copy_rows_from(replayed, floor)
         except (sqlite3.Error, OSError) as exc:
-            log.error("outbox %s: the damaged write-ahead log could not be replayed: %s", self.path, exc)
+            log.error(_("outbox %s: the damaged write-ahead log could not be replayed: %s"), self.path, exc)
         finally:
             replayed.unlink(missing_ok=True)
             replayed.with_name(replayed.name + ".header-mended").unlink(missing_ok=True)
-        log.warning("outbox %s: %d events recovered from the damaged write-ahead log", self.path, recovered)
+        log.warning(_("outbox %s: %d events recovered from the damaged write-ahead log"), self.path, recovered)
         self.faults.append({**self._wal_fault, "recovered_events": recovered, "rejected_rows": rejected})
 
     def _advice(self, exc: Exception) -> OutboxUnavailable:
@@ -1003,7 +1013,7 @@ class Outbox:
     def _move_aside_and_recreate(self, exc: Exception) -> sqlite_utils.Database:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        log.error("outbox %s is corrupt (%s); moving it aside to %s and starting a new one", self.path, exc, aside)
+        log.error(_("outbox %s is corrupt (%s); moving it aside to %s and starting a new one"), self.path, exc, aside)
         for suffix in ("", "-wal", "-shm"):
             part = Path(f"{self.path}{suffix}")
             if part.exists():
@@ -1017,10 +1027,10 @@ class Outbox:
         try:
             salvaged, rejected = self._copy_rows_from(self.salvage.moved_aside, 0)
         except sqlite3.Error as exc:
-            log.error("nothing could be salvaged from %s: %s", self.salvage.moved_aside, exc)
+            log.error(_("nothing could be salvaged from %s: %s"), self.salvage.moved_aside, exc)
             return
         self.salvage = Salvage(self.salvage.moved_aside, self.salvage.reason, salvaged, rejected)
-        log.warning("salvaged %d events from the corrupt outbox %s", salvaged, self.salvage.moved_aside)
+        log.warning(_("salvaged %d events from the corrupt outbox %s"), salvaged, self.salvage.moved_aside)
 
     def _copy_rows_from(self, path: Path, after_seq: int) -> tuple[int, int]:
         """Copy every readable event row with seq > after_seq of a damaged file into the outbox;
@@ -1031,7 +1041,7 @@ class Outbox:
             old = _readable(old, path)
             # the highest seq, or (its pages lost: a truncated file) as many as the file could hold
             last_seq = _last_seq(old) or after_seq + path.stat().st_size // MIN_ROW_BYTES
-            log.warning("reading rows %d..%d from %s", after_seq + 1, last_seq, path)
+            log.warning(_("reading rows %d..%d from %s"), after_seq + 1, last_seq, path)
             for low in range(after_seq, last_seq, SALVAGE_STEP_ROWS):
                 rows = _readable_rows(old, low, low + SALVAGE_STEP_ROWS)
                 good = [r for r in rows if _is_event_json(r[2])]
@@ -1118,7 +1128,7 @@ class Outbox:
             self.commits += 1
             if keep:
                 self.newest_ms = max(self.newest_ms or 0, max(item[1] for item in keep))
-            for rank, _, _, size, _ in keep:
+            for rank, _created, _seq, size, _extra in keep:
                 tally.add(_PRIORITY_OF_RANK[rank], size)
             for priority in Priority:
                 self._tally.add(priority, tally.bytes[priority], tally.rows[priority])
@@ -1195,8 +1205,10 @@ class Outbox:
         self.disk_full_errors += 1
         if self._disk_cap is None:
             log.error(
-                "outbox %s: the disk is full (%s) at %.1f MB of events; until it has room again, status and "
-                "telemetry only replace the oldest of their kind and alarms are always kept",
+                _(
+                    "outbox %s: the disk is full (%s) at %.1f MB of events; until it has room again, status and "
+                    "telemetry only replace the oldest of their kind and alarms are always kept"
+                ),
                 self.path,
                 exc,
                 self._tally.total_bytes / 1e6,
@@ -1219,8 +1231,10 @@ class Outbox:
                         f"shedding {priority.value} failed ({delete_failed})", "the oldest events can be shed"
                     ):
                         log.error(
-                            "outbox %s: the disk is full and even shedding %s events failed (%s); the disk reserve "
-                            "is used up",
+                            _(
+                                "outbox %s: the disk is full and even shedding %s events failed (%s); the disk reserve "
+                                "is used up"
+                            ),
                             self.path,
                             priority.value,
                             delete_failed,
@@ -1230,7 +1244,10 @@ class Outbox:
             self._disk_cap = self._tally.total_bytes  # what this disk holds, now with room for the event
             self._apply_shed(shed)
             log.error(
-                "outbox %s: the disk is full; shed the %d oldest %s events to make room", self.path, n, priority.value
+                _("outbox %s: the disk is full; shed the %d oldest %s events to make room"),
+                self.path,
+                n,
+                priority.value,
             )
             return n > 0
         if alarms and self._give_up_reserve("only alarms are left in the outbox", "the alarm can be kept"):
@@ -1258,8 +1275,10 @@ class Outbox:
         if not released:
             return False
         log.error(
-            "outbox %s: %s: the %d MiB disk reserve %s was given back to the filesystem so that %s; it is made "
-            "again once %s has room",
+            _(
+                "outbox %s: %s: the %d MiB disk reserve %s was given back to the filesystem so that %s; it is made "
+                "again once %s has room"
+            ),
             self.path,
             why,
             released // 2**20,
@@ -1299,12 +1318,12 @@ class Outbox:
             if not self.reserve.make():
                 return
             log.warning(
-                "outbox %s: the disk has room again; the %d MiB reserve is held again",
+                _("outbox %s: the disk has room again; the %d MiB reserve is held again"),
                 self.path,
                 self.reserve.size // 2**20,
             )
         if self._disk_cap is not None and self._free_bytes() >= SPACE_MARGIN_BYTES:
-            log.warning("outbox %s: the disk has room again: events are kept as usual", self.path)
+            log.warning(_("outbox %s: the disk has room again: events are kept as usual"), self.path)
             self.faults.append({"fault": "disk_space_back", "free_bytes": self._free_bytes()})
             self._disk_cap = None
 
@@ -1326,8 +1345,10 @@ class Outbox:
         if any(self._shed_unlogged.values()) and now - self._last_shed_log >= SHED_LOG_INTERVAL_S:
             self._last_shed_log = now
             log.warning(
-                "outbox full (%.1f of %.1f MB%s): shed %s since the last report (oldest first; alarms are never "
-                "shed); totals per device: %s",
+                _(
+                    "outbox full (%.1f of %.1f MB%s): shed %s since the last report (oldest first; alarms are never "
+                    "shed); totals per device: %s"
+                ),
                 self._tally.total_bytes / 1e6,
                 self.storage.max_bytes / 1e6,
                 "" if self._disk_cap is None else f", the disk is full at {self._disk_cap / 1e6:.1f} MB",
@@ -1549,10 +1570,10 @@ class Outbox:
             self._bad_unsaved.update(seq for seq, _, _, _ in bad)
         else:
             self._tally.add(priority, -sum(len(raw) + ROW_OVERHEAD_BYTES for _, _, raw, _ in bad), -len(bad))
-        for seq, _, raw, why in bad:
+        for seq, _priority, raw, why in bad:
             self.quarantined += 1
             log.error(
-                "outbox %s: row %d (%s) cannot be sent: %s; moved to the quarantine table, the queue goes on",
+                _("outbox %s: row %d (%s) cannot be sent: %s; moved to the quarantine table, the queue goes on"),
                 self.path,
                 seq,
                 priority.value,
@@ -1612,8 +1633,10 @@ class Outbox:
                 ):
                     if not self._acked_unsaved:
                         log.error(
-                            "outbox %s: the disk is full: %d delivered events cannot be deleted yet (%s); they are "
-                            "not sent again, and deleted once there is room",
+                            _(
+                                "outbox %s: the disk is full: %d delivered events cannot be deleted yet (%s); they are "
+                                "not sent again, and deleted once there is room"
+                            ),
                             self.path,
                             len(seqs),
                             exc,
@@ -1637,7 +1660,7 @@ class Outbox:
             if not _for_want_of_space(exc):
                 raise
             self.disk_full_errors += 1
-            log.error("outbox %s: the waiting events could not be re-based to the true time (%s)", self.path, exc)
+            log.error(_("outbox %s: the waiting events could not be re-based to the true time (%s)"), self.path, exc)
             return 0
 
     def _rebase_rows(self, offset_ms: int) -> int:
@@ -1769,7 +1792,7 @@ def _readable(conn: sqlite3.Connection, path: Path) -> sqlite3.Connection:
         except sqlite3.DatabaseError:
             mended.close()
             continue
-        log.warning("%s: its header is damaged or it is cut short; reading it through %s", path, copy)
+        log.warning(_("%s: its header is damaged or it is cut short; reading it through %s"), path, copy)
         conn.close()
         return mended
     copy.unlink(missing_ok=True)

@@ -38,6 +38,7 @@ from gateway.config import (
     ReceiverFormat,
     SerialDevice,
 )
+from gateway.i18n import _
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
 from gateway.status import SerialDeviceStatus
@@ -139,7 +140,7 @@ class SerialLink:
             try:
                 await self._emit(self.rules.on_tick(time.monotonic()))
             except OutboxFull as exc:  # the device task stays up; the journal says what was not kept
-                log.error("device %s: a summary was not stored: %s", self.device.id, exc)
+                log.error(_("device %s: a summary was not stored: %s"), self.device.id, exc)
 
     def report(self) -> SerialDeviceStatus:
         """This device's part of the station status."""
@@ -214,13 +215,13 @@ class SerialLink:
             return
         self.online = online
         if online:
-            log.info("device %s online: %s", self.device.id, reason)
+            log.info(_("device %s online: %s"), self.device.id, reason)
         else:
-            log.warning("device %s offline: %s; retrying in the background", self.device.id, reason)
+            log.warning(_("device %s offline: %s; retrying in the background"), self.device.id, reason)
         try:
             await self._on_state(self.device.id, online, reason)
         except OutboxFull as exc:
-            log.error("device %s: its state change was not stored: %s", self.device.id, exc)
+            log.error(_("device %s: its state change was not stored: %s"), self.device.id, exc)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         silence_s = self.device.silence_timeout_s or None
@@ -251,11 +252,11 @@ class SerialLink:
             try:
                 await self._emit(self.rules.on_reading(unit.reading, time.monotonic()))
             except OutboxFull as exc:  # not committed, so not acknowledged: the device will send it again
-                log.error("device %s: a reading was not stored, and not acknowledged: %s", self.device.id, exc)
+                log.error(_("device %s: a reading was not stored, and not acknowledged: %s"), self.device.id, exc)
                 return
             except Exception:
                 # Not committed, so not acknowledged: the device will send it again.
-                log.exception("device %s: could not store a reading; not acknowledging it", self.device.id)
+                log.exception(_("device %s: could not store a reading; not acknowledging it"), self.device.id)
                 return
         if unit.reply:
             writer.write(unit.reply)
@@ -273,8 +274,10 @@ class SerialLink:
         if not (self._unlogged_rejects or new_bytes) or now - self._last_reject_log < REJECT_LOG_INTERVAL_S:
             return
         log.warning(
-            "device %s: rejected %d frame(s) and %d bytes of garbage since the last report (%s); "
-            "total %d frames, %d bytes rejected; check the cable, the baudrate and the device",
+            _(
+                "device %s: rejected %d frame(s) and %d bytes of garbage since the last report (%s); "
+                "total %d frames, %d bytes rejected; check the cable, the baudrate and the device"
+            ),
             self.device.id,
             self._unlogged_rejects,
             new_bytes,

@@ -160,7 +160,7 @@ def access_problems(config: StationConfig, user: ServiceUser | None = None) -> l
         found = access_problem(opened, user)
         if found is not None:
             if user.assumed:
-                found += " " + _("(checked for user {user}: there is no user {service} on this machine)").format(
+                found += _(" (checked for user {user}: there is no user {service} on this machine)").format(
                     user=user.name, service=SERVICE_USER
                 )
             problems.append(Problem(opened.loc, found))

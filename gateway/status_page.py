@@ -26,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.config import StatusPageSection
+from gateway.i18n import N_, _, language
 
 __all__ = [
     "MAX_CONNECTIONS",
@@ -48,17 +49,30 @@ REFRESH_S = 5  # the page reloads itself this often
 StatusBody = Callable[[], Awaitable[dict[str, Any]]]
 
 KIND_NAMES = {  # what a carer reads for each alarm kind
-    "sos": "紧急求助 SOS",
-    "medical": "医疗求助 medical",
-    "panic": "紧急报警 panic",
-    "duress": "胁迫报警 duress",
-    "fire": "火警 fire",
-    "gas": "燃气泄漏 gas",
-    "carbon_monoxide": "一氧化碳 CO",
-    "fall": "跌倒 fall",
-    "inactivity": "长时间无活动 inactivity",
-    "wearer_absent": "佩戴者未出现 wearer absent",
-    "vitals_alert": "生命体征异常 vital signs",
+    "sos": N_("SOS emergency call"),
+    "medical": N_("medical call"),
+    "panic": N_("panic alarm"),
+    "duress": N_("duress alarm"),
+    "fire": N_("fire alarm"),
+    "gas": N_("gas leak"),
+    "carbon_monoxide": N_("carbon monoxide"),
+    "fall": N_("fall"),
+    "inactivity": N_("no activity for a long time"),
+    "wearer_absent": N_("wearer not seen"),
+    "vitals_alert": N_("vital signs out of range"),
+}
+STATE_NAMES = {  # a device's or an alarm's state
+    "online": N_("online"),
+    "offline": N_("offline"),
+    "starting": N_("starting"),
+    "seen": N_("seen"),
+    "not seen": N_("not seen"),
+    "up": N_("up"),
+    "down": N_("down"),
+    "raised": N_("raised, not yet at the platform"),
+    "delivered": N_("delivered to the platform"),
+    "acknowledged": N_("acknowledged by a carer"),
+    "resolved": N_("resolved"),
 }
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:0;padding:12px;background:#f4f5f7;color:#222;font-size:16px}
@@ -86,60 +100,83 @@ def _local(iso: object, zone: ZoneInfo) -> str:
     return _e(f"{when:%m-%d %H:%M:%S}")
 
 
+def _named(table: dict[str, str], value: object) -> str:
+    return _e(_(table[value]) if isinstance(value, str) and value in table else value)
+
+
 def render_page(status: dict[str, Any], zone: ZoneInfo) -> str:
-    """The status as one HTML page, readable on a phone; times in the station's time zone."""
+    """The status as one HTML page, readable on a phone, in the station's language; times in
+    the station's time zone."""
     link = status.get("link", {})
     link_class = "ok" if link.get("state") == "up" else "bad"
     backlog = status.get("backlog", {})
     alarms = status.get("alarms_open", [])
     residents = status.get("residents", {})
     devices = {**status.get("devices", {}), **status.get("ble_devices", {})}
+    lang = "zh-CN" if language() == "zh_CN" else "en"
+    oldest = status.get("oldest_unsent_s")
     parts = [
-        "<!doctype html><html lang='zh'><head><meta charset='utf-8'>",
+        f"<!doctype html><html lang='{lang}'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<meta http-equiv='refresh' content='{REFRESH_S}'>",
         f"<title>{_e(status.get('name'))} – care-gateway</title><style>{STYLE}</style></head><body>",
         f"<h1 id='station'>{_e(status.get('name'))}</h1>",
         f"<div class='muted'>{_e(status.get('station_id'))} · care-gateway {_e(status.get('version'))} · "
         f"{_local(status.get('ts'), zone)} ({zone.key})"
-        f"{'' if status.get('clock_trusted') else ' · 时钟未同步 clock not synchronised'}</div>",
-        "<section id='link'><h2>上行链路 Link</h2>",
-        f"<div class='{link_class}'>{_e(link.get('state'))} since {_local(link.get('since'), zone)}</div>",
-        f"<div>待发送 backlog: {_e(backlog.get('alarm', 0))} alarm · {_e(backlog.get('status', 0))} status · "
-        f"{_e(backlog.get('telemetry', 0))} telemetry"
-        + (f" · oldest {_e(status.get('oldest_unsent_s'))} s" if status.get("oldest_unsent_s") else "")
+        f"{'' if status.get('clock_trusted') else ' · ' + _e(_('clock not synchronised'))}</div>",
+        f"<section id='link'><h2>{_e(_('Link to the platform'))}</h2>",
+        f"<div class='{link_class}'>"
+        + _e(_("{state} since {since}")).format(
+            state=_named(STATE_NAMES, link.get("state")), since=_local(link.get("since"), zone)
+        )
+        + "</div>",
+        "<div>"
+        + _e(_("waiting to be sent: {alarm} alarm · {status} status · {telemetry} telemetry")).format(
+            alarm=_e(backlog.get("alarm", 0)),
+            status=_e(backlog.get("status", 0)),
+            telemetry=_e(backlog.get("telemetry", 0)),
+        )
+        + (_e(_(" · oldest {seconds} s")).format(seconds=_e(oldest)) if oldest else "")
         + "</div></section>",
-        f"<section id='alarms' class='{'alarm' if alarms else ''}'><h2>未处理报警 Open alarms ({len(alarms)})</h2>",
+        f"<section id='alarms' class='{'alarm' if alarms else ''}'><h2>"
+        + _e(_("Open alarms ({count})")).format(count=len(alarms))
+        + "</h2>",
     ]
     if alarms:
-        parts.append("<table><tr><th>报警</th><th>老人 resident</th><th>设备 device</th><th>状态 state</th></tr>")
+        parts.append(
+            f"<table><tr><th>{_e(_('alarm'))}</th><th>{_e(_('resident'))}</th><th>{_e(_('device'))}</th>"
+            f"<th>{_e(_('state'))}</th></tr>"
+        )
         for alarm in alarms:
             who = residents.get(alarm.get("resident") or "", {}).get("name") or alarm.get("resident")
             parts.append(
-                f"<tr><td>{_e(KIND_NAMES.get(alarm.get('kind', ''), alarm.get('kind')))}</td><td>{_e(who)}</td>"
-                f"<td>{_e(alarm.get('device_id'))}</td><td>{_e(alarm.get('state'))}"
+                f"<tr><td>{_named(KIND_NAMES, alarm.get('kind'))}</td><td>{_e(who)}</td>"
+                f"<td>{_e(alarm.get('device_id'))}</td><td>{_named(STATE_NAMES, alarm.get('state'))}"
                 f"<div class='muted'>{_local(alarm.get('raised_at'), zone)}</div></td></tr>"
             )
         parts.append("</table>")
     else:
-        parts.append("<div class='ok'>无 none</div>")
-    parts.append("</section><section id='residents'><h2>老人 Residents</h2><table>")
-    parts.append("<tr><th>姓名 name</th><th>房间 room</th><th>最近活动 last activity</th></tr>")
+        parts.append(f"<div class='ok'>{_e(_('none'))}</div>")
+    parts.append(f"</section><section id='residents'><h2>{_e(_('Residents'))}</h2><table>")
+    parts.append(f"<tr><th>{_e(_('name'))}</th><th>{_e(_('room'))}</th><th>{_e(_('last activity'))}</th></tr>")
     for rid, resident in residents.items():
         parts.append(
             f"<tr id='resident-{_e(rid)}'><td>{_e(resident.get('name'))}</td><td>{_e(resident.get('room'))}</td>"
             f"<td>{_local(resident.get('last_activity'), zone)}</td></tr>"
         )
-    parts.append("</table></section><section id='devices'><h2>设备 Devices</h2><table>")
-    parts.append("<tr><th>设备 device</th><th>状态 state</th><th>最近 last seen</th><th>电量 battery</th></tr>")
+    parts.append(f"</table></section><section id='devices'><h2>{_e(_('Devices'))}</h2><table>")
+    parts.append(
+        f"<tr><th>{_e(_('device'))}</th><th>{_e(_('state'))}</th><th>{_e(_('last seen'))}</th>"
+        f"<th>{_e(_('battery'))}</th></tr>"
+    )
     for device_id, device in devices.items():
         state = device.get("state") or ("seen" if device.get("last_seen") else "not seen")
         state_class = "bad" if state in ("offline", "not seen") else "ok"
         battery = f"{device['battery']} %" if device.get("battery") is not None else None
         parts.append(
             f"<tr id='device-{_e(device_id)}'><td>{_e(device_id)}<div class='muted'>{_e(device.get('kind'))}</div>"
-            f"</td><td class='{state_class}'>{_e(state)}</td><td>{_local(device.get('last_seen'), zone)}</td>"
-            f"<td>{_e(battery)}</td></tr>"
+            f"</td><td class='{state_class}'>{_named(STATE_NAMES, state)}</td>"
+            f"<td>{_local(device.get('last_seen'), zone)}</td><td>{_e(battery)}</td></tr>"
         )
     parts.append("</table></section></body></html>")
     return "".join(parts)
@@ -162,7 +199,7 @@ class StatusPage:
     async def run(self) -> None:
         server = await asyncio.start_server(self._serve, self.section.bind, self.section.port)
         self.port = server.sockets[0].getsockname()[1]
-        log.info("status page on http://%s:%d/", self.section.bind, self.port)
+        log.info(_("status page on http://%s:%d/"), self.section.bind, self.port)
         async with server:
             await server.serve_forever()
 
@@ -170,7 +207,7 @@ class StatusPage:
         if self._open >= MAX_CONNECTIONS:
             self.refused += 1
             if self.refused in (1, 10, 100, 1000) or self.refused % 10000 == 0:  # one line per burst
-                log.warning("status page: %d connection(s) refused, over %d at once", self.refused, MAX_CONNECTIONS)
+                log.warning(_("status page: %d connection(s) refused, over %d at once"), self.refused, MAX_CONNECTIONS)
             writer.close()
             return
         self._open += 1
@@ -190,7 +227,7 @@ class StatusPage:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             status, content_type, body = "400 Bad Request", "text/plain", b"bad request\n"
         except Exception:  # the page must never take the station down
-            log.exception("status page: a request failed")
+            log.exception(_("status page: a request failed"))
             status, content_type, body = "500 Internal Server Error", "text/plain", b"error\n"
         with contextlib.suppress(ConnectionError, TimeoutError):
             writer.write(

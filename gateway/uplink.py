@@ -344,8 +344,10 @@ class Uplink:
         for report in self.tls_report().values():
             if report["days_left"] is not None and report["days_left"] < TLS_EXPIRY_WARNING_DAYS:
                 log.warning(
-                    "uplink: the certificate %s expires in %d days (%s); renew it before then or the station "
-                    "can no longer connect",
+                    _(
+                        "uplink: the certificate %s expires in %d days (%s); renew it before then or the station "
+                        "can no longer connect"
+                    ),
                     report["path"],
                     report["days_left"],
                     report["not_after"],
@@ -437,17 +439,22 @@ class Uplink:
         reason = client.disconnect_reason
         if reason is not None and reason[0] == REASON_SESSION_TAKEN_OVER:
             log.error(
-                "uplink: the broker ended the session because another client connected with this station's client id "
-                "%r (MQTT 5 reason 0x8E): is a second station configured with station id %r? Give each station its "
-                "own id; backing off",
+                _(
+                    "uplink: the broker ended the session because another client connected with this "
+                    "station's client id "
+                    "%r (MQTT 5 reason 0x8E): is a second station configured with station id %r? Give each station its "
+                    "own id; backing off"
+                ),
                 self._config.client_id,
                 self._config.station.id,
             )
         elif self._short_sessions == TAKEOVER_HINT_AFTER:
             log.error(
-                "uplink: %d sessions in a row ended within %.0f s of connecting; likely causes: another client with "
-                "this station's client id %r (is a second station configured with station id %r?), or the broker's "
-                "ACL or quotas for this client; backing off",
+                _(
+                    "uplink: %d sessions in a row ended within %.0f s of connecting; likely causes: another client "
+                    "with this station's client id %r (is a second station configured with station id %r?), or the "
+                    "broker's ACL or quotas for this client; backing off"
+                ),
                 self._short_sessions,
                 STABLE_SESSION_S,
                 self._config.client_id,
@@ -455,7 +462,7 @@ class Uplink:
             )
         delay = self._backoff.next_delay(await self._alarm_waiting())
         if self._short_sessions:
-            log.info("uplink: reconnecting in %.1f s", delay)
+            log.info(_("uplink: reconnecting in %.1f s"), delay)
         await asyncio.sleep(delay)
 
     async def _alarm_waiting(self) -> bool:
@@ -482,7 +489,7 @@ class Uplink:
                 return client
             delay = self._backoff.next_delay(await self._alarm_waiting())
             log.warning(
-                "uplink down: no broker reachable (%s); round %d, next try in %.1f s",
+                _("uplink down: no broker reachable (%s); round %d, next try in %.1f s"),
                 ", ".join(f"{h}:{p}" for h, p in brokers),
                 self._backoff.failures,
                 delay,
@@ -514,8 +521,10 @@ class Uplink:
             return None
         host, port = self.broker
         log.warning(
-            "uplink: the broker %s:%d %s; falling back to MQTT 3.1.1, under which a publish the broker's ACL "
-            'denies may still be acknowledged (docs/mqtt.md). Set [uplink] protocol = "3.1.1" to silence this',
+            _(
+                "uplink: the broker %s:%d %s; falling back to MQTT 3.1.1, under which a publish the broker's ACL "
+                'denies may still be acknowledged (docs/mqtt.md). Set [uplink] protocol = "3.1.1" to silence this'
+            ),
             host,
             port,
             how,
@@ -543,8 +552,10 @@ class Uplink:
             self._mode_logged = self._session_mode
             if clean:
                 log.warning(
-                    "uplink: %d sessions in a row ended at once (does the broker still hold this station's session "
-                    "on a node that is down?); connecting to %s:%d with a clean session%s until one lasts",
+                    _(
+                        "uplink: %d sessions in a row ended at once (does the broker still hold this station's session "
+                        "on a node that is down?); connecting to %s:%d with a clean session%s until one lasts"
+                    ),
                     self._short_sessions,
                     host,
                     port,
@@ -585,7 +596,7 @@ class Uplink:
         self._link_changed("up", f"connected to {host}:{port} (MQTT {self.protocol})")
         counts = await self._outbox.counts()
         log.info(
-            "uplink up: connected to %s:%d as %s (MQTT %s, %s link); backlog %s",
+            _("uplink up: connected to %s:%d as %s (MQTT %s, %s link); backlog %s"),
             host,
             port,
             self._config.client_id,
@@ -596,7 +607,7 @@ class Uplink:
 
     def _log_connect_failure(self, exc: BaseException) -> None:
         host, port = self.broker
-        log.warning("uplink down: cannot connect to %s:%d (%r)%s", host, port, exc, _advice(exc))
+        log.warning(_("uplink down: cannot connect to %s:%d (%r)%s"), host, port, exc, _advice(exc))
 
     async def _session(self, client: BrokerClient) -> None:
         """One connection's life: returns (after logging why) when the connection is lost.
@@ -613,15 +624,17 @@ class Uplink:
         }
         tasks = [asyncio.create_task(work, name=name) for name, work in lanes.items()]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in tasks:
                 task.cancel()
-            _, stuck = await asyncio.wait(tasks, timeout=SESSION_ABANDON_S)
+            _ended, stuck = await asyncio.wait(tasks, timeout=SESSION_ABANDON_S)
             if stuck:
                 log.error(
-                    "uplink: %s did not stop within %.0f s of being cancelled; abandoning it and starting a fresh "
-                    "connection",
+                    _(
+                        "uplink: %s did not stop within %.0f s of being cancelled; abandoning it and starting a fresh "
+                        "connection"
+                    ),
                     ", ".join(t.get_name() for t in stuck),
                     SESSION_ABANDON_S,
                 )
@@ -633,8 +646,10 @@ class Uplink:
         if self._bulk_in_flight and self.batch_events > 1:
             self.batch_events = max(1, self.batch_events // 2)
             log.warning(
-                "uplink: the connection died with %d batch(es) awaiting PUBACK; batches cut to %d events "
-                "(is the link slower than its profile '%s'?)",
+                _(
+                    "uplink: the connection died with %d batch(es) awaiting PUBACK; batches cut to %d events "
+                    "(is the link slower than its profile '%s'?)"
+                ),
                 self._bulk_in_flight,
                 self.batch_events,
                 self._config.uplink.link_profile,
@@ -642,13 +657,13 @@ class Uplink:
         self._bulk_in_flight = 0
         for exc in errors:
             if not isinstance(exc, NETWORK_ERRORS):
-                log.error("uplink: a session task failed unexpectedly; reconnecting", exc_info=exc)
+                log.error(_("uplink: a session task failed unexpectedly; reconnecting"), exc_info=exc)
         reason = "; ".join(repr(e) for e in errors) or "session ended"
         if client.disconnect_reason and client.disconnect_reason[0]:
             reason += f" (broker: 0x{client.disconnect_reason[0]:02X} {client.disconnect_reason[1]})"
         self._link_changed("down", reason)
         backlog = sum((await self._outbox.counts()).values())
-        log.warning("uplink down: %s; %d events kept in the outbox; reconnecting", reason, backlog)
+        log.warning(_("uplink down: %s; %d events kept in the outbox; reconnecting"), reason, backlog)
 
     # --- downlink ---------------------------------------------------------------------------------
 
@@ -668,8 +683,10 @@ class Uplink:
         if code >= 0x80:
             self.command_subscription = f"refused: 0x{code:02X} {reason}"
             log.error(
-                "uplink: the broker refused the subscription to %s (0x%02X %s): platform commands (ack, resolve, "
-                "time) cannot reach this station; check the broker's ACL for this station's client",
+                _(
+                    "uplink: the broker refused the subscription to %s (0x%02X %s): platform commands (ack, resolve, "
+                    "time) cannot reach this station; check the broker's ACL for this station's client"
+                ),
                 self.topics.commands,
                 code,
                 reason,
@@ -678,7 +695,7 @@ class Uplink:
             self.command_subscription = f"granted QoS {code}"
             if code < 1 and self._session_mode == "persistent":
                 log.warning(
-                    "uplink: the broker granted only QoS %d for %s: a command sent while the link is down is lost",
+                    _("uplink: the broker granted only QoS %d for %s: a command sent while the link is down is lost"),
                     code,
                     self.topics.commands,
                 )
@@ -689,7 +706,7 @@ class Uplink:
 
     def _ignore(self, why: str, topic: str) -> None:
         self.commands_ignored[why] = self.commands_ignored.get(why, 0) + 1
-        log.warning("downlink: message on %r ignored: %s", topic[:200], why)
+        log.warning(_("downlink: message on %r ignored: %s"), topic[:200], why)
 
     async def _command(self, client: BrokerClient, message: aiomqtt.Message) -> None:
         """Validate, carry out and answer one downlink command, inside its own error boundary:
@@ -708,14 +725,14 @@ class Uplink:
                     reply = await self._commands.answer(name, message.payload)
             except TimeoutError:
                 reply = {"id": None, "command": name, "ok": False, "error": "timed out"}
-                log.error("downlink command %r timed out after %.0f s", name[:40], COMMAND_TIMEOUT_S)
+                log.error(_("downlink command %r timed out after %.0f s"), name[:40], COMMAND_TIMEOUT_S)
             verdict = await client.deliver(self.topics.command_replies, json.dumps(reply, ensure_ascii=True))
             if not verdict.accepted:
-                log.warning("downlink: the broker refused the reply to %r (%s)", name[:40], verdict.label)
+                log.warning(_("downlink: the broker refused the reply to %r (%s)"), name[:40], verdict.label)
         except NETWORK_ERRORS:
             raise
         except Exception:
-            log.exception("downlink command %r could not be answered", name[:40])
+            log.exception(_("downlink command %r could not be answered"), name[:40])
 
     # --- uplink -----------------------------------------------------------------------------------
 
@@ -724,7 +741,7 @@ class Uplink:
         self.refused[label] = self.refused.get(label, 0) + refusal.events
         self.request_status()
         log.error(
-            "uplink: the broker refused %d event(s) on %s: %s; they stay in the outbox and are retried%s",
+            _("uplink: the broker refused %d event(s) on %s: %s; they stay in the outbox and are retried%s"),
             refusal.events,
             refusal.topic,
             label,
@@ -735,8 +752,10 @@ class Uplink:
         if verdict.code == REASON_NO_SUBSCRIBERS:
             if not self.no_subscribers:
                 log.warning(
-                    "uplink: the broker took events on %s but says nobody subscribes to it (0x10): is the platform "
-                    "listening with a persistent session?",
+                    _(
+                        "uplink: the broker took events on %s but says nobody subscribes to it (0x10): is the platform "
+                        "listening with a persistent session?"
+                    ),
                     topic,
                 )
             self.no_subscribers += events
@@ -768,7 +787,7 @@ class Uplink:
                 await self._outbox.ack(acked, state=self._on_delivered(ids) if self._on_delivered else None)
                 self.published[Priority.ALARM] += len(acked)
                 for row in acked:
-                    log.info("alarm delivered to the platform: %s", _brief(row.payload))
+                    log.info(_("alarm delivered to the platform: %s"), _brief(row.payload))
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 raise failures[0]
@@ -776,7 +795,7 @@ class Uplink:
                 self._count_refusal(PublishRefused(refused[0], topic, len(refused)))
                 flushed.set()  # a refused alarm must not hold back the rest (it stays first in line)
                 delay = refusals.next_delay()
-                log.info("uplink: retrying the refused alarm(s) in %.1f s", delay)
+                log.info(_("uplink: retrying the refused alarm(s) in %.1f s"), delay)
                 self._alive()
                 await asyncio.sleep(delay)
                 cursor = 0  # read them again, oldest first
@@ -907,7 +926,7 @@ class Uplink:
                 last_view = view if verdict.accepted else None  # (refused: send the full one again)
             if not verdict.accepted and verdict.label != refused_before:
                 log.error(
-                    "uplink: the broker refused the status message on %s (%s)%s",
+                    _("uplink: the broker refused the status message on %s (%s)%s"),
                     topic,
                     verdict.label,
                     _refusal_advice(verdict.code, self._config.client_id),

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from gateway.i18n import _
 from simulators.broker import Mosquitto
 from simulators.button_receiver import HEARTBEAT, SCENARIO, ButtonReceiverSim, surgard_report
 from simulators.harness import GatewayProcess, station_toml
@@ -57,6 +58,19 @@ def _say(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
+async def _device_online(status_file: Path, device_id: str, timeout: float) -> bool:
+    """Whether the gateway reports the device online within `timeout` (read from its status
+    file, whatever language its journal speaks)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            body = json.loads(status_file.read_text(encoding="utf-8"))  # noqa: ASYNC240 - a small tmpfs file
+            if body.get("devices", {}).get(device_id, {}).get("state") == "online":
+                return True
+        await asyncio.sleep(0.1)
+    return False
+
+
 def _backlog(db: Path) -> int:
     with (
         contextlib.suppress(sqlite3.Error),
@@ -82,7 +96,7 @@ async def _press_for(sim: ButtonReceiverSim, seconds: float, counter: Counter[st
 async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
     with tempfile.TemporaryDirectory(prefix="care-gateway-demo-") as tmp:
         folder = Path(tmp)
-        _say(f"starting mosquitto, the platform sink and a button receiver in {folder}")
+        _say(_("starting mosquitto, the platform sink and a button receiver in {folder}").format(folder=folder))
         sim = ButtonReceiverSim()
         radar = RadarSim("mr60fda1")
         radar.start()
@@ -112,14 +126,18 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                     )
                 )
                 print(
-                    f"broker 127.0.0.1:{broker.port}, station uplink via link proxy :{link.port}, "
-                    f"receiver on {sim.path}\nconfig:\n{config.read_text()}",
+                    _("broker 127.0.0.1:{broker}, station uplink via link proxy :{proxy}, receiver on {port}").format(
+                        broker=broker.port, proxy=link.port, port=sim.path
+                    )
+                    + "\n"
+                    + _("config:")
+                    + f"\n{config.read_text()}",
                     flush=True,
                 )
                 gateway = GatewayProcess(config, on_line=lambda line: print(f"  gateway | {line}", flush=True))
                 await gateway.start()
                 try:
-                    started = await gateway.wait_for_line("device button-rx-1 online", 15)
+                    started = await _device_online(folder / "status.json", "button-rx-1", 15)
                     if started:
                         await _scenario(sim, radar, link, sink, db, counter, duration_s, outage_s)
                 finally:
@@ -129,7 +147,7 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
                     radar.close()
                     modem.close()
         if not started:
-            print("the gateway did not open the receiver port; see its log above")
+            print(_("the gateway did not open the receiver port; see its log above"))
             return 1
 
         expected_reports = counter["acked"]
@@ -150,7 +168,7 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
             "lost": lost,
             "gateway_exit_code": code,
         }
-        _say("summary")
+        _say(_("summary"))
         print(json.dumps(summary, indent=2), flush=True)
         falls = summary["fall_alarms_received"]
         ok = (
@@ -161,7 +179,7 @@ async def run_demo(duration_s: float = 8.0, outage_s: float = 6.0) -> int:
             and len(modem.messages) > 0
             and not modem.rejected_pdus
         )
-        print("OK: nothing accepted was lost" if ok else "FAILED: see above", flush=True)
+        print(_("OK: nothing accepted was lost") if ok else _("FAILED: see above"), flush=True)
         return 0 if ok else 1
 
 
@@ -175,21 +193,29 @@ async def _scenario(
     duration_s: float,
     outage_s: float,
 ) -> None:
-    _say(f"link up: presses, restores and tests for {duration_s:.0f} s; a fall in the bedroom")
+    _say(
+        _("link up: presses, restores and tests for {seconds} s; a fall in the bedroom").format(
+            seconds=f"{duration_s:.0f}"
+        )
+    )
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_press_for(sim, duration_s, counter))
         tasks.create_task(_fall_and_recovery(radar, duration_s / 3))
-    print(f"platform has {len(sink.events)} events so far", flush=True)
+    print(_("platform has {count} events so far").format(count=len(sink.events)), flush=True)
 
-    _say(f"cutting the station's uplink for {outage_s:.0f} s; the receiver keeps sending, someone falls again")
+    _say(
+        _("cutting the station's uplink for {seconds} s; the receiver keeps sending, someone falls again").format(
+            seconds=f"{outage_s:.0f}"
+        )
+    )
     link.cut()
     await _unanswered_press(sim, counter)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_press_for(sim, outage_s, counter))
         tasks.create_task(_fall_and_recovery(radar, outage_s / 3))
-    print(f"outbox holds {_backlog(db)} events waiting for the link", flush=True)
+    print(_("outbox holds {count} events waiting for the link").format(count=_backlog(db)), flush=True)
 
-    _say("link restored: the backlog drains, alarms first")
+    _say(_("link restored: the backlog drains, alarms first"))
     link.restore()
     await _press_for(sim, duration_s / 2, counter)
     deadline = time.monotonic() + DRAIN_TIMEOUT_S

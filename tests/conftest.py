@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -17,11 +18,20 @@ import pytest
 from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import EventKind, new_event
+from gateway.i18n import use_language
 from gateway.outbox import Outbox
 from simulators.broker import Mosquitto
 from simulators.button_receiver import ButtonReceiverSim
 from simulators.harness import GatewayProcess, station_toml
 from simulators.platform import PlatformSink
+
+# English messages, whatever the machine's locale: the tests read what the gateway says (the
+# gateway and every process it starts inherit this); tests/test_i18n.py tries the languages.
+# (gateway.i18n chose from the environment at import: the station files' language decides again)
+for _variable in ("LANGUAGE", "LC_ALL", "LC_MESSAGES"):
+    os.environ.pop(_variable, None)
+os.environ["LANG"] = "C.UTF-8"
+use_language()
 
 STATION_ID = "test-station"
 SEED_CHUNK = 1000
@@ -209,7 +219,8 @@ async def running_station(
         station = Station(folder, port_link, config_path, db_path, receiver, sink, gateway, seeded)
         await gateway.start()
         try:
-            assert await gateway.wait_for_line("device button-rx-1 online"), "\n".join(gateway.lines)
+            online = "设备 button-rx-1 在线" if 'language = "zh_CN"' in station_extra else "device button-rx-1 online"
+            assert await gateway.wait_for_line(online), "\n".join(gateway.lines)
             yield station
             seeded = set(station.seeded)  # (test data put in the outbox, not made by the gateway)
             assert_published_contract(e for i, e in station.sink.events.items() if i not in seeded)

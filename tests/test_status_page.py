@@ -48,19 +48,24 @@ async def test_the_page_in_a_headless_browser_shows_alarms_devices_and_residents
     port = free_port()
     page = f'\n[status_page]\nbind = "127.0.0.1"\nport = {port}\n'
     async with running_station(
-        tmp_path, broker, receiver_extra='residents = { "3" = "wang" }', extra_devices=RESIDENT + page
+        tmp_path,
+        broker,
+        receiver_extra='residents = { "3" = "wang" }',
+        extra_devices=RESIDENT + page,
+        station_extra='language = "zh_CN"',  # the page and the journal speak the station's language
     ) as station:
-        assert await station.gateway.wait_for_line(f"status page on http://127.0.0.1:{port}/")
+        assert await station.gateway.wait_for_line(f"状态页地址 http://127.0.0.1:{port}/")
         assert (await station.receiver.send(surgard_report(code=101, zone=3))).acked
         assert await wait_until(lambda: len(events_of(station, "sos")) == 1)
 
         dom = await chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{port}/")
         assert '<h1 id="station">Simulated care station</h1>' in dom, dom
-        assert "未处理报警 Open alarms (1)" in dom
-        assert "紧急求助 SOS</td><td>王秀英</td><td>button-rx-1</td><td>delivered" in dom
+        assert '<html lang="zh-CN">' in dom
+        assert "未处理报警（1）" in dom
+        assert "紧急求助 SOS</td><td>王秀英</td><td>button-rx-1</td><td>已送达平台" in dom
         assert '<tr id="resident-wang"><td>王秀英</td><td>3号楼201室</td>' in dom
-        assert '<td class="ok">online</td>' in dom  # the receiver
-        assert "up since" in dom
+        assert '<td class="ok">在线</td>' in dom  # the receiver
+        assert " 起已连接</div>" in dom
         assert "(Asia/Shanghai)" in dom  # times are shown in the station's time zone
 
         shot = tmp_path / "phone.png"
