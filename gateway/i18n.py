@@ -15,13 +15,16 @@ from __future__ import annotations
 import gettext
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DOMAIN",
     "LANGUAGES",
     "LOCALE_DIR",
     "N_",
+    "Message",
     "_",
     "language",
     "language_from_environment",
@@ -50,6 +53,22 @@ def language() -> str:
 def N_(message: str) -> str:  # (gettext's own name for it)
     """Marks a text for the catalog where it is defined; `_()` translates it where it is shown."""
     return message
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message for two readers: the technician's journal, in the station's language
+    (`local`), and an event or the status for the platform, always in English (`english`):
+    a device's reason for going offline is both."""
+
+    template: str  # marked with N_ where it is made
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def english(self) -> str:
+        return self.template.format(**self.values)
+
+    def local(self) -> str:
+        return _(self.template).format(**self.values)
 
 
 def normalise(name: str) -> str | None:

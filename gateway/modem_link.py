@@ -68,7 +68,7 @@ class Modem:
         try:
             self._reader, self._writer = await open_port(self.section.port, self.section.baudrate)
         except PORT_ERRORS as exc:
-            raise ModemError(explain_port_error(self.section.port, exc)) from exc
+            raise ModemError(explain_port_error(self.section.port, exc).english()) from exc
         self._pump = asyncio.create_task(self._read(), name="modem-read")
         return self
 

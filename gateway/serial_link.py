@@ -38,7 +38,7 @@ from gateway.config import (
     ReceiverFormat,
     SerialDevice,
 )
-from gateway.i18n import _
+from gateway.i18n import N_, Message, _
 from gateway.outbox import OutboxFull
 from gateway.rules import DeviceRules, EventDraft
 from gateway.status import SerialDeviceStatus
@@ -91,18 +91,29 @@ def codec_for(device: SerialDevice) -> Codec:
     return NmeaCodec()
 
 
-def explain_port_error(port: str, exc: BaseException) -> str:
+def explain_port_error(port: str, exc: BaseException) -> Message:
     """Turn an open/read failure into advice for the person on site."""
     err = getattr(exc, "errno", None)
     if isinstance(exc, termios.error):
-        return f"{port}: the port rejected its settings ({exc}); check baudrate, bytesize, parity, stopbits"
+        return Message(
+            N_("{port}: the port rejected its settings ({reason}); check baudrate, bytesize, parity, stopbits"),
+            {"port": port, "reason": exc},
+        )
     if err == errno.EACCES or "Permission denied" in str(exc):
-        return f"{port}: permission denied; add the service user to the 'dialout' group (usermod -aG dialout USER)"
+        return Message(
+            N_("{port}: permission denied; add the service user to the 'dialout' group (usermod -aG dialout USER)"),
+            {"port": port},
+        )
     if err in (errno.EBUSY, errno.EAGAIN) or "Resource temporarily unavailable" in str(exc):
-        return f"{port}: held by another process; find it with 'fuser -v {port}' (ModemManager often probes ttyACM)"
+        return Message(
+            N_("{port}: held by another process; find it with 'fuser -v {port}' (ModemManager often probes ttyACM)"),
+            {"port": port},
+        )
     if err == errno.ENOENT or "No such file" in str(exc):
-        return f"{port}: not present; check the cable and USB plug (use a /dev/serial/by-id/... path)"
-    return f"{port}: {exc}; check the cable and the device's power"
+        return Message(
+            N_("{port}: not present; check the cable and USB plug (use a /dev/serial/by-id/... path)"), {"port": port}
+        )
+    return Message(N_("{port}: {reason}; check the cable and the device's power"), {"port": port, "reason": exc})
 
 
 async def open_port(port: str, baudrate: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -199,27 +210,32 @@ class SerialLink:
                     stopbits=d.stopbits,
                     exclusive=True,  # a second process on the same receiver would steal ACKs
                 )
-        await self._set_state(True, f"{d.port} opened at {d.baudrate} {d.bytesize}{d.parity}{d.stopbits}")
+        settings = f"{d.baudrate} {d.bytesize}{d.parity}{d.stopbits}"
+        await self._set_state(True, Message(N_("{port} opened at {settings}"), {"port": d.port, "settings": settings}))
         return reader, writer
 
     async def _report_open_failure(self, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
-        reason = explain_port_error(self.device.port, exc) if exc else "unknown error"
+        reason = explain_port_error(self.device.port, exc) if exc else Message(N_("unknown error"))
         if self.online is not False:
             await self._set_state(False, reason)
         else:
-            log.debug("device %s: still unavailable (attempt %d): %s", self.device.id, state.attempt_number, reason)
+            log.debug(
+                "device %s: still unavailable (attempt %d): %s", self.device.id, state.attempt_number, reason.english()
+            )
 
-    async def _set_state(self, online: bool, reason: str) -> None:
+    async def _set_state(self, online: bool, reason: Message) -> None:
+        """Online or offline, said once a change: in the journal in the station's language, to
+        the platform (the device's state event) in English."""
         if self.online is online:
             return
         self.online = online
         if online:
-            log.info(_("device %s online: %s"), self.device.id, reason)
+            log.info(_("device %s online: %s"), self.device.id, reason.local())
         else:
-            log.warning(_("device %s offline: %s; retrying in the background"), self.device.id, reason)
+            log.warning(_("device %s offline: %s; retrying in the background"), self.device.id, reason.local())
         try:
-            await self._on_state(self.device.id, online, reason)
+            await self._on_state(self.device.id, online, reason.english())
         except OutboxFull as exc:
             log.error(_("device %s: its state change was not stored: %s"), self.device.id, exc)
 
@@ -232,8 +248,13 @@ class SerialLink:
             except TimeoutError:
                 await self._set_state(
                     False,
-                    f"{self.device.port}: nothing received for {silence_s:.0f} s although the device should "
-                    "send or answer heartbeats; check its power and the serial cable",
+                    Message(
+                        N_(
+                            "{port}: nothing received for {seconds} s although the device should send or answer "
+                            "heartbeats; check its power and the serial cable"
+                        ),
+                        {"port": self.device.port, "seconds": f"{silence_s:.0f}"},
+                    ),
                 )
                 continue
             if not data:
@@ -243,7 +264,7 @@ class SerialLink:
                 self.last_seen = time.time()
             self._report_rejects(units)
             if self.online is False and any(unit.error is None for unit in units):
-                await self._set_state(True, f"{self.device.port}: the device answers again")
+                await self._set_state(True, Message(N_("{port}: the device answers again"), {"port": self.device.port}))
             for unit in units:
                 await self._handle(unit, writer)
 
