@@ -372,7 +372,7 @@ async def _modem(config: StationConfig) -> list[Finding]:
         async with Modem(config.sms) as modem:
             state = await modem.bring_up()
     except ModemError as exc:
-        return [port, fail(subject, str(exc), _("check the SIM card, the antenna and the network coverage"))]
+        return [port, fail(subject, exc.local(), _("check the SIM card, the antenna and the network coverage"))]
     signal = f"{state.signal_dbm} dBm" if state.signal_dbm is not None else _("unknown")
     return [
         port,

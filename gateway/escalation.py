@@ -145,7 +145,7 @@ class Escalator:
             log.warning(
                 _("SMS modem on %s not ready: %s; alarms cannot be escalated by SMS until it is"),
                 self.section.port,
-                exc,
+                exc.local(),
             )
 
     async def _escalate(self, alarm: Alarm) -> None:
@@ -208,7 +208,7 @@ class Escalator:
                 alarm.id,
                 masked(contact.international),
                 attempts,
-                exc,
+                exc.local(),
             )
             await self._record(alarm, contact, "failed", attempts=attempts, error=str(exc), code=exc.code)
             return

@@ -28,6 +28,7 @@ from drivers.modem import (
 )
 from gateway.config import SmsSection
 from gateway.errors import GatewayError
+from gateway.i18n import N_, Message
 from gateway.serial_link import PORT_ERRORS, explain_port_error, open_port
 
 __all__ = ["Modem", "ModemError", "ModemState"]
@@ -40,10 +41,15 @@ AT_ATTEMPTS = 3  # 'AT' is repeated until the modem answers (it may still be boo
 class ModemError(GatewayError):
     """The modem refused or failed; `code` is its raw +CMS/+CME code when it gave one."""
 
-    def __init__(self, message: str, code: int | None = None, network: bool = False) -> None:
-        super().__init__(message)
+    def __init__(self, message: Message | str, code: int | None = None, network: bool = False) -> None:
+        self.message = message if isinstance(message, Message) else Message("{text}", {"text": message})
+        super().__init__(self.message.english())  # (the status and the SMS records: English)
         self.code = code
         self.network = network  # worth a retry: the network, not the message or the SIM
+
+    def local(self) -> str:
+        """What went wrong in the station's language, for the journal and doctor."""
+        return self.message.local()
 
 
 @dataclass(frozen=True)
@@ -68,7 +74,7 @@ class Modem:
         try:
             self._reader, self._writer = await open_port(self.section.port, self.section.baudrate)
         except PORT_ERRORS as exc:
-            raise ModemError(explain_port_error(self.section.port, exc).english()) from exc
+            raise ModemError(explain_port_error(self.section.port, exc)) from exc
         self._pump = asyncio.create_task(self._read(), name="modem-read")
         return self
 
@@ -106,7 +112,12 @@ class Modem:
                     if done(line):
                         return lines
         except TimeoutError:
-            raise ModemError(f"{self.section.port}: no answer within {timeout:.0f} s", network=True) from None
+            raise ModemError(
+                Message(
+                    N_("{port}: no answer within {seconds} s"), {"port": self.section.port, "seconds": f"{timeout:.0f}"}
+                ),
+                network=True,
+            ) from None
 
     async def command(self, command: str, timeout: float = COMMAND_TIMEOUT_S) -> list[str]:
         """Send one AT command; return its information lines, or raise ModemError."""
@@ -132,7 +143,9 @@ class Modem:
         await self.command("AT+CMEE=1")
         pin = " ".join(await self.command("AT+CPIN?"))
         if "READY" not in pin:
-            raise ModemError(f"SIM not ready ({pin or 'no answer'}); unlock or replace the SIM card")
+            raise ModemError(
+                Message(N_("SIM not ready ({answer}); unlock or replace the SIM card"), {"answer": pin or "no answer"})
+            )
         dbm, _ = parse_csq(" ".join(await self.command("AT+CSQ")))
         stat = None
         for query in ("AT+CREG?", "AT+CEREG?"):
@@ -142,7 +155,12 @@ class Modem:
         if stat not in REGISTERED:
             name = REGISTRATION.get(stat, "no answer") if stat is not None else "no answer"
             signal = f"{dbm} dBm" if dbm is not None else "unknown"
-            raise ModemError(f"not registered on a network ({name}; signal {signal})", network=True)
+            raise ModemError(
+                Message(
+                    N_("not registered on a network ({state}; signal {signal})"), {"state": name, "signal": signal}
+                ),
+                network=True,
+            )
         await self.command("AT+CMGF=0")
         return ModemState(dbm, REGISTERED[stat])
 
