@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 from gateway import __version__
 from gateway.config import BleSection, ConfigError, StationConfig, load_config, printable, status_files
+from gateway.events import Priority, counts_said
 from gateway.i18n import _
 from gateway.status import process_started
 
@@ -194,8 +195,7 @@ def local_time(iso: object, zone: ZoneInfo) -> str:
 
 
 def _counts(counts: dict[str, Any]) -> str:
-    names = {"alarm": _("alarm"), "status": _("status"), "telemetry": _("telemetry")}
-    return ", ".join(f"{n} {names.get(name, name)}" for name, n in counts.items())
+    return counts_said({Priority(name): n for name, n in counts.items() if name in set(Priority)})
 
 
 def render_status(live: dict[str, Any] | None, waiting: dict[str, Any], zone: ZoneInfo = UTC_ZONE) -> str:

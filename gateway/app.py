@@ -51,7 +51,7 @@ from gateway.config import (
 )
 from gateway.errors import GatewayError
 from gateway.escalation import Escalator
-from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, check_data, new_event
+from gateway.events import PRIORITY_OF_KIND, Event, EventKind, Priority, check_data, counts_said, new_event
 from gateway.i18n import _
 from gateway.outbox import Outbox, OutboxFull, WriterStopped
 from gateway.rules import EventDraft, StationLocation, rules_for
@@ -602,7 +602,7 @@ class Station:
                     log.info(
                         _("backlog: %d events waiting (%s), oldest %.0f s old; uplink %s"),
                         total,
-                        ", ".join(f"{n} {p.value}" for p, n in counts.items() if n),
+                        counts_said(counts, skip_zero=True),
                         age,
                         uplink,
                     )

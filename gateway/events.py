@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -20,17 +21,19 @@ from pydantic_core import SchemaValidator
 from typing_extensions import TypeAliasType
 
 from gateway.clock import Clock
-from gateway.i18n import _
+from gateway.i18n import N_, _
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "PRIORITY_OF_KIND",
+    "PRIORITY_WORDS",
     "ULID_PATTERN",
     "Event",
     "EventKind",
     "Priority",
     "check_data",
+    "counts_said",
     "new_event",
 ]
 
@@ -50,6 +53,14 @@ class Priority(StrEnum):
     def rank(self) -> int:
         """0 is sent first; the outbox orders its lanes by this number."""
         return _RANK[self]
+
+
+PRIORITY_WORDS = {Priority.ALARM: N_("alarm"), Priority.STATUS: N_("status"), Priority.TELEMETRY: N_("telemetry")}
+
+
+def counts_said(counts: Mapping[Priority, int], skip_zero: bool = False) -> str:
+    """'3 alarm, 0 status, 120 telemetry' in the station's language, for the journal and the CLI."""
+    return ", ".join(f"{n} {_(PRIORITY_WORDS[p])}" for p, n in counts.items() if n or not skip_zero)
 
 
 _RANK = {Priority.ALARM: 0, Priority.STATUS: 1, Priority.TELEMETRY: 2}

@@ -58,7 +58,7 @@ from gateway.care_state import StateRows
 from gateway.clock import read_boot_id
 from gateway.config import StorageSection
 from gateway.errors import GatewayError
-from gateway.events import Event, Priority
+from gateway.events import Event, Priority, counts_said
 from gateway.i18n import _
 
 __all__ = [
@@ -1352,7 +1352,7 @@ class Outbox:
                 self._tally.total_bytes / 1e6,
                 self.storage.max_bytes / 1e6,
                 "" if self._disk_cap is None else f", the disk is full at {self._disk_cap / 1e6:.1f} MB",
-                ", ".join(f"{n} {p.value}" for p, n in self._shed_unlogged.items() if n),
+                counts_said(self._shed_unlogged, skip_zero=True),
                 self._shed_by_device(),
             )
             self._shed_unlogged = dict.fromkeys(Priority, 0)

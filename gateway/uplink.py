@@ -58,7 +58,7 @@ from gateway.clock import utc_text
 from gateway.commands import COMMANDS, CommandRefused, CommandTable
 from gateway.config import LinkSettings, StationConfig, UplinkSection, read_secrets
 from gateway.errors import GatewayError
-from gateway.events import Priority
+from gateway.events import Priority, counts_said
 from gateway.i18n import _
 from gateway.outbox import Outbox, OutboxRow, OutboxSnapshot
 from gateway.status import BacklogStatus, LinkStatus, StationPart, StationStatus, heartbeat, operator_view
@@ -602,7 +602,7 @@ class Uplink:
             self._config.client_id,
             self.protocol,
             up.link_profile,
-            ", ".join(f"{n} {p.value}" for p, n in counts.items()),
+            counts_said(counts),
         )
 
     def _log_connect_failure(self, exc: BaseException) -> None:
@@ -1180,4 +1180,4 @@ def _refusal_advice(code: int, client_id: str) -> str:
 
 def _brief(payload: str) -> str:
     event = json.loads(payload)
-    return f"{event['kind']} from {event['device_id']} (id {event['id']})"
+    return _("{kind} from {device} (id {id})").format(kind=event["kind"], device=event["device_id"], id=event["id"])

@@ -11,6 +11,7 @@ import pytest
 from gateway.clock import Clock
 from gateway.config import StorageSection
 from gateway.events import EventKind, new_event
+from gateway.i18n import Message
 from gateway.outbox import Outbox
 from gateway.rules import EventDraft
 from simulators.broker import Mosquitto
@@ -164,7 +165,7 @@ async def test_a_full_outbox_does_not_take_a_device_task_down(
     link = serial_link.SerialLink(device, serial_link.codec_for(device), rules, full, full)  # type: ignore[arg-type]
     monkeypatch.setattr(serial_link, "TICK_S", 0.01)
     ticking = asyncio.create_task(link._tick())
-    await link._set_state(False, "unplugged")
+    await link._set_state(False, Message("unplugged"))
     await asyncio.sleep(0.1)
     assert not ticking.done()  # still running after several failed stores
     ticking.cancel()
