@@ -487,7 +487,7 @@ class Outbox:
                 await self._writer
         for _events, future, _changes, _arrival in self._urgent + self._pending:
             if not future.done():
-                future.set_exception(OutboxUnavailable("the outbox closed before the event was committed"))
+                future.set_exception(OutboxUnavailable(_("the outbox closed before the event was committed")))
         await asyncio.get_running_loop().run_in_executor(self._reader, self._close_reader)
         self._reader.shutdown(wait=True)
         await self._run(self._close)
@@ -1003,12 +1003,14 @@ class Outbox:
 
     def _advice(self, exc: Exception) -> OutboxUnavailable:
         return OutboxUnavailable(
-            f"cannot open the outbox {self.path}: {exc}",
-            f"check that {self.path.parent} exists, is writable by the service user and that the disk is mounted",
+            _("cannot open the outbox {path}: {reason}").format(path=self.path, reason=exc),
+            _("check that {folder} exists, is writable by the service user and that the disk is mounted").format(
+                folder=self.path.parent
+            ),
         )
 
     def _free_space_advice(self) -> str:
-        return f"free space on {self.path.parent} (journalctl --vacuum-size, old logs)"
+        return _("free space on {folder} (journalctl --vacuum-size, old logs)").format(folder=self.path.parent)
 
     def _move_aside_and_recreate(self, exc: Exception) -> sqlite_utils.Database:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -1085,11 +1087,12 @@ class Outbox:
             if time.monotonic() - self._open_tried >= 1.0:
                 self._open_or_wait()
             if self._db is None or self.read_only:
-                raise OutboxFull(
-                    f"outbox {self.path} is {'read-only' if self.read_only else 'not open'} ({self.not_open}): "
-                    "the event was not accepted",
-                    self._free_space_advice(),
+                text = (
+                    _("outbox {path} is read-only ({reason}): the event was not accepted")
+                    if self.read_only
+                    else _("outbox {path} is not open ({reason}): the event was not accepted")
                 )
+                raise OutboxFull(text.format(path=self.path, reason=self.not_open), self._free_space_advice())
         durable = _urgent_state(state) or any(e.priority is not Priority.TELEMETRY for e in events)
         self._set_sync("FULL" if durable else "NORMAL")
         items: list[_Item] = []
@@ -1117,11 +1120,20 @@ class Outbox:
                     raise
                 if not self._on_full_disk(exc, any(item[4].priority is Priority.ALARM for item in items)):
                     rows = self._tally.rows
+                    text = (
+                        _(
+                            "outbox {path}: the disk is full and nothing more can be freed: {kept} events are kept, "
+                            "the {reserve} MiB reserve is held"
+                        )
+                        if self.reserve.held
+                        else _(
+                            "outbox {path}: the disk is full and nothing more can be freed: {kept} events are kept, "
+                            "the {reserve} MiB reserve is used up"
+                        )
+                    )
+                    kept = counts_said(rows)
                     raise OutboxFull(
-                        f"outbox {self.path}: the disk is full and nothing more can be freed: "
-                        f"{rows[Priority.TELEMETRY]} telemetry, {rows[Priority.STATUS]} status and "
-                        f"{rows[Priority.ALARM]} alarm events are kept, the "
-                        f"{self.reserve.size // 2**20} MiB reserve is {'held' if self.reserve.held else 'used up'}",
+                        text.format(path=self.path, kept=kept, reserve=self.reserve.size // 2**20),
                         self._free_space_advice(),
                     ) from exc
                 continue
@@ -1738,7 +1750,7 @@ def peek(path: Path, check: bool = False) -> OutboxView:
             rows = dict(conn.execute("SELECT priority, count(*) FROM outbox GROUP BY priority").fetchall())
             oldest = conn.execute("SELECT min(created_ms) FROM outbox").fetchone()[0]
     except sqlite3.Error as exc:
-        raise OutboxUnavailable(f"{path} cannot be read: {exc}") from exc
+        raise OutboxUnavailable(_("{path} cannot be read: {reason}").format(path=path, reason=exc)) from exc
     return OutboxView({p: int(rows.get(p.rank, 0)) for p in Priority}, oldest, verdict)
 
 

@@ -206,7 +206,7 @@ async def test_disk_full_sheds_and_only_refuses_when_nothing_is_left(tmp_path: P
 
         with pytest.raises(
             OutboxFull,
-            match=r"the disk is full and nothing more can be freed: 0 telemetry, 0 status and \d+ alarm events are "
+            match=r"the disk is full and nothing more can be freed: \d+ alarm, 0 status, 0 telemetry events are "
             r"kept, the 8 MiB reserve is used up",
         ) as refused:
             await alarms_until_refused()
